@@ -1,0 +1,3 @@
+from llc.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""Reading and writing run artifacts: one ArviZ NetCDF per sampler, plus JSON records.
+
+NetCDF layout (per sampler, ``<sampler>.nc``):
+  posterior:         Ln (chain, draw), llc (chain, draw), llc_running (chain, draw),
+                     theta_proj (chain, draw, proj)
+  warmup_posterior:  Ln (chain, draw) of burn-in / adaptation draws, when there are any
+  sample_stats:      per-draw sampler statistics (acceptance_rate, energy, energy_change, ...)
+  attrs:             sampler, n, beta, gamma, nbeta, L0, dim, target_id, run_id, work_*, info_*
+
+This module never imports JAX, so saved runs can be analysed on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import numpy as np
+
+from llc.diagnostics import llc_draws, running_llc
+
+NC_FORMAT_VERSION = 1
+
+
+class ArtifactError(RuntimeError):
+    """A run directory or NetCDF file that cannot be used; the message names the file."""
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return json.dumps(value)
+
+
+def to_inference_data(sampler: str, Ln: np.ndarray, Ln_warmup: np.ndarray | None, theta_proj: np.ndarray,
+                      stats: dict[str, np.ndarray], *, L0: float, nbeta: float,
+                      attrs: dict[str, Any]) -> az.InferenceData:
+    llc = llc_draws(Ln, L0, nbeta)
+    per_chain, _ = running_llc(llc)
+    posterior = {"Ln": Ln, "llc": llc, "llc_running": per_chain, "theta_proj": theta_proj}
+    kwargs: dict[str, Any] = {}
+    if Ln_warmup is not None and np.size(Ln_warmup) > 0:
+        kwargs["warmup_posterior"] = {"Ln": Ln_warmup}
+        kwargs["save_warmup"] = True
+    all_attrs = {"llc_format": NC_FORMAT_VERSION, "sampler": sampler, "L0": float(L0), "nbeta": float(nbeta)}
+    all_attrs.update({k: _attr_value(v) for k, v in attrs.items() if v is not None})
+    return az.from_dict(
+        posterior=posterior,
+        sample_stats={k: np.asarray(v) for k, v in stats.items()} or None,
+        dims={"theta_proj": ["proj"]},
+        attrs=all_attrs,
+        **kwargs,
+    )
+
+
+def save_netcdf(idata: az.InferenceData, path: Path) -> Path:
+    idata.to_netcdf(str(path))
+    return path
+
+
+def load_netcdf(path: Path) -> az.InferenceData:
+    """Open a sampler NetCDF written by llc, with a clear error for missing/truncated/foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such NetCDF file")
+    try:
+        idata = az.from_netcdf(str(path))
+    except Exception as exc:  # netCDF4/h5py raise a zoo of types for corrupt files
+        raise ArtifactError(f"{path}: not a readable NetCDF file ({type(exc).__name__}: {exc})") from None
+    if "posterior" not in idata.groups() or "Ln" not in idata.posterior:
+        raise ArtifactError(f"{path}: not an llc sampler file (no posterior group with an Ln variable)")
+    if "llc_format" not in idata.posterior.attrs:
+        raise ArtifactError(f"{path}: not written by llc (missing llc_format attribute)")
+    return idata
+
+
+def nc_attrs(idata: az.InferenceData) -> dict[str, Any]:
+    return dict(idata.posterior.attrs)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _clean(obj: Any) -> Any:
+    """Replace NaN/inf by None so that the JSON stays standard (and round-trips)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    return json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=indent)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    Path(path).write_text(dumps(obj) + "\n")
+    return Path(path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: invalid JSON ({exc})") from None

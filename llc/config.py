@@ -1,0 +1,484 @@
+"""Configuration: frozen dataclasses, presets, dotted overrides and validation.
+
+Every field may carry constraints in its metadata (``choices``, ``gt``, ``ge``, ``le``); one
+generic validator walks the tree so that a bad value is reported as a single line naming the
+dotted field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+ACTIVATIONS = ("relu", "tanh", "gelu", "identity")
+X_DISTS = ("gauss_iso", "gauss_aniso", "mixture", "lowdim", "heavy_tail")
+NOISES = ("gauss", "hetero", "student_t", "outliers")
+TARGET_KINDS = ("mlp", "quadratic", "dln")
+DTYPES = ("float32", "float64")
+SAMPLERS = ("sgld", "hmc", "mclmc", "mclmc_adjusted", "vi")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message is one line naming the field."""
+
+
+def _f(default: Any, **constraints: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata=constraints)
+
+
+def _sub(cls: type) -> Any:
+    return field(default_factory=cls)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    kind: str = _f("mlp", choices=TARGET_KINDS)
+    seed: int = _f(0, ge=0)
+    dtype: str = _f("float64", choices=DTYPES)
+    quad_dim: int = _f(4, gt=0)
+    dln_widths: tuple[int, ...] = _f((6, 5, 4, 6), min_len=2, item_gt=0)
+    dln_rank: int = _f(2, ge=0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    n_data: int = _f(2048, gt=1)
+    x_dist: str = _f("gauss_iso", choices=X_DISTS)
+    cond_number: float = _f(10.0, ge=1.0)  # gauss_aniso: ratio of largest to smallest std
+    mixture_components: int = _f(4, gt=0)
+    mixture_spread: float = _f(2.0, ge=0.0)
+    lowdim_dim: int = _f(4, gt=0)  # lowdim: intrinsic dimension of the input manifold
+    x_df: float = _f(3.0, gt=0.0)  # heavy_tail: Student-t degrees of freedom of the inputs
+    noise: str = _f("gauss", choices=NOISES)
+    noise_scale: float = _f(0.1, ge=0.0)
+    noise_df: float = _f(4.0, gt=0.0)  # student_t noise degrees of freedom
+    outlier_frac: float = _f(0.05, ge=0.0, le=1.0)
+    outlier_scale: float = _f(5.0, ge=0.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The student network whose LLC is estimated."""
+
+    in_dim: int = _f(32, gt=0)
+    out_dim: int = _f(1, gt=0)
+    depth: int = _f(2, gt=0)  # number of hidden layers
+    widths: tuple[int, ...] | None = _f(None, item_gt=0)  # hidden widths; overrides depth/target_params
+    target_params: int | None = _f(10_000, gt=0)  # size hidden widths to about this many parameters
+    activation: str = _f("relu", choices=ACTIVATIONS)
+    bias: bool = _f(True)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The network that generates the targets (smaller than the student by default)."""
+
+    depth: int = _f(1, gt=0)
+    width: int = _f(16, gt=0)
+    activation: str = _f("same", choices=("same", *ACTIVATIONS))
+    weight_scale: float = _f(1.0, gt=0.0)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """ERM training that finds w*, the centre of the local posterior."""
+
+    optimizer: str = _f("adam", choices=("adam", "sgd"))
+    learning_rate: float = _f(3e-3, gt=0.0)
+    steps: int = _f(2000, ge=0)
+    batch_size: int | None = _f(None, gt=0)  # None: full batch
+
+
+@dataclass(frozen=True)
+class PosteriorConfig:
+    beta_mode: str = _f("inv_log_n", choices=("inv_log_n", "fixed"))
+    beta0: float = _f(1.0, gt=0.0)  # beta = beta0 / log n, or beta0 itself when fixed
+    gamma: float = _f(100.0, ge=0.0)
+    prior_radius: float | None = _f(None, gt=0.0)  # when set, gamma = d / radius**2
+
+
+@dataclass(frozen=True)
+class SGLDConfig:
+    step_size: float = _f(1e-4, gt=0.0)  # epsilon: drift eps/2 * grad, noise variance eps
+    batch_size: int = _f(256, gt=0)
+    chains: int = _f(4, gt=0)
+    draws: int = _f(1000, gt=0)  # recorded full-batch evaluations of L_n per chain
+    eval_every: int = _f(10, gt=0)  # SGLD steps between recorded evaluations
+    burnin: int = _f(100, ge=0)  # evaluations discarded as burn-in (kept as warm-up draws)
+    precond: str = _f("none", choices=("none", "rmsprop", "adam"))
+    beta1: float = _f(0.9, ge=0.0, lt=1.0)
+    beta2: float = _f(0.999, ge=0.0, lt=1.0)
+    eps: float = _f(1e-8, gt=0.0)
+    bias_correction: bool = _f(True)
+    dtype: str = _f("float32", choices=DTYPES)
+
+
+@dataclass(frozen=True)
+class HMCConfig:
+    chains: int = _f(4, gt=0)
+    draws: int = _f(500, gt=0)
+    warmup: int = _f(300, ge=0)
+    num_integration_steps: int = _f(16, gt=0)
+    step_size: float = _f(1e-3, gt=0.0)  # initial value; window adaptation tunes it
+    target_accept: float = _f(0.8, gt=0.0, lt=1.0)
+    nuts: bool = _f(False)
+    max_tree_depth: int = _f(8, gt=0)
+    adaptation: str = _f("per_chain", choices=("per_chain", "shared"))
+    dtype: str = _f("float64", choices=DTYPES)
+
+
+@dataclass(frozen=True)
+class MCLMCConfig:
+    chains: int = _f(4, gt=0)
+    draws: int = _f(1000, gt=0)
+    eval_every: int = _f(1, gt=0)  # integrator steps between recorded draws
+    warmup: int = _f(1000, ge=0)  # tuning steps for L and step size
+    integrator: str = _f("isokinetic_mclachlan", choices=(
+        "isokinetic_leapfrog", "isokinetic_mclachlan", "isokinetic_omelyan"))
+    desired_energy_var: float = _f(5e-4, gt=0.0)
+    diagonal_preconditioning: bool = _f(True)
+    adaptation: str = _f("per_chain", choices=("per_chain", "shared"))
+    dtype: str = _f("float64", choices=DTYPES)
+
+
+@dataclass(frozen=True)
+class MCLMCAdjustedConfig:
+    chains: int = _f(4, gt=0)
+    draws: int = _f(500, gt=0)
+    warmup: int = _f(1000, ge=0)
+    target_accept: float = _f(0.9, gt=0.0, lt=1.0)
+    integrator: str = _f("isokinetic_mclachlan", choices=(
+        "isokinetic_leapfrog", "isokinetic_mclachlan", "isokinetic_omelyan"))
+    diagonal_preconditioning: bool = _f(True)
+    adaptation: str = _f("per_chain", choices=("per_chain", "shared"))
+    dtype: str = _f("float64", choices=DTYPES)
+
+
+@dataclass(frozen=True)
+class VIConfig:
+    """Mixture-of-factor-analysers variational estimator (see issue on VI)."""
+
+    components: int = _f(8, gt=0)
+    rank: int = _f(2, ge=0)
+    steps: int = _f(2000, gt=0)
+    batch_size: int = _f(256, gt=0)
+    learning_rate: float = _f(1e-2, gt=0.0)
+    eval_samples: int = _f(512, gt=0)
+    eval_every: int = _f(50, gt=0)
+    chains: int = _f(1, gt=0)
+    dtype: str = _f("float32", choices=DTYPES)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = _f(0, ge=0)
+    samplers: tuple[str, ...] = _f(("sgld", "hmc", "mclmc"), min_len=1, item_choices=SAMPLERS)
+    theta_proj_dim: int = _f(4, gt=0)  # random projections of theta kept per draw
+    save_plots: bool = _f(True)
+    target: TargetConfig = _sub(TargetConfig)
+    data: DataConfig = _sub(DataConfig)
+    model: ModelConfig = _sub(ModelConfig)
+    teacher: TeacherConfig = _sub(TeacherConfig)
+    training: TrainingConfig = _sub(TrainingConfig)
+    posterior: PosteriorConfig = _sub(PosteriorConfig)
+    sgld: SGLDConfig = _sub(SGLDConfig)
+    hmc: HMCConfig = _sub(HMCConfig)
+    mclmc: MCLMCConfig = _sub(MCLMCConfig)
+    mclmc_adjusted: MCLMCAdjustedConfig = _sub(MCLMCAdjustedConfig)
+    vi: VIConfig = _sub(VIConfig)
+
+
+# Fields that change how results are shown, not what is computed: left out of the run hash.
+PRESENTATION_FIELDS = ("save_plots",)
+
+
+# --------------------------------------------------------------------------- typing helpers
+
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _type_name(tp: Any) -> str:
+    inner, optional = _unwrap_optional(tp)
+    if typing.get_origin(inner) is tuple:
+        item = typing.get_args(inner)[0].__name__
+        name = f"comma-separated list of {item}"
+    else:
+        name = getattr(inner, "__name__", str(inner))
+    return f"{name} or none" if optional else name
+
+
+def parse_value(text: str, tp: Any, path: str) -> Any:
+    """Parse a command-line string into the field type ``tp``."""
+    inner, optional = _unwrap_optional(tp)
+    raw = text.strip()
+    if optional and raw.lower() in ("none", "null", ""):
+        return None
+    try:
+        if inner is bool:
+            low = raw.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if inner is int:
+            value = float(raw) if ("e" in raw.lower() and not raw.lower().startswith("0x")) else int(raw)
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            return value
+        if inner is float:
+            return float(raw)
+        if inner is str:
+            return raw
+        if typing.get_origin(inner) is tuple:
+            item_tp = typing.get_args(inner)[0]
+            parts = [p for p in raw.strip("()[]").split(",") if p.strip()]
+            return tuple(parse_value(p, item_tp, path) for p in parts)
+    except ValueError:
+        pass
+    raise ConfigError(f"{path}: cannot parse {text!r} as {_type_name(tp)}")
+
+
+def _check_type(value: Any, tp: Any, path: str) -> Any:
+    """Check (and gently coerce, e.g. int -> float, list -> tuple) a value from a file or dict."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path}: must be {_type_name(tp)}, got none")
+    if isinstance(value, str) and inner is not str:
+        return parse_value(value, tp, path)
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+    elif inner is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif inner is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif inner is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(inner) is tuple and isinstance(value, (list, tuple)):
+        item_tp = typing.get_args(inner)[0]
+        return tuple(_check_type(v, item_tp, path) for v in value)
+    raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- validation
+
+def _check_constraints(value: Any, meta: typing.Mapping[str, Any], path: str) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {', '.join(meta['choices'])}")
+    bounds = (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
+              ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<="))
+    for key, ok, sym in bounds:
+        if key in meta and not ok(value, meta[key]):
+            raise ConfigError(f"{path}: must be {sym} {meta[key]}, got {value!r}")
+    if isinstance(value, tuple):
+        if "min_len" in meta and len(value) < meta["min_len"]:
+            raise ConfigError(f"{path}: needs at least {meta['min_len']} entries, got {len(value)}")
+        for item in value:
+            if "item_gt" in meta and not item > meta["item_gt"]:
+                raise ConfigError(f"{path}: every entry must be > {meta['item_gt']}, got {item!r}")
+            if "item_choices" in meta and item not in meta["item_choices"]:
+                raise ConfigError(
+                    f"{path}: {item!r} is not allowed; choose from {', '.join(meta['item_choices'])}")
+
+
+def _validate_tree(obj: Any, prefix: str = "") -> None:
+    hints = _resolved_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _validate_tree(value, prefix=f"{path}.")
+        else:
+            _check_type(value, hints[f.name], path)
+            _check_constraints(value, f.metadata, path)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Raise ConfigError (one line, naming the field) for anything unusable; return cfg."""
+    _validate_tree(cfg)
+    if len(set(cfg.samplers)) != len(cfg.samplers):
+        raise ConfigError(f"samplers: duplicated entry in {','.join(cfg.samplers)}")
+    t = cfg.target
+    if t.kind == "dln" and t.dln_rank > min(t.dln_widths):
+        raise ConfigError(
+            f"target.dln_rank: must be <= the narrowest width {min(t.dln_widths)} of "
+            f"dln_widths {t.dln_widths}, got {t.dln_rank}")
+    if cfg.model.widths is not None and len(cfg.model.widths) == 0:
+        raise ConfigError("model.widths: give at least one hidden width or none")
+    if cfg.model.widths is None and cfg.model.target_params is None:
+        raise ConfigError("model.target_params: set it or model.widths to size the network")
+    if cfg.sgld.batch_size > cfg.data.n_data:
+        raise ConfigError(
+            f"sgld.batch_size: must be <= data.n_data ({cfg.data.n_data}), got {cfg.sgld.batch_size}")
+    return cfg
+
+
+# --------------------------------------------------------------------------- overrides
+
+def _field_map(obj: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def set_field(cfg: Any, dotted: str, value: Any, *, from_text: bool) -> Any:
+    """Return a copy of ``cfg`` with the dotted field set; unknown names raise ConfigError."""
+    head, _, rest = dotted.partition(".")
+    fields = _field_map(cfg)
+    if head not in fields:
+        where = type(cfg).__name__
+        raise ConfigError(
+            f"{dotted}: unknown config field {head!r} in {where}; valid fields: {', '.join(fields)}")
+    current = getattr(cfg, head)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"{dotted}: {head!r} is not a section with sub-fields")
+        return dataclasses.replace(cfg, **{head: set_field(current, rest, value, from_text=from_text)})
+    if dataclasses.is_dataclass(current):
+        if isinstance(value, dict):
+            for key, sub_value in value.items():
+                current = set_field(current, key, sub_value, from_text=from_text)
+            return dataclasses.replace(cfg, **{head: current})
+        raise ConfigError(f"{dotted}: is a section; set one of its fields, e.g. {dotted}.<field>=...")
+    tp = _resolved_hints(type(cfg))[head]
+    parsed = parse_value(value, tp, dotted) if from_text else _check_type(value, tp, dotted)
+    return dataclasses.replace(cfg, **{head: parsed})
+
+
+def _qualify(cfg: Any, dotted: str, prefix: str = "") -> str:
+    head, _, rest = dotted.partition(".")
+    return f"{prefix}{head}" if not rest else _qualify(getattr(cfg, head, None), rest, f"{prefix}{head}.")
+
+
+def apply_overrides(cfg: RunConfig, overrides: typing.Iterable[str]) -> RunConfig:
+    """Apply ``dotted.field=value`` strings in order."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected dotted.field=value")
+        cfg = set_field(cfg, key, value, from_text=True)
+    return cfg
+
+
+def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], prefix: str = "") -> RunConfig:
+    """Apply a nested mapping (from a preset file or a sweep point) onto cfg."""
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        target = cfg
+        for part in dotted.split(".")[:-1]:
+            target = getattr(target, part, None)
+        if isinstance(value, dict) and not dataclasses.is_dataclass(
+                getattr(target, dotted.split(".")[-1], None)):
+            raise ConfigError(f"{dotted}: unknown config section")
+        if isinstance(value, dict):
+            cfg = apply_mapping(cfg, value, prefix=f"{dotted}.")
+        else:
+            cfg = set_field(cfg, dotted, value, from_text=False)
+    return cfg
+
+
+# --------------------------------------------------------------------------- presets
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml") if not p.stem.startswith("sweep"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESETS_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ConfigError(f"preset: {name_or_path!r} not found; available: {', '.join(preset_names())}")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset: {path} is not valid TOML ({exc})") from None
+
+
+def build_config(preset: str | None = None, overrides: typing.Iterable[str] = (),
+                 mapping: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then preset file, then a mapping, then ``--set`` strings; validated."""
+    cfg = RunConfig()
+    if preset:
+        cfg = apply_mapping(cfg, load_preset(preset))
+    if mapping:
+        cfg = apply_mapping(cfg, mapping)
+    cfg = apply_overrides(cfg, overrides)
+    return validate(cfg)
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(out))  # tuples -> lists, so dicts compare equal after a JSON trip
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    return validate(apply_mapping(RunConfig(), data))
+
+
+def normalized(cfg: RunConfig) -> dict[str, Any]:
+    """The part of the config that determines results: what the run hash is computed from.
+
+    Presentation fields and the sections of samplers that are not run are dropped, and the target
+    is reduced to the fields its kind uses, so an irrelevant change never invalidates the cache.
+    """
+    full = to_dict(cfg)
+    for name in PRESENTATION_FIELDS:
+        full.pop(name, None)
+    for name in SAMPLERS:
+        if name not in cfg.samplers:
+            full.pop(name, None)
+    for name in ("target", "data", "model", "teacher", "training"):
+        full.pop(name)
+    full.update(target_section(cfg))
+    return full
+
+
+def target_section(cfg: RunConfig) -> dict[str, Any]:
+    """The fields that define the target (its data and trained w*), per target kind."""
+    t = to_dict(cfg.target)
+    kind = cfg.target.kind
+    if kind == "quadratic":
+        keep_t = ("kind", "dtype", "quad_dim")
+        return {"target": {k: t[k] for k in keep_t}, "data": {"n_data": cfg.data.n_data}}
+    if kind == "dln":
+        keep_t = ("kind", "seed", "dtype", "dln_widths", "dln_rank")
+        return {"target": {k: t[k] for k in keep_t}, "data": to_dict(cfg.data),
+                "training": to_dict(cfg.training)}
+    keep_t = ("kind", "seed", "dtype")
+    return {"target": {k: t[k] for k in keep_t}, "data": to_dict(cfg.data), "model": to_dict(cfg.model),
+            "teacher": to_dict(cfg.teacher), "training": to_dict(cfg.training)}
