@@ -131,6 +131,9 @@ class HMCConfig:
     num_integration_steps: int = _f(16, gt=0)
     step_size: float = _f(1e-3, gt=0.0)  # initial value; window adaptation tunes it
     target_accept: float = _f(0.8, gt=0.0, lt=1.0)
+    # Sampling draws each transition's step size uniformly in eps*(1 +- jitter): a fixed
+    # trajectory length can resonate with the posterior's periods (HMC only, not NUTS).
+    step_size_jitter: float = _f(0.2, ge=0.0, lt=1.0)
     nuts: bool = _f(False)
     max_tree_depth: int = _f(8, gt=0)
     adaptation: str = _f("per_chain", choices=("per_chain", "shared"))
@@ -166,16 +169,36 @@ class MCLMCAdjustedConfig:
 
 @dataclass(frozen=True)
 class VIConfig:
-    """Mixture-of-factor-analysers variational estimator (see issue on VI)."""
+    """Mixture-of-factor-analysers variational estimator (llc.samplers.vi; seed 003).
 
-    components: int = _f(8, gt=0)
-    rank: int = _f(2, ge=0)
-    steps: int = _f(2000, gt=0)
+    Seed names: M = components, r = rank, lr = learning_rate. gamma is posterior.gamma.
+    """
+
+    components: int = _f(8, gt=0)  # M: mixture components
+    rank: int = _f(2, ge=0)  # r: low-rank factor columns per component
+    r_per_component: tuple[int, ...] | None = _f(None, item_gt=0)  # per-component ranks (length M)
+    steps: int = _f(5000, gt=0)  # optimisation steps (a multiple of eval_every)
     batch_size: int = _f(256, gt=0)
-    learning_rate: float = _f(1e-2, gt=0.0)
-    eval_samples: int = _f(512, gt=0)
-    eval_every: int = _f(50, gt=0)
-    chains: int = _f(1, gt=0)
+    learning_rate: float = _f(1e-2, gt=0.0)  # Adam
+    lr_schedule: str | None = _f(None, choices=("cosine", "linear_decay"))
+    lr_warmup_frac: float = _f(0.05, ge=0.0, lt=1.0)  # warm-up fraction, with a schedule
+    clip_global_norm: float | None = _f(5.0, gt=0.0)  # none: no clipping
+    eval_every: int = _f(50, gt=0)  # steps between trace records
+    eval_samples: int = _f(64, gt=0)  # draws of q for lambda-hat
+    chains: int = _f(1, gt=0)  # independent VI fits
+    mc_samples: int = _f(1, gt=0)  # q-draws (each with its own minibatch) per step
+    whitening_mode: str = _f("none", choices=("none", "rmsprop", "adam"))
+    whitening_decay: float = _f(0.99, gt=0.0, lt=1.0)  # EMA decay of the pre-pass moments
+    whitening_steps: int = _f(200, gt=0)  # minibatch gradients in the whitening pre-pass
+    init_scale: float = _f(1.0, gt=0.0)  # initial q std, in units of 1/sqrt(n*beta + gamma)
+    learn_means: bool = _f(True)  # per-component mean offsets from w* (start at 0)
+    alpha_temperature: float = _f(1.0, gt=0.0)  # pi = softmax(alpha / T)
+    alpha_dirichlet_prior: float | None = _f(None, gt=0.0)  # symmetric Dirichlet(a0) on pi
+    entropy_bonus: float = _f(0.0, ge=0.0)  # lambda * H(pi) added to the objective
+    control_variate: bool = _f(True)  # HVP quadratic control variate at evaluation
+    cv_exact_max_dim: int = _f(2048, ge=0)  # exact Hessian diagonal up to this dim, else Hutchinson
+    cv_probes: int = _f(64, gt=0)  # Hutchinson probes above cv_exact_max_dim
+    tensorboard: bool = _f(False)  # not available: needs a writer package (see llc.samplers.vi)
     dtype: str = _f("float32", choices=DTYPES)
 
 
@@ -339,7 +362,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.widths: give at least one hidden width or none")
     if cfg.model.widths is None and cfg.model.target_params is None:
         raise ConfigError("model.target_params: set it or model.widths to size the network")
-    if cfg.sgld.batch_size > cfg.data.n_data:
+    if "sgld" in cfg.samplers and cfg.sgld.batch_size > cfg.data.n_data:
         raise ConfigError(
             f"sgld.batch_size: must be <= data.n_data ({cfg.data.n_data}), got {cfg.sgld.batch_size}")
     return cfg
@@ -351,33 +374,30 @@ def _field_map(obj: Any) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}
 
 
-def set_field(cfg: Any, dotted: str, value: Any, *, from_text: bool) -> Any:
+def set_field(cfg: Any, dotted: str, value: Any, *, from_text: bool, _prefix: str = "") -> Any:
     """Return a copy of ``cfg`` with the dotted field set; unknown names raise ConfigError."""
     head, _, rest = dotted.partition(".")
+    full = f"{_prefix}{dotted}"
     fields = _field_map(cfg)
     if head not in fields:
-        where = type(cfg).__name__
+        where = f"section {_prefix[:-1]!r}" if _prefix else "the run config"
         raise ConfigError(
-            f"{dotted}: unknown config field {head!r} in {where}; valid fields: {', '.join(fields)}")
+            f"{full}: unknown config field {head!r} in {where}; valid fields: {', '.join(fields)}")
     current = getattr(cfg, head)
     if rest:
         if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"{dotted}: {head!r} is not a section with sub-fields")
-        return dataclasses.replace(cfg, **{head: set_field(current, rest, value, from_text=from_text)})
+            raise ConfigError(f"{full}: {_prefix}{head} is not a section with sub-fields")
+        sub = set_field(current, rest, value, from_text=from_text, _prefix=f"{_prefix}{head}.")
+        return dataclasses.replace(cfg, **{head: sub})
     if dataclasses.is_dataclass(current):
         if isinstance(value, dict):
             for key, sub_value in value.items():
-                current = set_field(current, key, sub_value, from_text=from_text)
+                current = set_field(current, key, sub_value, from_text=from_text, _prefix=f"{full}.")
             return dataclasses.replace(cfg, **{head: current})
-        raise ConfigError(f"{dotted}: is a section; set one of its fields, e.g. {dotted}.<field>=...")
+        raise ConfigError(f"{full}: is a section; set one of its fields, e.g. {full}.<field>=...")
     tp = _resolved_hints(type(cfg))[head]
-    parsed = parse_value(value, tp, dotted) if from_text else _check_type(value, tp, dotted)
+    parsed = parse_value(value, tp, full) if from_text else _check_type(value, tp, full)
     return dataclasses.replace(cfg, **{head: parsed})
-
-
-def _qualify(cfg: Any, dotted: str, prefix: str = "") -> str:
-    head, _, rest = dotted.partition(".")
-    return f"{prefix}{head}" if not rest else _qualify(getattr(cfg, head, None), rest, f"{prefix}{head}.")
 
 
 def apply_overrides(cfg: RunConfig, overrides: typing.Iterable[str]) -> RunConfig:
@@ -391,20 +411,10 @@ def apply_overrides(cfg: RunConfig, overrides: typing.Iterable[str]) -> RunConfi
     return cfg
 
 
-def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], prefix: str = "") -> RunConfig:
-    """Apply a nested mapping (from a preset file or a sweep point) onto cfg."""
+def apply_mapping(cfg: RunConfig, mapping: dict[str, Any]) -> RunConfig:
+    """Apply a nested mapping (from a preset file, a sweep point or config.json) onto cfg."""
     for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        target = cfg
-        for part in dotted.split(".")[:-1]:
-            target = getattr(target, part, None)
-        if isinstance(value, dict) and not dataclasses.is_dataclass(
-                getattr(target, dotted.split(".")[-1], None)):
-            raise ConfigError(f"{dotted}: unknown config section")
-        if isinstance(value, dict):
-            cfg = apply_mapping(cfg, value, prefix=f"{dotted}.")
-        else:
-            cfg = set_field(cfg, dotted, value, from_text=False)
+        cfg = set_field(cfg, key, value, from_text=False)
     return cfg
 
 

@@ -1,0 +1,85 @@
+import dataclasses
+
+import pytest
+
+from llc.config import (ConfigError, RunConfig, apply_overrides, build_config, from_dict, load_preset,
+                        normalized, preset_names, to_dict)
+
+
+def test_defaults_validate_and_roundtrip():
+    cfg = build_config()
+    assert cfg == RunConfig()
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_presets_load(name):
+    assert name in preset_names()
+    cfg = build_config(name)
+    assert cfg.samplers
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sgld.step_size=-1", "sgld.step_size: must be > 0"),
+    ("sgld.chains=0", "sgld.chains: must be > 0"),
+    ("hmc.chains=0", "hmc.chains: must be > 0"),
+    ("model.activation=swish", "model.activation: 'swish' is not allowed; choose one of relu, tanh, gelu, identity"),
+    ("target.kind=cubic", "target.kind: 'cubic' is not allowed"),
+    ("sgld.stepsize=1", "unknown config field 'stepsize'"),
+    ("nonsense.x=1", "unknown config field 'nonsense'"),
+    ("sgld.draws=ten", "sgld.draws: cannot parse 'ten' as int"),
+    ("sgld.draws=1.5", "sgld.draws: cannot parse '1.5' as int"),
+    ("samplers=sgld,foo", "samplers: 'foo' is not allowed"),
+    ("target.dln_widths=6,0,4", "target.dln_widths: every entry must be > 0"),
+    ("data.outlier_frac=2", "data.outlier_frac: must be <= 1.0"),
+    ("sgld.bias_correction=maybe", "sgld.bias_correction: cannot parse 'maybe' as bool"),
+    ("sgld", "expected dotted.field=value"),
+    ("sgld=1", "sgld: is a section"),
+])
+def test_bad_values_rejected_with_field_name(override, message):
+    with pytest.raises(ConfigError) as exc:
+        build_config(None, [override])
+    text = str(exc.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="target.dln_rank: must be <= the narrowest width 4"):
+        build_config(None, ["target.kind=dln", "target.dln_widths=6,5,4,6", "target.dln_rank=5"])
+    with pytest.raises(ConfigError, match="sgld.batch_size: must be <= data.n_data"):
+        build_config(None, ["data.n_data=100", "sgld.batch_size=200"])
+
+
+def test_overrides_parse_types():
+    cfg = build_config(None, ["sgld.step_size=1e-5", "target.dln_widths=3,4,5", "model.widths=none",
+                              "sgld.bias_correction=false", "data.n_data=1e3", "samplers=hmc"])
+    assert cfg.sgld.step_size == 1e-5
+    assert cfg.target.dln_widths == (3, 4, 5)
+    assert cfg.sgld.bias_correction is False
+    assert cfg.data.n_data == 1000
+    assert cfg.samplers == ("hmc",)
+
+
+def test_preset_errors(tmp_path):
+    with pytest.raises(ConfigError, match="preset: 'nope' not found"):
+        load_preset("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sgld]\nstep_size = 'big'\n")
+    with pytest.raises(ConfigError, match="sgld.step_size: cannot parse 'big' as float"):
+        build_config(str(bad))
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[sgdl]\nstep_size = 1.0\n")
+    with pytest.raises(ConfigError, match="unknown config field 'sgdl'"):
+        build_config(str(unknown))
+
+
+def test_normalized_ignores_irrelevant_fields():
+    base = build_config(None, ["samplers=sgld"])
+    # presentation and unused sampler sections do not enter the hash input
+    assert normalized(base) == normalized(dataclasses.replace(base, save_plots=False))
+    assert normalized(base) == normalized(apply_overrides(base, ["hmc.draws=7"]))
+    assert normalized(base) != normalized(apply_overrides(base, ["sgld.draws=7"]))
+    quad = build_config(None, ["target.kind=quadratic"])
+    assert normalized(quad) == normalized(apply_overrides(quad, ["model.depth=5"]))
+    assert normalized(quad) != normalized(apply_overrides(quad, ["target.quad_dim=9"]))
