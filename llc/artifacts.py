@@ -36,7 +36,8 @@ def _attr_value(value: Any) -> Any:
         return value
     if isinstance(value, np.generic):
         return value.item()
-    return json.dumps(value)
+    # Lists, dicts, arrays (e.g. a per-step trace in ``info``): stored as JSON text.
+    return json.dumps(value, default=_json_default)
 
 
 def to_inference_data(sampler: str, Ln: np.ndarray, Ln_warmup: np.ndarray | None, theta_proj: np.ndarray,
@@ -71,18 +72,42 @@ def load_netcdf(path: Path) -> az.InferenceData:
     if not path.is_file():
         raise ArtifactError(f"{path}: no such NetCDF file")
     try:
-        idata = az.from_netcdf(str(path))
+        # Eager: read every value now (and close the file), so a damaged file fails here, not
+        # half-way through a plot.
+        with az.rc_context({"data.load": "eager"}):
+            idata = az.from_netcdf(str(path))
     except Exception as exc:  # netCDF4/h5py raise a zoo of types for corrupt files
         raise ArtifactError(f"{path}: not a readable NetCDF file ({type(exc).__name__}: {exc})") from None
     if "posterior" not in idata.groups() or "Ln" not in idata.posterior:
         raise ArtifactError(f"{path}: not an llc sampler file (no posterior group with an Ln variable)")
-    if "llc_format" not in idata.posterior.attrs:
+    if "llc_format" not in nc_attrs(idata):
         raise ArtifactError(f"{path}: not written by llc (missing llc_format attribute)")
     return idata
 
 
+def _attr_python(value: Any) -> Any:
+    """NetCDF attribute -> plain Python (numpy scalars unwrapped; JSON lists/dicts decoded)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
 def nc_attrs(idata: az.InferenceData) -> dict[str, Any]:
-    return dict(idata.posterior.attrs)
+    """The llc attributes of a sampler file as plain Python values.
+
+    ArviZ keeps ``from_dict(attrs=...)`` on the InferenceData itself (``idata.attrs``); older files
+    may carry them on the posterior group, so both are read.
+    """
+    raw = dict(idata.posterior.attrs)
+    raw.update(getattr(idata, "attrs", None) or {})
+    return {k: _attr_python(v) for k, v in raw.items()}
 
 
 def _json_default(obj: Any) -> Any:

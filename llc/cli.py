@@ -47,6 +47,26 @@ def _override_flags(**flags) -> list[str]:
 
 PresetOpt = Annotated[Optional[str], typer.Option(help="Preset name in presets/ (quick, full) or a .toml path.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any field: dotted.field=value (repeatable).")]
+# Execution backends (llc/backends): shared by `run` and `sweep`.
+BackendOpt = Annotated[str, typer.Option(help="Where runs execute: local, joblib, submitit (SLURM), modal.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(help="Local worker processes (joblib; --backend=local with N>1 uses a pool too).")]
+PartitionOpt = Annotated[Optional[str], typer.Option(help="SLURM partition (submitit).")]
+GpusOpt = Annotated[int, typer.Option(help="GPUs per SLURM job (submitit).")]
+CpusOpt = Annotated[int, typer.Option(help="CPUs per SLURM job (submitit).")]
+TimeoutMinOpt = Annotated[int, typer.Option(help="SLURM time limit per job, minutes (submitit).")]
+MemGbOpt = Annotated[Optional[float], typer.Option(help="Memory per SLURM job, GB (submitit).")]
+AccountOpt = Annotated[Optional[str], typer.Option("--slurm-account", help="SLURM account to charge (submitit).")]
+ArrayParOpt = Annotated[Optional[int], typer.Option(help="Most SLURM array tasks running at once (submitit).")]
+NoArtifactsOpt = Annotated[bool, typer.Option("--no-artifacts", help="Modal: leave artifacts on the volume, do not download them.")]
+
+
+def _make_backend(name: str, **flags):
+    from llc.backends import BackendUnavailable, make_backend
+
+    try:
+        return make_backend(name, **flags)
+    except BackendUnavailable as exc:
+        fail(str(exc))
 
 
 @app.command()
@@ -72,6 +92,15 @@ def run(
     no_save_plots: Annotated[bool, typer.Option("--no-save-plots", help="Skip figures.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
+    backend: BackendOpt = "local",
+    workers: WorkersOpt = None,
+    partition: PartitionOpt = None,
+    gpus: GpusOpt = 0,
+    cpus: CpusOpt = 1,
+    timeout_min: TimeoutMinOpt = 60,
+    mem_gb: MemGbOpt = None,
+    slurm_account: AccountOpt = None,
+    no_artifacts: NoArtifactsOpt = False,
 ) -> None:
     """Estimate the LLC of one target with the configured samplers."""
     from llc import report
@@ -88,13 +117,167 @@ def run(
         cfg = build_config(preset, [*overrides, *(set_ or [])])
     except ConfigError as exc:
         fail(str(exc))
-    result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
+    if backend == "local" and (workers or 1) == 1:
+        result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
+    else:
+        from llc.sweep import run_single
+
+        runner = _make_backend(backend, workers=workers, partition=partition, gpus=gpus, cpus=cpus,
+                               timeout_min=timeout_min, mem_gb=mem_gb, account=slurm_account,
+                               download=not no_artifacts)
+        with err.status(f"running {cfg.samplers} on {runner.describe()}"):
+            outcome = run_single(cfg, runner, artifacts, skip=not no_skip)
+        if outcome.result is None:
+            fail(f"run {outcome.run_id} failed on {runner.name}: {outcome.error}", code=1)
+        result = outcome.result
     if json_out:
         from llc.artifacts import dumps
 
         sys.stdout.write(dumps(result, indent=None) + "\n")
     else:
         report.print_result(result, err if json_out else Console())
+
+
+@app.command()
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding <sampler>.nc files (artifacts/<run_id>).")],
+    which: Annotated[str, typer.Option(help="Samplers to analyse, comma-separated, or 'all'.")] = "all",
+    plots: Annotated[str, typer.Option(
+        help="Figures, comma-separated: running_llc,trace,autocorr,ess_evolution,ess_quantile,rhat,rank,"
+             "theta,centered,acceptance,energy,optimisation,combined; 'all'; or 'none'.")] = "all",
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN_DIR/analysis).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files in --out.")] = False,
+    target_se: Annotated[float, typer.Option(help="SE(λ̂) that time_to_se1 / fde_to_se1 project to.")] = 1.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object on stdout.")] = False,
+) -> None:
+    """Re-derive metrics and figures of a saved run from its NetCDF files (no JAX, no sampling)."""
+    from llc.analysis import analyze_run, metrics_tables
+    from llc.artifacts import ArtifactError, dumps
+
+    try:
+        res = analyze_run(run_dir, which=which, plots=[] if plots.strip() == "none" else plots, out=out,
+                          overwrite=overwrite, target_se=target_se, log=lambda msg: err.print(msg, highlight=False))
+    except (ArtifactError, ValueError) as exc:
+        fail(str(exc))
+    if json_out:
+        sys.stdout.write(dumps(res["metrics"], indent=None) + "\n")
+        return
+    console = Console()
+    for table in metrics_tables(res["metrics"]):
+        console.print(table)
+    console.print(f"wrote metrics.json and {len(res['figures'])} figure(s) to {res['out']}", highlight=False)
+    if res["differences"] is not None:
+        if res["differences"]:
+            shown = ", ".join(res["differences"][:6]) + (" ..." if len(res["differences"]) > 6 else "")
+            console.print(f"[yellow]differs from saved {res['saved']}:[/] {shown}", highlight=False)
+        else:
+            console.print(f"identical to saved {res['saved']}", highlight=False)
+
+
+@app.command()
+def promote(
+    run: Annotated[Optional[str], typer.Option(
+        help="Run id or directory (default: the latest complete run under --artifacts).")] = None,
+    artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
+    out: Annotated[Path, typer.Option(help="Destination of the README figures.")] = Path("assets/readme"),
+    samplers: Annotated[Optional[str], typer.Option(help="Samplers whose figures to copy, comma-separated.")] = None,
+) -> None:
+    """Copy a run's key figures into assets/readme/ under stable names (for the README)."""
+    from llc.analysis import promote as promote_run
+    from llc.artifacts import ArtifactError
+
+    try:
+        run_dir, copies = promote_run(run, artifacts, out, samplers)
+    except ArtifactError as exc:
+        fail(str(exc))
+    console = Console()
+    console.print(f"promoted {len(copies)} figure(s) of run {run_dir.name} to {out}:", highlight=False)
+    for src, dst in copies:
+        console.print(f"  {src.name} -> {dst}", highlight=False)
+
+
+app.command("promote-readme-images", help="Alias of `llc promote`.")(promote)
+
+
+@app.command()
+def sweep(
+    space: Annotated[Optional[Path], typer.Option(
+        help="Sweep space TOML (or a name: smoke -> presets/sweep_smoke.toml) (default: presets/sweep_default.toml).")] = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    axis: Annotated[Optional[list[str]], typer.Option(
+        help="Replace or add an axis: dotted.field=v1,v2 (| separates list values, e.g. model.widths=16,16|64).")] = None,
+    n_seeds: Annotated[Optional[int], typer.Option(help="Replicates per point (seeds seed..seed+n-1).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="First seed of the replicates.")] = None,
+    samplers: Annotated[Optional[str], typer.Option(help="Comma-separated samplers evaluated in every run.")] = None,
+    out: Annotated[Path, typer.Option(help="Results CSV (rewritten as runs finish).")] = Path("llc_sweep_results.csv"),
+    artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
+    no_skip: Annotated[bool, typer.Option("--no-skip", help="Recompute runs even if cached.")] = False,
+    no_save_plots: Annotated[bool, typer.Option("--no-save-plots", help="Skip per-run figures.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the planned runs and exit.")] = False,
+    backend: BackendOpt = "local",
+    workers: WorkersOpt = None,
+    partition: PartitionOpt = None,
+    gpus: GpusOpt = 0,
+    cpus: CpusOpt = 1,
+    timeout_min: TimeoutMinOpt = 60,
+    mem_gb: MemGbOpt = None,
+    slurm_account: AccountOpt = None,
+    array_parallelism: ArrayParOpt = None,
+    no_artifacts: NoArtifactsOpt = False,
+) -> None:
+    """Run a sweep (cartesian product over a sweep space) and stream results into a CSV."""
+    from llc import sweep as sw
+
+    overrides = [*(set_ or []), *(["save_plots=false"] if no_save_plots else [])]
+    try:
+        points = sw.plan_sweep(sw.load_space(space), preset=preset, overrides=overrides, axes=axis or [],
+                               n_seeds=n_seeds, seed=seed, samplers=samplers)
+    except ConfigError as exc:
+        fail(str(exc))
+    groups = ", ".join(f"{k}: {v}" for k, v in sw.sizes(points).items())
+    if dry_run:
+        console = Console()
+        for p in points:
+            console.print(f"{p.run_id}  [{p.grid}] {sw.describe_point(p)}", highlight=False)
+        console.print(f"{len(points)} runs ({groups})", highlight=False)
+        return
+    # The backend is checked (credentials, cluster) before anything is written.
+    runner = _make_backend(backend, workers=workers, partition=partition, gpus=gpus, cpus=cpus,
+                           timeout_min=timeout_min, mem_gb=mem_gb, account=slurm_account,
+                           array_parallelism=array_parallelism, download=not no_artifacts)
+    err.print(f"sweep: {len(points)} runs ({groups}) on {runner.describe()}; results -> {out}", highlight=False)
+    try:
+        summary = sw.run_sweep(points, runner, artifacts, out, skip=not no_skip, console=err)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]: finished runs are in {out} and cached under {artifacts}; "
+                  "run the same command again to finish the rest", highlight=False)
+        raise typer.Exit(130)
+    except sw.BackendUnavailable as exc:
+        fail(str(exc))
+    err.print(f"sweep finished in {summary.seconds:.1f} s: {summary.done} done, {summary.cached} cached, "
+              f"{summary.failed} failed -> {out}", highlight=False)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command("plot-sweep")
+def plot_sweep(
+    csv_path: Annotated[Path, typer.Option("--csv", help="Sweep results CSV.")] = Path("llc_sweep_results.csv"),
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: llc_sweep_<size-col>.png).")] = None,
+    filters: Annotated[Optional[str], typer.Option(help="Keep rows matching all of col=value,... e.g. activation=relu,x_dist=gauss_iso.")] = None,
+    size_col: Annotated[str, typer.Option(help="Column on the x axis (n_params, n_data, depth, ...).")] = "n_params",
+    samplers: Annotated[Optional[str], typer.Option(help="Samplers to show, comma-separated (default: all).")] = None,
+) -> None:
+    """Plot λ̂ and sampler efficiency against model size from a sweep CSV."""
+    from llc.sweep_plots import SweepPlotError, plot_sweep as draw
+
+    try:
+        path = draw(csv_path, out or Path(f"llc_sweep_{size_col}.png"), size_col=size_col, filters=filters,
+                    samplers=samplers)
+    except SweepPlotError as exc:
+        fail(str(exc))
+    Console().print(f"wrote {path}", highlight=False)
 
 
 def main() -> None:

@@ -149,6 +149,9 @@ class MCLMCConfig:
     integrator: str = _f("isokinetic_mclachlan", choices=(
         "isokinetic_leapfrog", "isokinetic_mclachlan", "isokinetic_omelyan"))
     desired_energy_var: float = _f(5e-4, gt=0.0)
+    # Steps after BlackJAX's tuner that check the realized energy-error variance and shrink the
+    # step size where it exceeds desired_energy_var (heavy-tailed errors on ReLU losses); 0: off.
+    energy_check_steps: int = _f(300, ge=0)
     diagonal_preconditioning: bool = _f(True)
     adaptation: str = _f("per_chain", choices=("per_chain", "shared"))
     dtype: str = _f("float64", choices=DTYPES)
@@ -160,6 +163,8 @@ class MCLMCAdjustedConfig:
     draws: int = _f(500, gt=0)
     warmup: int = _f(1000, ge=0)
     target_accept: float = _f(0.9, gt=0.0, lt=1.0)
+    # Mean integration steps per proposal (L = this * step_size); BlackJAX's recommended 2.0.
+    target_num_integration_steps: float = _f(2.0, gt=1.1)
     integrator: str = _f("isokinetic_mclachlan", choices=(
         "isokinetic_leapfrog", "isokinetic_mclachlan", "isokinetic_omelyan"))
     diagonal_preconditioning: bool = _f(True)
@@ -177,6 +182,7 @@ class VIConfig:
     components: int = _f(8, gt=0)  # M: mixture components
     rank: int = _f(2, ge=0)  # r: low-rank factor columns per component
     r_per_component: tuple[int, ...] | None = _f(None, item_gt=0)  # per-component ranks (length M)
+    factor_form: str = _f("covariance", choices=("covariance", "precision"))  # low rank in Sigma or Sigma^-1
     steps: int = _f(5000, gt=0)  # optimisation steps (a multiple of eval_every)
     batch_size: int = _f(256, gt=0)
     learning_rate: float = _f(1e-2, gt=0.0)  # Adam

@@ -17,7 +17,9 @@ from typing import Any, Callable
 from llc import cache
 from llc.artifacts import read_json, save_netcdf, to_inference_data, write_json
 from llc.config import SAMPLERS, RunConfig, to_dict
-from llc.diagnostics import llc_metrics
+from llc.analysis import DEFAULT_TARGET_SE as TARGET_SE
+from llc.analysis import metrics_document, write_run_records
+from llc.diagnostics import sampler_metrics
 
 DEFAULT_ROOT = Path(os.environ.get("LLC_ARTIFACTS", "artifacts"))
 RESULT_FILE = "result.json"
@@ -99,7 +101,12 @@ def run_experiment(cfg: RunConfig, root: Path | str = DEFAULT_ROOT, *, skip: boo
     post = make_posterior(target.loss_fn, target.params, target.x, target.y, cfg.posterior, L0=target.L0)
     analytic = analytic_llc(cfg, post.n, post.beta, post.gamma)
 
+    attrs_common = {"n": post.n, "beta": post.beta, "gamma": post.gamma, "dim": post.dim,
+                    "target_id": target.id, "target_kind": target.kind, "run_id": rid,
+                    "analytic_llc": analytic["value"] if analytic else None,
+                    "analytic_formula": analytic["formula"] if analytic else None}
     outputs = {}
+    idatas = {}
     metrics: dict[str, Any] = {}
     for name in cfg.samplers:
         runner = get_runner(name)
@@ -109,10 +116,15 @@ def run_experiment(cfg: RunConfig, root: Path | str = DEFAULT_ROOT, *, skip: boo
         if report is not None:
             kwargs["progress"] = report
         out = runner(post, scfg, sampler_key(cfg.seed, name), **kwargs)
-        m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
-        m.update({k: float(v) for k, v in out.work.items()})
-        m["info"] = out.info
+        attrs = dict(attrs_common)
+        attrs.update({f"work_{k}": v for k, v in out.work.items()})
+        attrs.update({f"info_{k}": v for k, v in out.info.items()})
+        idata = to_inference_data(name, out.Ln, out.Ln_warmup, out.theta_proj, out.stats,
+                                  L0=post.L0, nbeta=post.nbeta, attrs=attrs)
+        # Metrics from exactly what the NetCDF will hold, so `llc analyze` reproduces them.
+        m = sampler_metrics(idata, TARGET_SE)
         outputs[name] = out
+        idatas[name] = idata
         metrics[name] = m
         if m["diverged_chains"]:
             log(f"{name}: {m['diverged_chains']} of {m['chains']} chains diverged (NaN/inf); excluded from lambda-hat")
@@ -137,31 +149,24 @@ def run_experiment(cfg: RunConfig, root: Path | str = DEFAULT_ROOT, *, skip: boo
         "timings": {name: {k: metrics[name][k] for k in ("wall_s", "compile_s", "warmup_s")} for name in metrics},
         "total_seconds": time.time() - t_start,
     }
-    attrs_common = {"n": post.n, "beta": post.beta, "gamma": post.gamma, "dim": post.dim,
-                    "target_id": target.id, "run_id": rid}
 
     with cache.atomic_dir(run_dir) as tmp:
-        for name, out in outputs.items():
-            attrs = dict(attrs_common)
-            attrs.update({f"work_{k}": v for k, v in out.work.items()})
-            attrs.update({f"info_{k}": v for k, v in out.info.items()})
-            idata = to_inference_data(name, out.Ln, out.Ln_warmup, out.theta_proj, out.stats,
-                                      L0=post.L0, nbeta=post.nbeta, attrs=attrs)
+        for name, idata in idatas.items():
             save_netcdf(idata, tmp / f"{name}.nc")
         write_json(tmp / "config.json", to_dict(cfg))
-        write_json(tmp / "metrics.json", {"samplers": metrics, "analytic": analytic,
-                                           "posterior": result["posterior"], "target": result["target"]})
+        metrics_doc = metrics_document(idatas, metrics, TARGET_SE)
+        write_json(tmp / "metrics.json", metrics_doc)
         write_json(tmp / RESULT_FILE, result)
         if cfg.save_plots:
-            _save_figures(tmp, log)
+            _save_figures(tmp, idatas, metrics, log)
+        write_run_records(tmp, manifest, to_dict(cfg), metrics_doc)  # manifest.txt, README_snippet.md, gallery.md
         write_json(tmp / cache.COMPLETE_MARKER, manifest)  # last: marks the run complete
     log(f"run {rid} saved to {run_dir}")
     return result
 
 
-def _save_figures(run_dir: Path, log: Callable[[str], None]) -> None:
-    try:
-        from llc import plots
-    except ModuleNotFoundError:
-        return
-    plots.save_run_figures(run_dir, log=log)
+def _save_figures(run_dir: Path, idatas: dict[str, Any], metrics: dict[str, Any],
+                  log: Callable[[str], None]) -> None:
+    from llc import plots
+
+    plots.make_figures(idatas, metrics, run_dir, plots.PLOT_KEYS, log=log)

@@ -1,0 +1,83 @@
+"""Synthetic sampler outputs and run directories for the diagnostics / plots / analyze tests (no JAX)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from llc.analysis import metrics_document
+from llc.artifacts import save_netcdf, to_inference_data, write_json
+from llc.diagnostics import sampler_metrics
+
+
+def ar1(rng: np.random.Generator, chains: int, draws: int, rho: float, sigma: float = 1.0) -> np.ndarray:
+    """Stationary AR(1) chains x_t = rho x_{t-1} + e_t, with marginal sd ``sigma``.
+
+    The mean of N draws of one chain has variance sigma^2 (1 + rho) / ((1 - rho) N), hence
+    ESS = N (1 - rho) / (1 + rho).
+    """
+    e = rng.standard_normal((chains, draws)) * sigma * np.sqrt(1 - rho**2)
+    x = np.empty((chains, draws))
+    x[:, 0] = rng.standard_normal(chains) * sigma  # start in the stationary law
+    for t in range(1, draws):
+        x[:, t] = rho * x[:, t - 1] + e[:, t]
+    return x
+
+
+ATTRS = {"n": 1000, "beta": 0.1, "gamma": 50.0, "dim": 6, "target_id": "tgt_synthetic", "target_kind": "quadratic",
+         "run_id": "synthetic01", "analytic_llc": 3.0, "analytic_formula": "test"}
+L0 = 0.5
+NBETA = 100.0
+
+
+def make_idata(sampler: str, rng: np.random.Generator, chains: int = 4, draws: int = 200, rho: float = 0.3,
+               stats: dict[str, np.ndarray] | None = None, work: dict[str, float] | None = None,
+               warmup: int = 20, extra_attrs: dict | None = None):
+    """An llc InferenceData whose lambda-hat draws are 3 + AR(1) noise (so lambda-hat is about 3)."""
+    llc = 3.0 + ar1(rng, chains, draws, rho, sigma=1.0)
+    Ln = L0 + llc / NBETA
+    Ln_warm = L0 + (3.0 + rng.standard_normal((chains, warmup)) * 2) / NBETA
+    theta = rng.standard_normal((chains, draws, 4)) * 0.1
+    work = work or {"n_grad_evals": 4000.0, "fde": 1000.0, "wall_s": 2.0, "compile_s": 1.0, "warmup_s": 0.5}
+    attrs = dict(ATTRS)
+    attrs.update({f"work_{k}": v for k, v in work.items()})
+    attrs.update({"info_step_size": 0.01, "info_note": "synthetic", "info_per_chain": [0.1, 0.2]})
+    attrs.update(extra_attrs or {})
+    return to_inference_data(sampler, Ln, Ln_warm, theta, stats or {}, L0=L0, nbeta=NBETA, attrs=attrs)
+
+
+def hmc_stats(rng: np.random.Generator, chains: int, draws: int) -> dict[str, np.ndarray]:
+    return {
+        "acceptance_rate": rng.beta(8, 2, (chains, draws)),
+        "energy": 10 + rng.standard_normal((chains, draws)) * 2,
+        "diverging": rng.random((chains, draws)) < 0.01,
+        "step_size": np.full((chains, draws), 0.05),
+        "num_integration_steps": np.full((chains, draws), 16, dtype=np.int32),
+    }
+
+
+def mclmc_stats(rng: np.random.Generator, chains: int, draws: int) -> dict[str, np.ndarray]:
+    return {"energy_change": rng.standard_normal((chains, draws)) * 0.05}
+
+
+def synthetic_idatas(seed: int = 0, chains: int = 4, draws: int = 200) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "sgld": make_idata("sgld", rng, chains, draws, rho=0.6),
+        "hmc": make_idata("hmc", rng, chains, draws, rho=0.1, stats=hmc_stats(rng, chains, draws)),
+        "mclmc": make_idata("mclmc", rng, chains, draws, rho=0.4, stats=mclmc_stats(rng, chains, draws)),
+    }
+
+
+def write_run(run_dir: Path, idatas: dict, *, created: str = "2025-01-01T00:00:00+0000") -> Path:
+    """A run directory laid out as ``llc run`` writes it (NetCDFs, config, metrics, manifest)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, idata in idatas.items():
+        save_netcdf(idata, run_dir / f"{name}.nc")
+    write_json(run_dir / "config.json", {"samplers": list(idatas)})
+    metrics = {name: sampler_metrics(idata) for name, idata in idatas.items()}
+    write_json(run_dir / "metrics.json", metrics_document(idatas, metrics))
+    write_json(run_dir / "manifest.json", {"run_id": run_dir.name, "created": created})
+    return run_dir

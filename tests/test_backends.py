@@ -1,0 +1,270 @@
+"""Execution backends: the cache is honoured, failures are isolated, joblib equals serial."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from llc import cache, sweep
+from llc.backends import CACHED, DONE, FAILED, Backend, BackendUnavailable, execute, make_backend
+from llc.backends.joblib_backend import JoblibBackend, cpu_slots, describe_worker
+from llc.backends.local import LocalBackend
+from llc.config import to_dict
+
+# Numbers that must agree exactly between backends (timings excluded: they never repeat).
+EXACT = ("llc_mean", "llc_se", "ess", "rhat", "fde", "diverged_chains")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pinned_code_version():
+    # Edits to llc/*.py by others while the tests run must not change run ids between two runs.
+    mp = pytest.MonkeyPatch()
+    mp.setenv(cache.CODE_VERSION_ENV, "llc-backend-tests")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def points():
+    return sweep.plan_sweep(sweep.load_space("smoke"))
+
+
+@pytest.fixture(scope="module")
+def serial(points, tmp_path_factory):
+    """The smoke sweep run serially in-process: the reference every backend must reproduce.
+
+    Shared (same directory) with the other backend test modules, so it is computed once per session.
+    """
+    root = tmp_path_factory.getbasetemp() / "smoke-reference"
+    outs = [o for o in execute(LocalBackend(), [p.cfg for p in points], root) if o is not None]
+    return root, sorted(outs, key=lambda o: o.index)
+
+
+def numbers(record):
+    return {s: {k: v[k] for k in EXACT} for s, v in record["samplers"].items()}
+
+
+def same_numbers(a, b) -> bool:
+    """The metrics of two records agree. The draws are bit-identical across backends (compared
+    exactly elsewhere), but NumPy reductions can differ in the last bit with memory alignment, so
+    the derived floats get a 1e-12 relative slack."""
+    na, nb = numbers(a), numbers(b)
+    assert na.keys() == nb.keys()
+    for s in na:
+        for k in EXACT:
+            x, y = na[s][k], nb[s][k]
+            if isinstance(x, float) and isinstance(y, float):
+                assert math.isclose(x, y, rel_tol=1e-12), (s, k, x, y)
+            else:
+                assert x == y, (s, k, x, y)
+    return True
+
+
+def draws(run_dir: Path) -> dict[str, dict]:
+    """Every array of every NetCDF group of the run: the draws themselves."""
+    import arviz as az
+
+    out = {}
+    for nc in sorted(Path(run_dir).glob("*.nc")):
+        idata = az.from_netcdf(nc)
+        for group in idata.groups():
+            ds = idata[group]
+            out[f"{nc.name}/{group}"] = {k: ds[k].values for k in ds.data_vars}
+    return out
+
+
+def assert_same_draws(dir_a: Path, dir_b: Path) -> None:
+    import numpy as np
+
+    a, b = draws(dir_a), draws(dir_b)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].keys() == b[key].keys()
+        for var in a[key]:
+            np.testing.assert_array_equal(a[key][var], b[key][var], err_msg=f"{dir_a.name} {key}/{var}")
+
+
+class SpyBackend(Backend):
+    """Records what reaches the backend, then runs it in-process."""
+
+    name = "spy"
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, tasks, root, *, skip):
+        self.submitted.extend(t.run_id for t in tasks)
+        yield from LocalBackend().submit(tasks, root, skip=skip)
+
+
+def corrupt_target(root: Path, cfg) -> None:
+    """Leave a 'complete' but wrong cached target for cfg: its run then fails when loading it."""
+    from llc.targets import target_id
+
+    tdir = root / "targets" / target_id(cfg)
+    tdir.mkdir(parents=True)
+    (tdir / "meta.json").write_text(json.dumps({"id": target_id(cfg), "dtype": "float32"}))
+    (tdir / cache.COMPLETE_MARKER).write_text("{}")
+
+
+def test_serial_runs_complete_and_are_cached(serial, points):
+    root, outs = serial
+    assert {o.status for o in outs} <= {DONE, CACHED}
+    assert [o.run_id for o in outs] == [p.run_id for p in points]
+    for o in outs:
+        assert cache.is_complete(root / o.run_id)
+        assert o.result["run_id"] == o.run_id
+        assert o.result["samplers"]["sgld"]["llc_mean"] is not None
+
+
+def test_complete_runs_are_not_resubmitted(serial, points):
+    root, outs = serial
+    spy = SpyBackend()
+    again = [o for o in execute(spy, [p.cfg for p in points], root) if o is not None]
+    assert spy.submitted == []
+    assert {o.status for o in again} == {CACHED}
+    for mine, theirs in zip(sorted(again, key=lambda o: o.index), outs):
+        assert mine.result == {**theirs.result, "cached": True}
+    # A missing run (say a sweep was interrupted) is the only one submitted.
+    import shutil
+
+    shutil.rmtree(root / outs[1].run_id)
+    third = sorted((o for o in execute(spy, [p.cfg for p in points], root) if o is not None), key=lambda o: o.index)
+    assert spy.submitted == [outs[1].run_id]
+    assert [o.status for o in third] == [CACHED, DONE]
+    assert same_numbers(third[1].result, outs[1].result)
+
+
+def test_duplicate_configs_run_once(serial, points):
+    root, outs = serial
+    spy = SpyBackend()
+    cfg = points[0].cfg
+    got = [o for o in execute(spy, [cfg, cfg], root, skip=True) if o is not None]
+    assert sorted(o.index for o in got) == [0, 1]
+    assert len({o.run_id for o in got}) == 1 and spy.submitted == []
+
+
+def test_local_failure_is_reported_and_others_go_on(points, tmp_path):
+    corrupt_target(tmp_path, points[0].cfg)
+    outs = sorted((o for o in execute(LocalBackend(), [p.cfg for p in points], tmp_path) if o is not None),
+                  key=lambda o: o.index)
+    assert outs[0].status == FAILED and "PrecisionError" in outs[0].error and "\n" not in outs[0].error
+    assert not (tmp_path / outs[0].run_id).exists()  # nothing half-written
+    assert outs[1].status == DONE
+
+
+def test_joblib_two_workers_equal_serial_and_isolate_failures(serial, points, tmp_path):
+    _, ref = serial
+    # A third run whose cached target is broken: it must fail alone, with its error.
+    bad = dataclasses.replace(points[0].cfg, target=dataclasses.replace(points[0].cfg.target, quad_dim=3))
+    corrupt_target(tmp_path, bad)
+    backend = make_backend("joblib", workers=2)
+    outs = sorted((o for o in execute(backend, [p.cfg for p in points] + [bad], tmp_path) if o is not None),
+                  key=lambda o: o.index)
+    assert [o.status for o in outs] == [DONE, DONE, FAILED]
+    assert "PrecisionError" in outs[2].error and "Traceback" in outs[2].info["traceback"]
+    assert [o.run_id for o in outs[:2]] == [o.run_id for o in ref]
+    for mine, theirs in zip(outs, ref):
+        # Same seeds: the same draws bit for bit, the same numbers, the same files.
+        assert_same_draws(tmp_path / mine.run_id, Path(theirs.result["artifacts"]))
+        assert same_numbers(mine.result, theirs.result)
+        assert sorted(p.name for p in (tmp_path / mine.run_id).iterdir()) == \
+            sorted(p.name for p in Path(theirs.result["artifacts"]).iterdir())
+
+
+def _describe_after_a_while():
+    time.sleep(0.5)  # keep this worker busy so that the other task goes to the other worker
+    return describe_worker()
+
+
+def test_joblib_workers_get_disjoint_cpus(tmp_path):
+    backend = JoblibBackend(2)
+    ex = backend._executor(str(tmp_path))
+    try:
+        infos = [f.result(timeout=60) for f in [ex.submit(_describe_after_a_while) for _ in range(2)]]
+    finally:
+        ex.shutdown(wait=True)
+    slots = [tuple(i["cpus"]) for i in infos]
+    assert len(set(slots)) == 2, infos
+    n_cpus = len(cpu_slots(1)[0])
+    if n_cpus <= 2:
+        # One CPU each: XLA must also be told not to spawn its own thread pool.
+        assert all("xla_cpu_multi_thread_eigen=false" in i["xla_flags"] and i["omp"] == "1" for i in infos)
+
+
+def test_cpu_slots_split_evenly():
+    assert cpu_slots(2, [0, 1, 2, 3, 4]) == [[0, 1, 2], [3, 4]]
+    assert cpu_slots(3, [0, 1]) == [[0], [1], [0]]
+    assert cpu_slots(1, [5, 6]) == [[5, 6]]
+
+
+def test_make_backend_rejects_bad_input():
+    with pytest.raises(BackendUnavailable, match="--backend"):
+        make_backend("cloud")
+    with pytest.raises(BackendUnavailable, match="--workers"):
+        make_backend("joblib", workers=0)
+    assert make_backend("local", workers=2).name == "joblib"  # the spec's `--backend=local --workers=N`
+    assert make_backend("local").name == "local"
+
+
+def test_worker_round_trips_config_dicts(points):
+    from llc.config import from_dict
+
+    for p in points:
+        d = json.loads(json.dumps(to_dict(p.cfg)))
+        assert from_dict(d) == p.cfg
+        assert cache.run_id(from_dict(d)) == p.run_id
+
+
+def test_light_cache_reader_matches_the_experiment_one(serial):
+    from llc import experiment
+    from llc.backends.base import RESULT_FILE, load_cached_record
+
+    root, outs = serial
+    assert RESULT_FILE == experiment.RESULT_FILE
+    for o in outs:
+        assert load_cached_record(root / o.run_id) == experiment.load_cached(root / o.run_id)
+
+
+def test_damaged_cached_run_is_reported_not_crashing(serial, points, tmp_path):
+    import shutil
+
+    root, outs = serial
+    shutil.copytree(root / outs[0].run_id, tmp_path / outs[0].run_id)
+    (tmp_path / outs[0].run_id / "result.json").write_text("{truncated")
+    spy = SpyBackend()
+    (out,) = [o for o in execute(spy, [points[0].cfg], tmp_path) if o is not None]
+    assert out.status == FAILED and "unreadable" in out.error and "--no-skip" in out.error
+    assert spy.submitted == []
+
+
+def _die_first_time(cfg_dict, root, skip=True, echo=True):
+    """Stands in for guarded_worker: the worker process dies (like an OOM kill) on first sight of
+    a run marked 'flaky', and always for one marked 'doomed'."""
+    import os
+    import signal
+
+    marker = Path(root) / f"seen-{cfg_dict['name']}"
+    if cfg_dict["name"] == "doomed" or (cfg_dict["name"] == "flaky" and not marker.exists()):
+        marker.write_text("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"ok": True, "result": {"run_id": cfg_dict["name"], "cached": False}}
+
+
+def test_joblib_retries_runs_lost_with_a_killed_worker(tmp_path, monkeypatch):
+    from llc.backends import joblib_backend
+    from llc.backends.base import Task
+
+    monkeypatch.setattr(joblib_backend, "guarded_worker", _die_first_time)
+    tasks = [Task(0, "flaky", {"name": "flaky"}), Task(1, "fine", {"name": "fine"})]
+    outs = sorted((o for o in JoblibBackend(2).submit(tasks, tmp_path, skip=True) if o is not None),
+                  key=lambda o: o.index)
+    assert [o.status for o in outs] == [DONE, DONE]
+    doomed = [o for o in JoblibBackend(2).submit([Task(0, "doomed", {"name": "doomed"})], tmp_path, skip=True)
+              if o is not None]
+    assert [o.status for o in doomed] == [FAILED] and "worker process died" in doomed[0].error
