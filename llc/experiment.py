@@ -32,6 +32,20 @@ def enable_x64() -> None:
     jax.config.update("jax_enable_x64", True)
 
 
+def enable_compilation_cache() -> None:
+    """Persist compiled XLA programs across processes: sweeps, backends and repeated runs of
+    similar configs otherwise spend most of their time recompiling identical samplers.
+    ``LLC_JAX_CACHE`` sets the directory; ``LLC_JAX_CACHE=off`` disables it."""
+    import jax
+
+    where = os.environ.get("LLC_JAX_CACHE", str(Path.home() / ".cache" / "llc" / "xla"))
+    if where.lower() in ("off", "0", "none", ""):
+        return
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", where)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def analytic_llc(cfg: RunConfig, n: int, beta: float, gamma: float) -> dict[str, Any] | None:
     """The exact value where theory gives one (quadratic: with the localizer; DLN: Aoyagi)."""
     from llc import theory
@@ -88,6 +102,7 @@ def run_experiment(cfg: RunConfig, root: Path | str = DEFAULT_ROOT, *, skip: boo
         return load_cached(run_dir)
 
     enable_x64()
+    enable_compilation_cache()
     import jax
 
     from llc.posterior import make_posterior
