@@ -354,6 +354,20 @@ def _validate_tree(obj: Any, prefix: str = "") -> None:
             _check_constraints(value, f.metadata, path)
 
 
+def check_vi(cfg: VIConfig, n_data: int) -> None:
+    """Cross-field checks of the VI options (also used by the Python API, which has no RunConfig)."""
+    if cfg.tensorboard:
+        raise ConfigError("vi.tensorboard: TensorBoard logging is not available (no writer package "
+                          "installed); the same scalars are saved in the VI trace")
+    if cfg.batch_size > n_data:
+        raise ConfigError(f"vi.batch_size: must be <= data.n_data ({n_data}), got {cfg.batch_size}")
+    if cfg.steps % cfg.eval_every:
+        raise ConfigError(f"vi.steps: must be a multiple of vi.eval_every ({cfg.eval_every}), got {cfg.steps}")
+    if cfg.r_per_component is not None and len(cfg.r_per_component) != cfg.components:
+        raise ConfigError(f"vi.r_per_component: needs vi.components = {cfg.components} entries, "
+                          f"got {len(cfg.r_per_component)}")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError (one line, naming the field) for anything unusable; return cfg."""
     _validate_tree(cfg)
@@ -368,6 +382,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.widths: give at least one hidden width or none")
     if cfg.model.widths is None and cfg.model.target_params is None:
         raise ConfigError("model.target_params: set it or model.widths to size the network")
+    if "vi" in cfg.samplers:
+        check_vi(cfg.vi, cfg.data.n_data)
     if "sgld" in cfg.samplers and cfg.sgld.batch_size > cfg.data.n_data:
         raise ConfigError(
             f"sgld.batch_size: must be <= data.n_data ({cfg.data.n_data}), got {cfg.sgld.batch_size}")
