@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import math
 
 import jax
@@ -203,9 +204,19 @@ def test_entropy_bonus_keeps_mixture_weights_spread(tmp_path):
     assert min(min(w) for w in out.info["mixture_weights"]) > 0.2
 
 
+def _vi_config_unchecked(vcfg, overrides):
+    """Set VIConfig fields without the run-level cross-field validation."""
+    from llc.config import set_field
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        vcfg = set_field(vcfg, key.removeprefix("vi."), value, from_text=True)
+    return vcfg
+
+
 def test_bad_vi_options_raise_config_errors(tmp_path):
     common = ["samplers=vi", "target.kind=quadratic", "data.n_data=100"]
-    cfg, post = _posterior(common, tmp_path)
+    cfg, post = _posterior([*common, "vi.batch_size=50"], tmp_path)
     bad = {
         "vi.tensorboard": (["vi.tensorboard=true"], "vi.tensorboard"),
         "batch": (["vi.batch_size=200"], "vi.batch_size"),
@@ -213,7 +224,11 @@ def test_bad_vi_options_raise_config_errors(tmp_path):
         "ranks": (["vi.components=2", "vi.r_per_component=1,2,3", "vi.batch_size=50"], "vi.r_per_component"),
     }
     for overrides, field in bad.values():
-        vcfg = build_config(overrides=[*common, *overrides]).vi
+        # Rejected when the run config is built (before any work)...
+        with pytest.raises(ConfigError, match=field):
+            build_config(overrides=[*common, *overrides])
+        # ...and by the estimator itself, for Python-API callers that pass a bare VIConfig.
+        vcfg = _vi_config_unchecked(cfg.vi, overrides)
         with pytest.raises(ConfigError, match=field):
             vi.run(post, vcfg, jax.random.key(0))
     for text in ["vi.lr_schedule=step", "vi.whitening_mode=kfac", "vi.whitening_decay=1.0",
