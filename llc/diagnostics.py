@@ -37,8 +37,9 @@ def diverged_chains(*arrays: np.ndarray) -> np.ndarray:
     return bad
 
 
-def _finite_or_none(x: float) -> float | None:
-    x = float(x)
+def _finite_or_none(x) -> float | None:
+    # ArviZ returns 0-d or 1-element arrays; NumPy >= 2.5 refuses float() on the latter.
+    x = float(np.asarray(x).reshape(()))
     return x if math.isfinite(x) else None
 
 
