@@ -144,8 +144,12 @@ class HMCConfig:
 class MCLMCConfig:
     chains: int = _f(4, gt=0)
     draws: int = _f(1000, gt=0)
-    eval_every: int = _f(1, gt=0)  # integrator steps between recorded draws
+    eval_every: int = _f(2, gt=0)  # integrator steps between recorded draws
     warmup: int = _f(1000, ge=0)  # tuning steps for L and step size
+    # BlackJAX's default. Unadjusted, so biased: E[L_n] -2% on a 100-d Gaussian, lambda-hat -1.7%
+    # against HMC on the quick preset's ReLU MLP. Omelyan is nearly unbiased on both, but its
+    # tuned steps exceed the posterior's size in high dimensions and mix badly there (ESS 66
+    # instead of 4700 on the 100-d Gaussian), so it is not the default.
     integrator: str = _f("isokinetic_mclachlan", choices=(
         "isokinetic_leapfrog", "isokinetic_mclachlan", "isokinetic_omelyan"))
     desired_energy_var: float = _f(5e-4, gt=0.0)
