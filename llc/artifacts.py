@@ -147,3 +147,30 @@ def read_json(path: Path) -> Any:
         raise ArtifactError(f"{path}: missing") from None
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: invalid JSON ({exc})") from None
+
+
+def write_tensorboard(trace: dict[str, Any], logdir: Path) -> Path:
+    """Write an optimisation trace (``step`` plus (chains, points[, k]) series) as TensorBoard scalars.
+
+    Tags are ``<series>/chain<i>`` (and ``<series>/chain<i>/<j>`` for vector series such as the
+    mixture weights), at the trace's optimisation steps.
+    """
+    from tensorboardX import SummaryWriter
+
+    steps = [int(s) for s in trace["step"]]
+    with SummaryWriter(logdir=str(logdir)) as writer:
+        for name, values in trace.items():
+            if name == "step":
+                continue
+            arr = np.asarray(values, dtype=np.float64)
+            if arr.ndim == 1:
+                arr = arr[None]
+            for chain, series in enumerate(arr):
+                for i, step in enumerate(steps):
+                    point = np.atleast_1d(series[i])
+                    if point.size == 1:
+                        writer.add_scalar(f"{name}/chain{chain}", float(point[0]), step)
+                    else:
+                        for j, v in enumerate(point):
+                            writer.add_scalar(f"{name}/chain{chain}/{j}", float(v), step)
+    return Path(logdir)

@@ -8,6 +8,7 @@ dotted field and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import tomllib
 import types
@@ -208,7 +209,7 @@ class VIConfig:
     control_variate: bool = _f(True)  # HVP quadratic control variate at evaluation
     cv_exact_max_dim: int = _f(2048, ge=0)  # exact Hessian diagonal up to this dim, else Hutchinson
     cv_probes: int = _f(64, gt=0)  # Hutchinson probes above cv_exact_max_dim
-    tensorboard: bool = _f(False)  # not available: needs a writer package (see llc.samplers.vi)
+    tensorboard: bool = _f(False)  # also write the trace as TensorBoard scalars (<run>/tensorboard/vi)
     dtype: str = _f("float32", choices=DTYPES)
 
 
@@ -360,9 +361,9 @@ def _validate_tree(obj: Any, prefix: str = "") -> None:
 
 def check_vi(cfg: VIConfig, n_data: int) -> None:
     """Cross-field checks of the VI options (also used by the Python API, which has no RunConfig)."""
-    if cfg.tensorboard:
-        raise ConfigError("vi.tensorboard: TensorBoard logging is not available (no writer package "
-                          "installed); the same scalars are saved in the VI trace")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise ConfigError("vi.tensorboard: needs the tensorboardX package; pip install 'llc[tensorboard]' "
+                          "(the same scalars are always saved in vi.nc)")
     if cfg.batch_size > n_data:
         raise ConfigError(f"vi.batch_size: must be <= data.n_data ({n_data}), got {cfg.batch_size}")
     if cfg.steps % cfg.eval_every:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llc import cache
-from llc.artifacts import read_json, save_netcdf, to_inference_data, write_json
+from llc.artifacts import read_json, save_netcdf, to_inference_data, write_json, write_tensorboard
 from llc.config import SAMPLERS, RunConfig, to_dict
 from llc.analysis import DEFAULT_TARGET_SE as TARGET_SE
 from llc.analysis import metrics_document, write_run_records
@@ -168,6 +168,8 @@ def run_experiment(cfg: RunConfig, root: Path | str = DEFAULT_ROOT, *, skip: boo
     with cache.atomic_dir(run_dir) as tmp:
         for name, idata in idatas.items():
             save_netcdf(idata, tmp / f"{name}.nc")
+        if "vi" in outputs and cfg.vi.tensorboard:
+            write_tensorboard(outputs["vi"].info["trace"], tmp / "tensorboard" / "vi")
         write_json(tmp / "config.json", to_dict(cfg))
         metrics_doc = metrics_document(idatas, metrics, TARGET_SE)
         write_json(tmp / "metrics.json", metrics_doc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -218,7 +219,6 @@ def test_bad_vi_options_raise_config_errors(tmp_path):
     common = ["samplers=vi", "target.kind=quadratic", "data.n_data=100"]
     cfg, post = _posterior([*common, "vi.batch_size=50"], tmp_path)
     bad = {
-        "vi.tensorboard": (["vi.tensorboard=true"], "vi.tensorboard"),
         "batch": (["vi.batch_size=200"], "vi.batch_size"),
         "multiple": (["vi.steps=105", "vi.eval_every=10", "vi.batch_size=50"], "vi.steps"),
         "ranks": (["vi.components=2", "vi.r_per_component=1,2,3", "vi.batch_size=50"], "vi.r_per_component"),
@@ -259,3 +259,41 @@ def test_dln_precision_form_is_near_the_aoyagi_value(tmp_path):
     assert llc.mean() == pytest.approx(aoyagi, rel=0.30)
     early, late = _window_means(out.info["trace"]["elbo"][0])
     assert late > early
+
+
+def _tensorboard_tags(logdir):
+    """Scalar tags in TensorBoard event files (TFRecord framing: length, crc, payload, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in logdir.rglob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_tensorboard_trace_written_with_the_run(tmp_path):
+    from llc.experiment import run_experiment
+
+    cfg = build_config(overrides=["samplers=vi", "target.kind=quadratic", "data.n_data=256", "vi.batch_size=64",
+                                  "vi.components=2", "vi.steps=100", "vi.eval_every=20", "vi.eval_samples=16",
+                                  "vi.tensorboard=true", "save_plots=false"])
+    result = run_experiment(cfg, tmp_path)
+    tags = _tensorboard_tags(Path(result["artifacts"]) / "tensorboard" / "vi")
+    assert "elbo/chain0" in tags and "pi/chain0/1" in tags
+
+
+def test_tensorboard_without_writer_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboardX" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"vi.tensorboard: needs the tensorboardX package; pip install 'llc\[tensorboard\]'"):
+        build_config(overrides=["samplers=vi", "vi.tensorboard=true"])

@@ -43,7 +43,8 @@ all of pi), closed-form E_q||theta||^2, factor column norms, diagonal scale spre
 cumulative FGE. ``info["trace"]``: "step" (points,), "pi" (chains, points, M), every other key
 (chains, points), as nested lists.
 
-TensorBoard: no writer package is installed, so ``tensorboard=true`` is refused with a ConfigError.
+TensorBoard: with ``tensorboard=true`` the run writes the trace as scalars under
+``<run>/tensorboard/vi`` (``llc.artifacts.write_tensorboard``; needs tensorboardX).
 """
 
 from __future__ import annotations
