@@ -273,16 +273,16 @@ def sampling_grads(name: str, out) -> tuple[float, float, bool]:
     """(gradient evaluations, seconds) of the sampling phase, and whether the split is exact.
 
     SGLD samples its burn-in in the same compiled chunks, so its whole wall_s counts. Full-batch
-    samplers tune first (``warmup_s``, separate from ``wall_s``); ``info['grad_evals_warmup']``
-    lets the sampling phase be isolated.
+    samplers tune first; ``info['grad_evals_warmup']`` and ``work['sampling_s']`` isolate the
+    sampling phase.
     """
     work, info = out.work, out.info
     if name == "sgld":
         return work["n_grad_evals"], work["wall_s"], True
     warm = info.get("grad_evals_warmup")
     if warm is not None:
-        return work["n_grad_evals"] - float(warm), work["wall_s"], True
-    return work["n_grad_evals"], work["wall_s"] + work.get("warmup_s", 0.0), False
+        return work["n_grad_evals"] - float(warm), work["sampling_s"], True
+    return work["n_grad_evals"], work["wall_s"], False
 
 
 def to_jsonable(obj: Any) -> Any:

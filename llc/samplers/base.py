@@ -37,7 +37,10 @@ class SamplerOutput(NamedTuple):
     Ln_warmup: np.ndarray  # (chains, warmup_draws): draws discarded as burn-in (may be empty)
     theta_proj: np.ndarray  # (chains, draws, proj_dim): random projection of w - w*
     stats: dict[str, np.ndarray]  # per-draw sampler statistics, each (chains, draws)
-    work: dict[str, float]  # n_grad_evals, fde, wall_s, compile_s, warmup_s (all chains together)
+    # Totals over all chains: n_grad_evals and fde count warm-up and sampling gradients (not the
+    # forward passes that record L_n); wall_s is the time of that same work (warm-up + sampling,
+    # compilation excluded, reported as compile_s); warmup_s and sampling_s split it.
+    work: dict[str, float]
     info: dict[str, Any]  # tuned hyper-parameters and similar scalars
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from llc.posterior import Posterior, cast, full_loss, logdensity_fn, sq_distance
+from llc.posterior import Posterior, cast, logdensity_fn, sq_distance
 from llc.samplers import base
 
 
@@ -31,16 +31,11 @@ class FlatProblem(NamedTuple):
     """The posterior as functions of a flat vector, built inside a compiled program."""
 
     logdensity: Callable  # x -> log p(x)
-    loss: Callable  # x -> L_n(x)
     x_star: jax.Array  # flat w*
     matrix: jax.Array  # theta projection matrix (dim, proj_dim)
 
     def project(self, x):
         return (x - self.x_star) @ self.matrix
-
-    def record(self, x):
-        """What every kept draw stores: full-batch L_n and the theta projection."""
-        return self.loss(x), self.project(x)
 
 
 def setup(post: Posterior, dtype: str, proj_dim: int):
@@ -58,8 +53,7 @@ def setup(post: Posterior, dtype: str, proj_dim: int):
         p = base.with_data(post, arrays)
         x_star = ravel_pytree(p.w_star)[0]
         logp = logdensity_fn(p)
-        loss = full_loss(p)
-        return FlatProblem(lambda x: logp(unravel(x)), lambda x: loss(unravel(x)), x_star, matrix)
+        return FlatProblem(lambda x: logp(unravel(x)), x_star, matrix)
 
     return post, data, unravel, make_problem
 
@@ -67,8 +61,8 @@ def setup(post: Posterior, dtype: str, proj_dim: int):
 def loss_from_logdensity(post: Posterior, problem: FlatProblem, x, logdensity):
     """L_n recovered from a stored log density, without another forward pass.
 
-    log p = -n*beta*L_n - gamma/2 ||x - x*||^2; used for warm-up traces, where the kernels keep the
-    log density of their current state anyway.
+    log p = -n*beta*L_n - gamma/2 ||x - x*||^2. HMC and both MCLMCs keep the log density of their
+    current state, so every recorded draw gets L_n for free instead of spending a forward pass.
     """
     prior = 0.5 * post.gamma * sq_distance(x, problem.x_star)
     return -(logdensity + prior) / post.nbeta

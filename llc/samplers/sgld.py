@@ -121,7 +121,8 @@ def run(post: Posterior, cfg: SGLDConfig, key: jax.Array, *, proj_dim: int = 4,
         "n_grad_evals": float(grads),
         "fde": grads * cfg.batch_size / post.n,
         "full_loss_evals": float(total * cfg.chains),
-        "wall_s": wall,
+        "wall_s": wall,  # burn-in included, like fde
+        "sampling_s": wall * cfg.draws / total,
         "compile_s": compile_s,
         "warmup_s": wall * cfg.burnin / total,
     }
