@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llc import config as C
-from llc.diagnostics import llc_draws, llc_metrics, running_llc
+from llc.diagnostics import diverged_chains, llc_draws, llc_metrics, running_llc
 from llc.posterior import make_posterior
 from llc.samplers import get_runner
 from llc.samplers.base import SamplerOutput
@@ -44,7 +44,8 @@ class Estimate:
     @property
     def llc_running(self) -> np.ndarray:
         """Pooled running lambda-hat over draws."""
-        return running_llc(llc_draws(self.output.Ln, self.L0, self.n * self.beta))[1]
+        ok = ~diverged_chains(self.output.Ln, self.output.theta_proj)  # as llc_mean: diverged chains excluded
+        return running_llc(llc_draws(self.output.Ln[ok], self.L0, self.n * self.beta))[1]
 
 
 def _mse(pred, y):

@@ -1,7 +1,9 @@
 """Run identity and atomic run directories.
 
-A run is keyed by the hash of its normalized config plus a code fingerprint, so identical work is
-never redone, and any change to the code that could change results produces a new key.
+A run is keyed by the hash of its normalized config, a code fingerprint and the versions of the
+numerical libraries, so identical work is never redone and a change of llc's code or of
+JAX/BlackJAX/Optax/NumPy produces a new key (with ``LLC_CODE_VERSION`` set, the code part is that
+label: keeping it honest is then the deployer's job).
 """
 
 from __future__ import annotations
@@ -58,8 +60,25 @@ def stable_hash(obj: object, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+# Libraries whose upgrade can change results (BlackJAX's tuners especially): part of every key.
+RESULT_LIBRARIES = ("jax", "jaxlib", "blackjax", "optax", "numpy")
+
+
+@lru_cache(maxsize=None)
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in RESULT_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def run_id(cfg: RunConfig) -> str:
-    return stable_hash({"config": normalized(cfg), "code": code_fingerprint()})
+    return stable_hash({"config": normalized(cfg), "code": code_fingerprint(), "libs": library_versions()})
 
 
 def is_complete(run_dir: Path) -> bool:

@@ -118,7 +118,15 @@ def run(
     except ConfigError as exc:
         fail(str(exc))
     if backend == "local" and (workers or 1) == 1:
-        result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
+        from llc.artifacts import ArtifactError
+        from llc.targets import PrecisionError
+
+        try:
+            result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
+        except ConfigError as exc:
+            fail(str(exc))
+        except (PrecisionError, ArtifactError, NotImplementedError) as exc:
+            fail(str(exc), code=1)
     else:
         from llc.sweep import run_single
 
@@ -135,7 +143,7 @@ def run(
 
         sys.stdout.write(dumps(result, indent=None) + "\n")
     else:
-        report.print_result(result, err if json_out else Console())
+        report.print_result(result, Console())
 
 
 @app.command()

@@ -499,6 +499,9 @@ def normalized(cfg: RunConfig) -> dict[str, Any]:
     for name in SAMPLERS:
         if name not in cfg.samplers:
             full.pop(name, None)
+    if "sgld" in full and cfg.sgld.precond == "none":
+        for name in ("beta1", "beta2", "eps", "bias_correction"):  # preconditioner settings, unused
+            full["sgld"].pop(name)
     for name in ("target", "data", "model", "teacher", "training"):
         full.pop(name)
     full.update(target_section(cfg))

@@ -38,7 +38,7 @@ def test_run_id_stable(monkeypatch):
 
 def test_run_id_sensitive_to_every_semantic_field(monkeypatch):
     monkeypatch.setenv(cache.CODE_VERSION_ENV, "fixed")
-    base = build_config(None, [f"samplers={','.join(SAMPLERS)}"])
+    base = build_config(None, [f"samplers={','.join(SAMPLERS)}", "sgld.precond=adam"])
     seen = {cache.run_id(base)}
     checked = 0
     for path, value in _leaf_paths(base):
@@ -108,3 +108,11 @@ def test_atomic_dir_replaces_only_when_complete(tmp_path):
         (tmp / cache.COMPLETE_MARKER).write_text(json.dumps({"v": 2}))
     assert json.loads((final / cache.COMPLETE_MARKER).read_text()) == {"v": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_unused_preconditioner_settings_do_not_change_run_id(monkeypatch):
+    monkeypatch.setenv(cache.CODE_VERSION_ENV, "fixed")
+    plain = build_config(None, ["samplers=sgld"])
+    assert cache.run_id(plain) == cache.run_id(apply_overrides(plain, ["sgld.beta1=0.5", "sgld.eps=1e-6"]))
+    adam = apply_overrides(plain, ["sgld.precond=adam"])
+    assert cache.run_id(adam) != cache.run_id(apply_overrides(adam, ["sgld.beta1=0.5"]))

@@ -60,7 +60,8 @@ def loss_fn_for(cfg: RunConfig) -> Callable:
 
 def target_id(cfg: RunConfig) -> str:
     # Only the code that builds targets enters their fingerprint: sampler edits keep targets valid.
-    return "tgt_" + cache.stable_hash({"target": target_section(cfg), "code": cache.code_fingerprint("targets")})
+    return "tgt_" + cache.stable_hash({"target": target_section(cfg), "code": cache.code_fingerprint("targets"),
+                                       "libs": cache.library_versions()})
 
 
 def _versions() -> dict[str, str]:
