@@ -107,11 +107,13 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     try:
         os.rename(tmp, final)
     except OSError:
-        if old is not None:
-            os.rename(old, final)
         shutil.rmtree(tmp, ignore_errors=True)
-        if final.exists() and is_complete(final):
+        if is_complete(final):
             return  # another worker finished the same run first: its result is identical
+        if old is not None and not final.exists():
+            os.rename(old, final)  # put the previous complete run back
+            old = None
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
