@@ -137,6 +137,34 @@ def summary(values) -> dict[str, float]:
     return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())}
 
 
+def work_record(grads: float, warmup_s: float, sampling_s: float, compile_s: float) -> dict[str, float]:
+    """Work of a full-batch sampler: every gradient is full batch, so fde = gradient count; wall_s
+    covers the same work (warm-up + sampling), compilation apart."""
+    return {"n_grad_evals": grads, "fde": grads, "wall_s": warmup_s + sampling_s, "sampling_s": sampling_s,
+            "compile_s": compile_s, "warmup_s": warmup_s}
+
+
+def isokinetic_tuning(L, step_size, inv_mass, scale) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Failure checks and info entries for the tuned parameters of either MCLMC."""
+    L_np, eps_np = np.asarray(L, np.float64), np.asarray(step_size, np.float64)
+    imm_np, scale_np = np.asarray(inv_mass, np.float64), np.asarray(scale, np.float64)
+    problems = {"non-finite or non-positive tuned parameters": bad_parameters(eps_np, imm_np, L_np),
+                "step size collapsed": collapsed_isokinetic(eps_np, imm_np, scale_np)}
+    imm_summary = summary(imm_np)
+    info = {
+        "L": summary(L_np)["mean"],
+        "step_size": summary(eps_np)["mean"],
+        "L_per_chain": [float(v) for v in L_np],
+        "step_size_per_chain": [float(v) for v in eps_np],
+        "inv_mass_mean": imm_summary["mean"],
+        "inv_mass_min": imm_summary["min"],
+        "inv_mass_max": imm_summary["max"],
+        # Per chain: typical per-coordinate move of one step / the posterior's narrowest width at w*.
+        "step_scale_ratio_per_chain": [float(v) for v in step_scale_ratio(eps_np, imm_np, scale_np)],
+    }
+    return problems, info
+
+
 def grads_per_isokinetic_step(integrator_name: str) -> int:
     """Gradient evaluations of one step of an isokinetic splitting integrator.
 

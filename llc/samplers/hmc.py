@@ -150,14 +150,7 @@ def run(post: Posterior, cfg: HMCConfig, key: jax.Array, *, proj_dim: int = 4,
 
     sample_grads = float(np.sum(stats["num_integration_steps"], dtype=np.float64))
     grads = warm_grads + sample_grads
-    work = {
-        "n_grad_evals": grads,
-        "fde": grads,  # every gradient is full batch
-        "wall_s": warmup_s + wall,  # all sampler work but compilation, like fde
-        "sampling_s": wall,
-        "compile_s": warm_compile_s + compile_s,
-        "warmup_s": warmup_s,
-    }
+    work = fullbatch.work_record(grads, warmup_s, wall, warm_compile_s + compile_s)
     eps_np = np.asarray(step_size, dtype=np.float64)
     imm_np = np.asarray(inv_mass, dtype=np.float64)
     problems = {"non-finite or non-positive tuned parameters": fullbatch.bad_parameters(eps_np, imm_np)}

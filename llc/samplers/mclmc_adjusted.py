@@ -135,32 +135,12 @@ def run(post: Posterior, cfg: MCLMCAdjustedConfig, key: jax.Array, *, proj_dim: 
 
     sample_grads = float(np.sum(stats["num_integration_steps"], dtype=np.float64) * per_step)
     grads = warm_grads + sample_grads
-    work = {
-        "n_grad_evals": grads,
-        "fde": grads,
-        "wall_s": warmup_s + wall,  # all sampler work but compilation, like fde
-        "sampling_s": wall,
-        "compile_s": warm_compile_s + compile_s,
-        "warmup_s": warmup_s,
-    }
-    L_np, eps_np = np.asarray(L, np.float64), np.asarray(step_size, np.float64)
-    imm_np = np.asarray(imm, np.float64)
-    scale_np = np.asarray(scale, np.float64)
-    problems = {"non-finite or non-positive tuned parameters": fullbatch.bad_parameters(eps_np, imm_np, L_np),
-                "step size collapsed": fullbatch.collapsed_isokinetic(eps_np, imm_np, scale_np)}
-    imm_summary = fullbatch.summary(imm_np)
+    work = fullbatch.work_record(grads, warmup_s, wall, warm_compile_s + compile_s)
+    problems, tuned = fullbatch.isokinetic_tuning(L, step_size, imm, scale)
     info = {
         "adaptation": cfg.adaptation,
         "integrator": cfg.integrator,
-        "L": fullbatch.summary(L_np)["mean"],
-        "step_size": fullbatch.summary(eps_np)["mean"],
-        "L_per_chain": [float(v) for v in L_np],
-        "step_size_per_chain": [float(v) for v in eps_np],
-        "inv_mass_mean": imm_summary["mean"],
-        "inv_mass_min": imm_summary["min"],
-        "inv_mass_max": imm_summary["max"],
-        # Per chain: typical per-coordinate move of one step / the posterior's narrowest width at w*.
-        "step_scale_ratio_per_chain": [float(v) for v in fullbatch.step_scale_ratio(eps_np, imm_np, scale_np)],
+        **tuned,
         "target_accept": cfg.target_accept,
         "mean_accept": float(np.nanmean(stats["acceptance_rate"])),
         "mean_integration_steps": float(np.mean(stats["num_integration_steps"])),
