@@ -4,89 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
 import pytest
 
-from llc import cache, sweep
+from llc import cache
 from llc.backends import CACHED, DONE, FAILED, Backend, BackendUnavailable, execute, make_backend
 from llc.backends.joblib_backend import JoblibBackend, cpu_slots, describe_worker
 from llc.backends.local import LocalBackend
 from llc.config import to_dict
 
-# Numbers that must agree exactly between backends (timings excluded: they never repeat).
-EXACT = ("llc_mean", "llc_se", "ess", "rhat", "fde", "diverged_chains")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def pinned_code_version():
-    # Edits to llc/*.py by others while the tests run must not change run ids between two runs.
-    mp = pytest.MonkeyPatch()
-    mp.setenv(cache.CODE_VERSION_ENV, "llc-backend-tests")
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def points():
-    return sweep.plan_sweep(sweep.load_space("smoke"))
-
-
-@pytest.fixture(scope="module")
-def serial(points, tmp_path_factory):
-    """The smoke sweep run serially in-process: the reference every backend must reproduce.
-
-    Shared (same directory) with the other backend test modules, so it is computed once per session.
-    """
-    root = tmp_path_factory.getbasetemp() / "smoke-reference"
-    outs = [o for o in execute(LocalBackend(), [p.cfg for p in points], root) if o is not None]
-    return root, sorted(outs, key=lambda o: o.index)
-
-
-def numbers(record):
-    return {s: {k: v[k] for k in EXACT} for s, v in record["samplers"].items()}
-
-
-def same_numbers(a, b) -> bool:
-    """The metrics of two records agree. The draws are bit-identical across backends (compared
-    exactly elsewhere), but NumPy reductions can differ in the last bit with memory alignment, so
-    the derived floats get a 1e-12 relative slack."""
-    na, nb = numbers(a), numbers(b)
-    assert na.keys() == nb.keys()
-    for s in na:
-        for k in EXACT:
-            x, y = na[s][k], nb[s][k]
-            if isinstance(x, float) and isinstance(y, float):
-                assert math.isclose(x, y, rel_tol=1e-12), (s, k, x, y)
-            else:
-                assert x == y, (s, k, x, y)
-    return True
-
-
-def draws(run_dir: Path) -> dict[str, dict]:
-    """Every array of every NetCDF group of the run: the draws themselves."""
-    import arviz as az
-
-    out = {}
-    for nc in sorted(Path(run_dir).glob("*.nc")):
-        idata = az.from_netcdf(nc)
-        for group in idata.groups():
-            ds = idata[group]
-            out[f"{nc.name}/{group}"] = {k: ds[k].values for k in ds.data_vars}
-    return out
-
-
-def assert_same_draws(dir_a: Path, dir_b: Path) -> None:
-    import numpy as np
-
-    a, b = draws(dir_a), draws(dir_b)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].keys() == b[key].keys()
-        for var in a[key]:
-            np.testing.assert_array_equal(a[key][var], b[key][var], err_msg=f"{dir_a.name} {key}/{var}")
+from backend_support import (  # noqa: E402,F401  (fixtures are used by name)
+    assert_same_draws, pinned_code_version, points, reference, same_numbers)
 
 
 class SpyBackend(Backend):
@@ -112,8 +42,8 @@ def corrupt_target(root: Path, cfg) -> None:
     (tdir / cache.COMPLETE_MARKER).write_text("{}")
 
 
-def test_serial_runs_complete_and_are_cached(serial, points):
-    root, outs = serial
+def test_serial_runs_complete_and_are_cached(reference, points):
+    root, outs = reference
     assert {o.status for o in outs} <= {DONE, CACHED}
     assert [o.run_id for o in outs] == [p.run_id for p in points]
     for o in outs:
@@ -122,8 +52,8 @@ def test_serial_runs_complete_and_are_cached(serial, points):
         assert o.result["samplers"]["sgld"]["llc_mean"] is not None
 
 
-def test_complete_runs_are_not_resubmitted(serial, points):
-    root, outs = serial
+def test_complete_runs_are_not_resubmitted(reference, points):
+    root, outs = reference
     spy = SpyBackend()
     again = [o for o in execute(spy, [p.cfg for p in points], root) if o is not None]
     assert spy.submitted == []
@@ -140,8 +70,8 @@ def test_complete_runs_are_not_resubmitted(serial, points):
     assert same_numbers(third[1].result, outs[1].result)
 
 
-def test_duplicate_configs_run_once(serial, points):
-    root, outs = serial
+def test_duplicate_configs_run_once(reference, points):
+    root, outs = reference
     spy = SpyBackend()
     cfg = points[0].cfg
     got = [o for o in execute(spy, [cfg, cfg], root, skip=True) if o is not None]
@@ -158,8 +88,8 @@ def test_local_failure_is_reported_and_others_go_on(points, tmp_path):
     assert outs[1].status == DONE
 
 
-def test_joblib_two_workers_equal_serial_and_isolate_failures(serial, points, tmp_path):
-    _, ref = serial
+def test_joblib_two_workers_equal_serial_and_isolate_failures(reference, points, tmp_path):
+    _, ref = reference
     # A third run whose cached target is broken: it must fail alone, with its error.
     bad = dataclasses.replace(points[0].cfg, target=dataclasses.replace(points[0].cfg.target, quad_dim=3))
     corrupt_target(tmp_path, bad)
@@ -221,20 +151,20 @@ def test_worker_round_trips_config_dicts(points):
         assert cache.run_id(from_dict(d)) == p.run_id
 
 
-def test_light_cache_reader_matches_the_experiment_one(serial):
+def test_light_cache_reader_matches_the_experiment_one(reference):
     from llc import experiment
     from llc.backends.base import RESULT_FILE, load_cached_record
 
-    root, outs = serial
+    root, outs = reference
     assert RESULT_FILE == experiment.RESULT_FILE
     for o in outs:
         assert load_cached_record(root / o.run_id) == experiment.load_cached(root / o.run_id)
 
 
-def test_damaged_cached_run_is_reported_not_crashing(serial, points, tmp_path):
+def test_damaged_cached_run_is_reported_not_crashing(reference, points, tmp_path):
     import shutil
 
-    root, outs = serial
+    root, outs = reference
     shutil.copytree(root / outs[0].run_id, tmp_path / outs[0].run_id)
     (tmp_path / outs[0].run_id / "result.json").write_text("{truncated")
     spy = SpyBackend()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import pickle
 import subprocess
@@ -21,36 +20,17 @@ import pytest
 
 modal = pytest.importorskip("modal")
 
-from llc import cache, sweep  # noqa: E402
+from llc import cache  # noqa: E402
 from llc.backends import CACHED, DONE, FAILED, execute  # noqa: E402
-from llc.backends.local import LocalBackend  # noqa: E402
 from llc.backends.modal_backend import ArtifactDownloadError, ModalBackend, download_run  # noqa: E402
 from llc.config import from_dict, to_dict  # noqa: E402
+
+from backend_support import (  # noqa: E402,F401  (fixtures are used by name)
+    pinned_code_version, points, reference, same_numbers)
 
 PROJECT = cache.PROJECT_DIR
 # `.local()` warns that volumes are not mounted locally: expected, the tests use a local root.
 pytestmark = pytest.mark.filterwarnings("ignore:The run_experiment_remote function is executing locally")
-EXACT = ("llc_mean", "llc_se", "ess", "rhat", "fde", "diverged_chains")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def pinned_code_version():
-    mp = pytest.MonkeyPatch()
-    mp.setenv(cache.CODE_VERSION_ENV, "llc-backend-tests")
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def points():
-    return sweep.plan_sweep(sweep.load_space("smoke"))
-
-
-@pytest.fixture(scope="module")
-def reference(points, tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "smoke-reference"
-    outs = [o for o in execute(LocalBackend(), [p.cfg for p in points], root) if o is not None]
-    return root, sorted(outs, key=lambda o: o.index)
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +38,6 @@ def modal_app():
     from llc.backends.modal_backend import load_modal_app
 
     return load_modal_app()
-
-
-def numbers(record):
-    return {s: {k: v[k] for k in EXACT} for s, v in record["samplers"].items()}
-
-
-def same_numbers(a, b) -> bool:
-    """The metrics of two records agree. The draws are bit-identical across backends (compared
-    exactly elsewhere), but NumPy reductions can differ in the last bit with memory alignment, so
-    the derived floats get a 1e-12 relative slack."""
-    na, nb = numbers(a), numbers(b)
-    assert na.keys() == nb.keys()
-    for s in na:
-        for k in EXACT:
-            x, y = na[s][k], nb[s][k]
-            if isinstance(x, float) and isinstance(y, float):
-                assert math.isclose(x, y, rel_tol=1e-12), (s, k, x, y)
-            else:
-                assert x == y, (s, k, x, y)
-    return True
 
 
 def tree(root: Path) -> dict[str, bytes]:

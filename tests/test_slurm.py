@@ -13,19 +13,19 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from llc import cache, sweep
 from llc.backends import DONE, FAILED, BackendUnavailable, execute
-from llc.backends.local import LocalBackend
+
+from backend_support import (  # noqa: F401  (fixtures are used by name)
+    CODE_VERSION, assert_same_draws, pinned_code_version, points, reference)
 
 pytestmark = pytest.mark.slurm
 
 PROJECT = cache.PROJECT_DIR
 SCRIPT = PROJECT / "scripts" / "slurm-local.sh"
-CODE_VERSION = "llc-backend-tests"
 
 
 def _unavailable(reason: str):
@@ -50,50 +50,6 @@ def slurm_cluster():
         yield "started"
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def pinned_code_version():
-    mp = pytest.MonkeyPatch()
-    mp.setenv(cache.CODE_VERSION_ENV, CODE_VERSION)
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def points():
-    return sweep.plan_sweep(sweep.load_space("smoke"))
-
-
-@pytest.fixture(scope="module")
-def reference(points, tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "smoke-reference"
-    outs = [o for o in execute(LocalBackend(), [p.cfg for p in points], root) if o is not None]
-    return root, sorted(outs, key=lambda o: o.index)
-
-
-def draws(run_dir: Path) -> dict[str, dict]:
-    """Every array of every NetCDF group of the run: the draws themselves."""
-    import arviz as az
-
-    out = {}
-    for nc in sorted(Path(run_dir).glob("*.nc")):
-        idata = az.from_netcdf(nc)
-        for group in idata.groups():
-            ds = idata[group]
-            out[f"{nc.name}/{group}"] = {k: ds[k].values for k in ds.data_vars}
-    return out
-
-
-def assert_same_draws(dir_a: Path, dir_b: Path) -> None:
-    import numpy as np
-
-    a, b = draws(dir_a), draws(dir_b)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].keys() == b[key].keys()
-        for var in a[key]:
-            np.testing.assert_array_equal(a[key][var], b[key][var], err_msg=f"{dir_a.name} {key}/{var}")
 
 
 def test_sweep_on_slurm_equals_a_local_run(slurm_cluster, reference, tmp_path):
