@@ -16,6 +16,7 @@ negligible fraction of the posterior's width (it shrinks the step at every non-f
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -135,6 +136,27 @@ def summary(values) -> dict[str, float]:
     if a.size == 0:
         return {"mean": float("nan"), "min": float("nan"), "max": float("nan")}
     return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())}
+
+
+def cast_floats(tree, dtype):
+    """Floating leaves to the sampler's dtype (BlackJAX's adaptation returns float64 under x64)."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def run_warmup(warmup: Callable, keys, data, steps: int, progress: base.ProgressFn):
+    """Compile and run a warm-up program ``warmup(keys, data)``; returns (outputs, compile_s, wall_s)."""
+    progress(0, steps, "warmup")
+    compiled, compile_s = base.compile_timed(warmup, keys, data)
+    t0 = time.perf_counter()
+    out = base.block(compiled(keys, data))
+    wall_s = time.perf_counter() - t0
+    progress(steps, steps, "warmup")
+    return out, compile_s, wall_s
+
+
+def from_first_chain(trees: tuple, chains: int) -> tuple:
+    """Shared adaptation: every chain starts from chain 0's tuned state and parameters."""
+    return tuple(base.replicate(jax.tree.map(lambda a: a[0], t), chains) for t in trees)
 
 
 def work_record(grads: float, warmup_s: float, sampling_s: float, compile_s: float) -> dict[str, float]:

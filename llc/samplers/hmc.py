@@ -13,7 +13,6 @@ the state kept by the transition, what ``az.plot_energy`` and BFMI want), ``dive
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import blackjax
@@ -78,22 +77,15 @@ def run(post: Posterior, cfg: HMCConfig, key: jax.Array, *, proj_dim: int = 4,
 
         states, step_size, inv_mass, trace = jax.vmap(one_chain)(keys)
         # Keep the carry in the sampler's dtype (the step-size adaptation works in float64 under x64).
-        states = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, states)
+        states = fullbatch.cast_floats(states, dtype)
         return states, step_size.astype(dtype), inv_mass.astype(dtype), trace
 
-    progress(0, cfg.warmup, "warmup")
-    warm_compiled, warm_compile_s = base.compile_timed(warmup, warm_keys, data)
-    t0 = time.perf_counter()
-    states, step_size, inv_mass, (Ln_warm, warm_steps) = base.block(warm_compiled(warm_keys, data))
-    warmup_s = time.perf_counter() - t0
-    progress(cfg.warmup, cfg.warmup, "warmup")
+    (states, step_size, inv_mass, (Ln_warm, warm_steps)), warm_compile_s, warmup_s = fullbatch.run_warmup(
+        warmup, warm_keys, data, cfg.warmup, progress)
     warm_grads = float(np.sum(np.asarray(warm_steps, dtype=np.float64))) + n_adapt  # + initial gradient
 
     if cfg.adaptation == "shared":
-        first = lambda a: a[0]  # noqa: E731
-        states = base.replicate(jax.tree.map(first, states), cfg.chains)
-        step_size = base.replicate(step_size[0], cfg.chains)
-        inv_mass = base.replicate(inv_mass[0], cfg.chains)
+        states, step_size, inv_mass = fullbatch.from_first_chain((states, step_size, inv_mass), cfg.chains)
         # Only chain 0 ran the adaptation; the other chains have no warm-up trace.
         Ln_warm = np.concatenate(
             [np.asarray(Ln_warm), np.full((cfg.chains - 1, cfg.warmup), np.nan)], axis=0)

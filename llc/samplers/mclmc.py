@@ -28,7 +28,6 @@ The tuner returns only its final state, so ``Ln_warmup`` is empty (chains, 0).
 
 from __future__ import annotations
 
-import time
 
 import blackjax
 import jax
@@ -67,9 +66,6 @@ def run(post: Posterior, cfg: MCLMCConfig, key: jax.Array, *, proj_dim: int = 4,
     k_warm, k_sample = jax.random.split(key)
     warm_keys = base.chain_keys(k_warm, n_adapt)
     f1, f2, f3 = TUNE_FRACTIONS
-
-    def as_dtype(tree):
-        return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
     # ------------------------------------------------------------------ tuning
     def warmup(keys, data):
@@ -127,19 +123,13 @@ def run(post: Posterior, cfg: MCLMCConfig, key: jax.Array, *, proj_dim: int = 4,
             return state, eps, check
 
         states, L, step_size, imm, check, scale = jax.vmap(one_chain)(keys)
-        return as_dtype(states), L.astype(dtype), step_size.astype(dtype), imm.astype(dtype), check, scale
+        return fullbatch.cast_floats(states, dtype), L.astype(dtype), step_size.astype(dtype), imm.astype(dtype), check, scale
 
-    progress(0, cfg.warmup, "warmup")
-    warm_compiled, warm_compile_s = base.compile_timed(warmup, warm_keys, data)
-    t0 = time.perf_counter()
-    states, L, step_size, imm, check, scale = base.block(warm_compiled(warm_keys, data))
-    warmup_s = time.perf_counter() - t0
-    progress(cfg.warmup, cfg.warmup, "warmup")
+    (states, L, step_size, imm, check, scale), warm_compile_s, warmup_s = fullbatch.run_warmup(
+        warmup, warm_keys, data, cfg.warmup, progress)
 
     if cfg.adaptation == "shared":
-        first = lambda a: a[0]  # noqa: E731
-        states, L, step_size, imm, scale = (base.replicate(jax.tree.map(first, t), cfg.chains)
-                                            for t in (states, L, step_size, imm, scale))
+        states, L, step_size, imm, scale = fullbatch.from_first_chain((states, L, step_size, imm, scale), cfg.chains)
 
     # ------------------------------------------------------------------ sampling
     size = base.chunk_size(cfg.draws)

@@ -18,7 +18,6 @@ info carries the proposal's log density but not its kinetic energy change, so no
 
 from __future__ import annotations
 
-import time
 
 import blackjax
 import jax
@@ -58,9 +57,6 @@ def run(post: Posterior, cfg: MCLMCAdjustedConfig, key: jax.Array, *, proj_dim: 
     warm_keys = base.chain_keys(k_warm, n_adapt)
     f1, f2 = TUNE_FRACTIONS
 
-    def as_dtype(tree):
-        return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
     # ------------------------------------------------------------------ tuning
     def warmup(keys, data):
         problem = make_problem(data)
@@ -87,21 +83,15 @@ def run(post: Posterior, cfg: MCLMCAdjustedConfig, key: jax.Array, *, proj_dim: 
             return state, params.L, params.step_size, imm, jnp.asarray(n_steps, jnp.int32), scale
 
         states, L, step_size, imm, n_steps, scale = jax.vmap(one_chain)(keys)
-        return as_dtype(states), L.astype(dtype), step_size.astype(dtype), imm.astype(dtype), n_steps, scale
+        return fullbatch.cast_floats(states, dtype), L.astype(dtype), step_size.astype(dtype), imm.astype(dtype), n_steps, scale
 
-    progress(0, cfg.warmup, "warmup")
-    warm_compiled, warm_compile_s = base.compile_timed(warmup, warm_keys, data)
-    t0 = time.perf_counter()
-    states, L, step_size, imm, warm_steps, scale = base.block(warm_compiled(warm_keys, data))
-    warmup_s = time.perf_counter() - t0
-    progress(cfg.warmup, cfg.warmup, "warmup")
+    (states, L, step_size, imm, warm_steps, scale), warm_compile_s, warmup_s = fullbatch.run_warmup(
+        warmup, warm_keys, data, cfg.warmup, progress)
     per_step = fullbatch.grads_per_isokinetic_step(cfg.integrator)
     warm_grads = float(np.sum(np.asarray(warm_steps, np.float64)) * per_step + n_adapt)
 
     if cfg.adaptation == "shared":
-        first = lambda a: a[0]  # noqa: E731
-        states, L, step_size, imm, scale = (base.replicate(jax.tree.map(first, t), cfg.chains)
-                                            for t in (states, L, step_size, imm, scale))
+        states, L, step_size, imm, scale = fullbatch.from_first_chain((states, L, step_size, imm, scale), cfg.chains)
 
     # ------------------------------------------------------------------ sampling
     size = base.chunk_size(cfg.draws)
