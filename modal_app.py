@@ -7,7 +7,7 @@ The image installs the project's own dependencies from pyproject.toml and adds t
 sources (plus pyproject.toml, so the code fingerprint, and hence every run id, is the same
 remotely as locally). Runs write to the ``llc-artifacts`` volume mounted at ``/artifacts``:
 one directory per run id, exactly as a local run writes under ``./artifacts``. The client
-(``llc.backends.modal_backend``) calls ``run_experiment_remote.map(...)`` and downloads each run
+(``llc.pipeline.backends.modal_backend``) calls ``run_experiment_remote.map(...)`` and downloads each run
 directory as soon as its call returns.
 
 Timeouts, retries and resources live on the decorator, not on the command line.
@@ -64,8 +64,8 @@ def run_experiment_remote(cfg_dict: dict, skip: bool = True) -> dict:
     than as an exception: a deterministic failure would only fail again, so it must not use up
     the retries, which are there for infrastructure failures (preempted or lost containers).
     """
-    from llc import cache
-    from llc.backends.base import guarded_worker
+    from llc.store import cache
+    from llc.pipeline.backends.base import guarded_worker
     from llc.config import from_dict
 
     rid = cache.run_id(from_dict(cfg_dict))
@@ -80,7 +80,7 @@ def run_experiment_remote(cfg_dict: dict, skip: bool = True) -> dict:
 @app.local_entrypoint()
 def main(preset: str = "quick") -> None:
     """``modal run modal_app.py --preset quick``: one run, result record printed."""
-    from llc.artifacts import dumps
+    from llc.store.artifacts import dumps
     from llc.config import build_config, to_dict
 
     print(dumps(run_experiment_remote.remote(to_dict(build_config(preset)))))

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llc.posterior import Posterior, logdensity_fn, sq_distance
-from llc.samplers import base
+from llc.engine.posterior import Posterior, logdensity_fn, sq_distance
+from llc.engine.samplers import base
 
 # --------------------------------------------------------------------------- timing
 
@@ -173,7 +173,7 @@ def minibatch_limit(post: Posterior, chains: int, batch: int, steps: int, *, ran
 
 def sgld_step_limit(post: Posterior, scfg, chains: int, steps: int, repeats: int) -> dict[str, Any]:
     """llc's own SGLD step (``sgld.build_step``) in one scan: no L_n evaluation, no chunking."""
-    from llc.samplers import sgld
+    from llc.engine.samplers import sgld
 
     def program(states, keys, data):
         p = base.with_data(post, data)

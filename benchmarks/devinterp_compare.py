@@ -84,7 +84,7 @@ def run(target, post, scfg, *, threads: int, seed: int = 0, ours: dict[str, Any]
     from devinterp.slt.llc import compute_llc
     from devinterp.slt.sampling import sample
 
-    from llc.diagnostics import llc_metrics
+    from llc.analysis.diagnostics import llc_metrics
 
     torch.set_num_threads(threads)
     activation = target.meta.get("info", {}).get("activation", "relu")

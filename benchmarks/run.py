@@ -15,7 +15,7 @@ writes one JSON file. Sections (see benchmarks/README.md for what each measures 
   scaling     SGLD steps/s and memory as parameters, data and chains grow.
   goals       the GPU goals: 1M-parameter MLP, 8 chains x 10,000 SGLD steps; HMC at 100k parameters.
 
-Samplers that are not in this version of llc (``llc.samplers.get_runner`` raises
+Samplers that are not in this version of llc (``llc.engine.samplers.get_runner`` raises
 NotImplementedError) are reported as "not available".
 """
 
@@ -149,8 +149,8 @@ class Bench:
         return self.config(self.size["target"], {s: self.size[s] for s in ("sgld", "hmc", "mclmc")})
 
     def posterior(self, cfg):
-        from llc.posterior import make_posterior
-        from llc.targets import get_target, target_id
+        from llc.engine.posterior import make_posterior
+        from llc.engine.targets import get_target, target_id
 
         tid = target_id(cfg)
         if tid not in self._targets:
@@ -170,7 +170,7 @@ class Bench:
     # ----------------------------------------------------------------- samplers
 
     def runner(self, name: str) -> Callable | None:
-        from llc.samplers import get_runner
+        from llc.engine.samplers import get_runner
 
         if name != "sgld" and name not in self.args.samplers:
             return None
@@ -184,8 +184,8 @@ class Bench:
         """Run sampler ``name`` with ``cfg``'s section; the first run per (target, name) is reused."""
         import jax
 
-        from llc.experiment import sampler_key
-        from llc.targets import target_id
+        from llc.pipeline.experiment import sampler_key
+        from llc.engine.targets import target_id
 
         runner = self.runner(name)
         if runner is None:
@@ -209,8 +209,8 @@ class Bench:
 def _unavailable(name: str) -> str:
     import importlib.util
 
-    if importlib.util.find_spec(f"llc.samplers.{name}") is None:
-        return f"llc.samplers.{name} is not in this version of llc"
+    if importlib.util.find_spec(f"llc.engine.samplers.{name}") is None:
+        return f"llc.engine.samplers.{name} is not in this version of llc"
     return "not selected (--samplers)"
 
 
@@ -219,7 +219,7 @@ def section_overhead(b: Bench) -> dict[str, Any]:
     from benchlib import (fullbatch_limit, grad_flops, lean_step_limit, minibatch_limit, sampling_grads,
                           sgld_step_limit)
 
-    from llc.posterior import cast
+    from llc.engine.posterior import cast
 
     cfg = b.main_config()
     target, post = b.posterior(cfg)
@@ -304,7 +304,7 @@ def section_devinterp(b: Bench) -> dict[str, Any]:
         return {"available": False, "reason": "the devinterp comparison runs on the CPU (--device-kind cpu)"}
     from benchlib import cpu_threads
 
-    from llc.diagnostics import llc_metrics
+    from llc.analysis.diagnostics import llc_metrics
 
     cfg = b.main_config()
     target, post = b.posterior(cfg)
@@ -322,7 +322,7 @@ def section_devinterp(b: Bench) -> dict[str, Any]:
 
 
 def section_efficiency(b: Bench) -> dict[str, Any]:
-    from llc.diagnostics import llc_metrics
+    from llc.analysis.diagnostics import llc_metrics
 
     cfg = b.main_config()
     target, post = b.posterior(cfg)
@@ -371,7 +371,7 @@ def _measure_scaling_point(b: Bench, d: int, n: int, chains: int) -> dict[str, A
     import numpy as np
     from benchlib import capture_compiles, device_peak_bytes, host_maxrss_bytes, minibatch_limit
 
-    from llc.posterior import cast
+    from llc.engine.posterior import cast
 
     base = b.size["target"]["model"]
     batch = min(256, n // 2) if b.args.size != "tiny" else 32
@@ -430,7 +430,7 @@ def section_goals(b: Bench) -> dict[str, Any]:
     """The two GPU goals, run as stated: SGLD on a 1M-parameter MLP; HMC at 100k parameters."""
     from benchlib import capture_compiles, device_peak_bytes
 
-    from llc.diagnostics import llc_metrics
+    from llc.analysis.diagnostics import llc_metrics
 
     g = b.size["goals"]
     base = b.size["target"]["model"]
@@ -556,7 +556,7 @@ def print_report(console, results: dict[str, Any], meta: dict[str, Any]) -> None
                   _fmt(mb["overhead_lean_step"], ".2f"), "")
         t.add_row("llc SGLD step (no L_n eval)", _fmt(mb["sgld_step_grads_per_s"], ",.0f"),
                   _fmt(mb["overhead_step"], ".2f"), "")
-        t.add_row(f"llc.samplers.sgld.run (L_n every {mb['eval_every']})", _fmt(mb["sgld_steps_per_s"], ",.0f"),
+        t.add_row(f"llc.engine.samplers.sgld.run (L_n every {mb['eval_every']})", _fmt(mb["sgld_steps_per_s"], ",.0f"),
                   _fmt(mb["overhead"], ".2f"), _fmt(mb["sgld_compile_s"], ".2f"))
         for name in ("hmc", "mclmc"):
             fb = ov["full_batch"].get(name, {})
@@ -564,7 +564,7 @@ def print_report(console, results: dict[str, Any], meta: dict[str, Any]) -> None
                 t.add_row(f"{name}: not available", "", "", "")
                 continue
             t.add_row(f"raw full-batch value_and_grad ({fb['dtype']})", _fmt(fb["raw_grads_per_s"], ",.0f"), "1.00", "")
-            t.add_row(f"llc.samplers.{name}.run (sampling phase)", _fmt(fb["grads_per_s"], ",.0f"),
+            t.add_row(f"llc.engine.samplers.{name}.run (sampling phase)", _fmt(fb["grads_per_s"], ",.0f"),
                       _fmt(fb["overhead"], ".2f"), _fmt(fb["compile_s"], ".2f"))
         console.print(t)
         if mb.get("raw_gflops"):
@@ -687,11 +687,11 @@ def write_results(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> 
 
 def _tolerate_size1_arrays() -> None:
     """NumPy >= 2.5 refuses float() of a 1-element 1-d array, which ArviZ's mcse can return;
-    llc.diagnostics._finite_or_none calls float() on it (a DeprecationWarning up to NumPy 2.4).
+    llc.analysis.diagnostics._finite_or_none calls float() on it (a DeprecationWarning up to NumPy 2.4).
     Patched here, in this process only, so that the GPU machine's NumPy can run the benchmarks."""
     import numpy as np
 
-    import llc.diagnostics as diag
+    import llc.analysis.diagnostics as diag
 
     original = diag._finite_or_none
 
@@ -713,7 +713,7 @@ def main(argv=None) -> int:
     console = Console(stderr=True)
     import jax
 
-    jax.config.update("jax_enable_x64", True)  # as llc.experiment does: targets float64, SGLD float32
+    jax.config.update("jax_enable_x64", True)  # as llc.pipeline.experiment does: targets float64, SGLD float32
     _tolerate_size1_arrays()
     backend = jax.default_backend()
     found = "gpu" if backend in ("gpu", "cuda", "rocm") else "cpu"

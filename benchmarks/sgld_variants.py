@@ -9,9 +9,9 @@ Variants (chains vmapped, one lax.scan; all timed round-robin, best of --repeats
   lean_step        + Gaussian noise drawn per leaf in the position's dtype and the SGLD update:
                    the least a plain SGLD step needs
   lean_step_rbg    the same with JAX's "unsafe_rbg" PRNG instead of threefry
-  llc_step         llc.samplers.sgld.build_step (BlackJAX sgld: ravel + float64-promoted noise,
+  llc_step         llc.engine.samplers.sgld.build_step (BlackJAX sgld: ravel + float64-promoted noise,
                    state carries m and v even for plain SGLD)
-  llc_run          llc.samplers.sgld.run (adds the full-batch L_n every eval_every steps, chunks)
+  llc_run          llc.engine.samplers.sgld.run (adds the full-batch L_n every eval_every steps, chunks)
   lean_run_full    a patched run: lean_step + full-batch L_n every eval_every steps (same
                    estimator as llc_run), state = position only, state buffers donated
   lean_run_mb      a patched run: L_n estimated by the mean minibatch loss of the eval_every
@@ -54,9 +54,9 @@ def main(argv=None) -> int:
     from benchlib import compile_program, memory_stats, minibatch_limit, sgld_step_limit
 
     from llc.config import build_config
-    from llc.posterior import cast, make_posterior
-    from llc.samplers import base, sgld
-    from llc.targets import get_target
+    from llc.engine.posterior import cast, make_posterior
+    from llc.engine.samplers import base, sgld
+    from llc.engine.targets import get_target
 
     size = bench_run.SIZES[args.size]
     root = args.artifacts or Path(tempfile.mkdtemp(prefix="llc-bench-"))

@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
 
         return estimate
     if name == "run_experiment":
-        from llc.experiment import run_experiment
+        from llc.pipeline.experiment import run_experiment
 
         return run_experiment
     if name in ("build_config", "RunConfig"):

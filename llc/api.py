@@ -16,15 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from llc import config as C
-from llc.diagnostics import diverged_chains, llc_draws, llc_metrics, running_llc
-from llc.posterior import make_posterior
-from llc.samplers import get_runner
-from llc.samplers.base import SamplerOutput
+from llc import registry
+from llc.analysis.diagnostics import diverged_chains, llc_draws, llc_metrics, running_llc
+from llc.engine.posterior import make_posterior
+from llc.engine.samplers import get_runner
+from llc.engine.samplers.base import SamplerOutput
 
-_SAMPLER_CONFIGS = {
-    "sgld": C.SGLDConfig, "hmc": C.HMCConfig, "mclmc": C.MCLMCConfig,
-    "mclmc_adjusted": C.MCLMCAdjustedConfig, "vi": C.VIConfig,
-}
+_SAMPLER_CONFIGS = {name: getattr(C, spec.config) for name, spec in registry.SAMPLERS.items()}
 
 
 @dataclasses.dataclass(frozen=True)

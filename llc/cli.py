@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from llc import registry
 from llc.config import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -34,8 +35,8 @@ def _override_flags(**flags) -> list[str]:
         "n_data": ["data.n_data"], "dln_widths": ["target.dln_widths"], "dln_rank": ["target.dln_rank"],
         "samplers": ["samplers"], "sgld_precond": ["sgld.precond"], "sgld_beta1": ["sgld.beta1"],
         "sgld_beta2": ["sgld.beta2"], "sgld_eps": ["sgld.eps"], "sgld_bias_correction": ["sgld.bias_correction"],
-        "chains": [f"{s}.chains" for s in ("sgld", "hmc", "mclmc", "mclmc_adjusted", "vi")],
-        "draws": [f"{s}.draws" for s in ("sgld", "hmc", "mclmc", "mclmc_adjusted")],
+        "chains": [f"{s}.chains" for s in registry.SAMPLER_NAMES],
+        "draws": [f"{s}.draws" for s in registry.SAMPLER_NAMES if s != "vi"],
     }
     for name, value in flags.items():
         if value is None:
@@ -61,7 +62,7 @@ NoArtifactsOpt = Annotated[bool, typer.Option("--no-artifacts", help="Modal: lea
 
 
 def _make_backend(name: str, **flags):
-    from llc.backends import BackendUnavailable, make_backend
+    from llc.pipeline.backends import BackendUnavailable, make_backend
 
     try:
         return make_backend(name, **flags)
@@ -77,7 +78,7 @@ def run(
     dln_widths: Annotated[Optional[str], typer.Option(help="DLN widths input,hidden...,output, e.g. 6,5,4,6.")] = None,
     dln_rank: Annotated[Optional[int], typer.Option(help="Rank of the DLN teacher.")] = None,
     n_data: Annotated[Optional[int], typer.Option(help="Number of data points n.")] = None,
-    samplers: Annotated[Optional[str], typer.Option(help="Comma-separated: sgld,hmc,mclmc,mclmc_adjusted,vi.")] = None,
+    samplers: Annotated[Optional[str], typer.Option(help=f"Comma-separated: {','.join(registry.SAMPLER_NAMES)}.")] = None,
     chains: Annotated[Optional[int], typer.Option(help="Chains for every sampler.")] = None,
     draws: Annotated[Optional[int], typer.Option(help="Kept draws for every MCMC sampler.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the run and of its target.")] = None,
@@ -103,7 +104,7 @@ def run(
     no_artifacts: NoArtifactsOpt = False,
 ) -> None:
     """Estimate the LLC of one target with the configured samplers."""
-    from llc import report
+    from llc import console as report
     from llc.config import build_config
 
     overrides = _override_flags(
@@ -118,8 +119,8 @@ def run(
     except ConfigError as exc:
         fail(str(exc))
     if backend == "local" and (workers or 1) == 1:
-        from llc.artifacts import ArtifactError
-        from llc.targets import PrecisionError
+        from llc.store.artifacts import ArtifactError
+        from llc.engine.targets import PrecisionError
 
         try:
             result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
@@ -128,7 +129,7 @@ def run(
         except (PrecisionError, ArtifactError, NotImplementedError) as exc:
             fail(str(exc), code=1)
     else:
-        from llc.sweep import run_single
+        from llc.pipeline.sweep import run_single
 
         runner = _make_backend(backend, workers=workers, partition=partition, gpus=gpus, cpus=cpus,
                                timeout_min=timeout_min, mem_gb=mem_gb, account=slurm_account,
@@ -139,7 +140,7 @@ def run(
             fail(f"run {outcome.run_id} failed on {runner.name}: {outcome.error}", code=1)
         result = outcome.result
     if json_out:
-        from llc.artifacts import dumps
+        from llc.store.artifacts import dumps
 
         sys.stdout.write(dumps(result, indent=None) + "\n")
     else:
@@ -159,8 +160,8 @@ def analyze(
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object on stdout.")] = False,
 ) -> None:
     """Re-derive metrics and figures of a saved run from its NetCDF files (no JAX, no sampling)."""
-    from llc.analysis import analyze_run, metrics_tables
-    from llc.artifacts import ArtifactError, dumps
+    from llc.posthoc.analyze import analyze_run, metrics_tables
+    from llc.store.artifacts import ArtifactError, dumps
 
     try:
         res = analyze_run(run_dir, which=which, plots=[] if plots.strip() == "none" else plots, out=out,
@@ -191,8 +192,8 @@ def promote(
     samplers: Annotated[Optional[str], typer.Option(help="Samplers whose figures to copy, comma-separated.")] = None,
 ) -> None:
     """Copy a run's key figures into assets/readme/ under stable names (for the README)."""
-    from llc.analysis import promote as promote_run
-    from llc.artifacts import ArtifactError
+    from llc.posthoc.analyze import promote as promote_run
+    from llc.store.artifacts import ArtifactError
 
     try:
         run_dir, copies = promote_run(run, artifacts, out, samplers)
@@ -235,7 +236,7 @@ def sweep(
     no_artifacts: NoArtifactsOpt = False,
 ) -> None:
     """Run a sweep (cartesian product over a sweep space) and stream results into a CSV."""
-    from llc import sweep as sw
+    from llc.pipeline import sweep as sw
 
     overrides = [*(set_ or []), *(["save_plots=false"] if no_save_plots else [])]
     try:
@@ -278,7 +279,7 @@ def plot_sweep(
     samplers: Annotated[Optional[str], typer.Option(help="Samplers to show, comma-separated (default: all).")] = None,
 ) -> None:
     """Plot λ̂ and sampler efficiency against model size from a sweep CSV."""
-    from llc.sweep_plots import SweepPlotError, plot_sweep as draw
+    from llc.posthoc.sweep_plots import SweepPlotError, plot_sweep as draw
 
     try:
         path = draw(csv_path, out or Path(f"llc_sweep_{size_col}.png"), size_col=size_col, filters=filters,

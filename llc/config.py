@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llc import registry
+
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "identity")
 X_DISTS = ("gauss_iso", "gauss_aniso", "mixture", "lowdim", "heavy_tail")
 NOISES = ("gauss", "hetero", "student_t", "outliers")
-TARGET_KINDS = ("mlp", "quadratic", "dln")
+TARGET_KINDS = registry.TARGET_NAMES
 DTYPES = ("float32", "float64")
-SAMPLERS = ("sgld", "hmc", "mclmc", "mclmc_adjusted", "vi")
+SAMPLERS = registry.SAMPLER_NAMES
 
 
 class ConfigError(ValueError):
@@ -179,7 +181,7 @@ class MCLMCAdjustedConfig:
 
 @dataclass(frozen=True)
 class VIConfig:
-    """Mixture-of-factor-analysers variational estimator (llc.samplers.vi; seed 003).
+    """Mixture-of-factor-analysers variational estimator (llc.engine.samplers.vi; seed 003).
 
     Seed names: M = components, r = rank, lr = learning_rate. gamma is posterior.gamma.
     """

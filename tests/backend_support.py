@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from llc import cache, sweep
-from llc.backends import execute
-from llc.backends.local import LocalBackend
+from llc.store import cache
+
+from llc.pipeline import sweep
+from llc.pipeline.backends import execute
+from llc.pipeline.backends.local import LocalBackend
 
 CODE_VERSION = "llc-backend-tests"
 # Numbers that must agree exactly between backends (timings excluded: they never repeat).

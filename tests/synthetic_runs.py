@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llc.analysis import metrics_document
-from llc.artifacts import save_netcdf, to_inference_data, write_json
-from llc.diagnostics import sampler_metrics
+from llc.posthoc.analyze import metrics_document
+from llc.store.artifacts import save_netcdf, to_inference_data, write_json
+from llc.analysis.diagnostics import sampler_metrics
 
 
 def ar1(rng: np.random.Generator, chains: int, draws: int, rho: float, sigma: float = 1.0) -> np.ndarray:

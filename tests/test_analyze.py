@@ -14,8 +14,8 @@ import pytest
 from synthetic_runs import synthetic_idatas, write_run
 from typer.testing import CliRunner
 
-from llc.analysis import analyze_run, latest_run, promote
-from llc.artifacts import ArtifactError
+from llc.posthoc.analyze import analyze_run, latest_run, promote
+from llc.store.artifacts import ArtifactError
 from llc.cli import app
 
 runner = CliRunner()
@@ -25,7 +25,7 @@ runner = CliRunner()
 def real_run(tmp_path_factory) -> Path:
     """A small real `llc run` (quadratic target, SGLD) with figures, written by run_experiment."""
     from llc.config import build_config
-    from llc.experiment import run_experiment
+    from llc.pipeline.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("artifacts")
     cfg = build_config(None, ["target.kind=quadratic", "samplers=sgld", "sgld.chains=2", "sgld.draws=150",
@@ -97,7 +97,7 @@ def test_analyze_never_imports_jax(synthetic_run, tmp_path):
         res = CliRunner().invoke(app, ["analyze", {str(synthetic_run)!r}, "--plots", "running_llc,energy",
                                        "--out", {str(tmp_path / "out")!r}])
         assert res.exit_code == 0, res.output
-        from llc.analysis import promote
+        from llc.posthoc.analyze import promote
         promote({str(tmp_path / "out")!r}, out={str(tmp_path / "readme")!r})  # figures just drawn
         print("JAX_LOADED" if "jax" in sys.modules or "jaxlib" in sys.modules else "NO_JAX")
     """)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llc import cache
-from llc.backends import CACHED, DONE, FAILED, Backend, BackendUnavailable, execute, make_backend
-from llc.backends.joblib_backend import JoblibBackend, cpu_slots, describe_worker
-from llc.backends.local import LocalBackend
+from llc.store import cache
+from llc.pipeline.backends import CACHED, DONE, FAILED, Backend, BackendUnavailable, execute, make_backend
+from llc.pipeline.backends.joblib_backend import JoblibBackend, cpu_slots, describe_worker
+from llc.pipeline.backends.local import LocalBackend
 from llc.config import to_dict
 
 from backend_support import (  # noqa: E402,F401  (fixtures are used by name)
@@ -34,7 +34,7 @@ class SpyBackend(Backend):
 
 def corrupt_target(root: Path, cfg) -> None:
     """Leave a 'complete' but wrong cached target for cfg: its run then fails when loading it."""
-    from llc.targets import target_id
+    from llc.engine.targets import target_id
 
     tdir = root / "targets" / target_id(cfg)
     tdir.mkdir(parents=True)
@@ -152,8 +152,8 @@ def test_worker_round_trips_config_dicts(points):
 
 
 def test_light_cache_reader_matches_the_experiment_one(reference):
-    from llc import experiment
-    from llc.backends.base import RESULT_FILE, load_cached_record
+    from llc.pipeline import experiment
+    from llc.pipeline.backends.base import RESULT_FILE, load_cached_record
 
     root, outs = reference
     assert RESULT_FILE == experiment.RESULT_FILE
@@ -187,8 +187,8 @@ def _die_first_time(cfg_dict, root, skip=True, echo=True):
 
 
 def test_joblib_retries_runs_lost_with_a_killed_worker(tmp_path, monkeypatch):
-    from llc.backends import joblib_backend
-    from llc.backends.base import Task
+    from llc.pipeline.backends import joblib_backend
+    from llc.pipeline.backends.base import Task
 
     monkeypatch.setattr(joblib_backend, "guarded_worker", _die_first_time)
     tasks = [Task(0, "flaky", {"name": "flaky"}), Task(1, "fine", {"name": "fine"})]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from llc import cache
+from llc.store import cache
 from llc.config import RunConfig, SAMPLERS, apply_overrides, build_config
 
 

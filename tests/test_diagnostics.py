@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from synthetic_runs import ar1, hmc_stats, make_idata, mclmc_stats
 
-from llc import diagnostics as D
-from llc.artifacts import dumps, load_netcdf, save_netcdf
+from llc.analysis import diagnostics as D
+from llc.store.artifacts import dumps, load_netcdf, save_netcdf
 
 CHAINS, DRAWS = 4, 5000
 N = CHAINS * DRAWS

@@ -1,6 +1,6 @@
 import numpy as np
 
-from llc.diagnostics import diverged_chains, llc_draws, llc_metrics, running_llc
+from llc.analysis.diagnostics import diverged_chains, llc_draws, llc_metrics, running_llc
 
 
 def test_running_llc_bookkeeping():

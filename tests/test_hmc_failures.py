@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from llc.config import ConfigError, HMCConfig, MCLMCConfig, PosteriorConfig, build_config
-from llc.diagnostics import llc_metrics
-from llc.posterior import make_posterior
-from llc.samplers import fullbatch, hmc, mclmc
+from llc.analysis.diagnostics import llc_metrics
+from llc.engine.posterior import make_posterior
+from llc.engine.samplers import fullbatch, hmc, mclmc
 
 jax.config.update("jax_enable_x64", True)
 

@@ -20,9 +20,9 @@ import pytest
 
 modal = pytest.importorskip("modal")
 
-from llc import cache  # noqa: E402
-from llc.backends import CACHED, DONE, FAILED, execute  # noqa: E402
-from llc.backends.modal_backend import ArtifactDownloadError, ModalBackend, download_run  # noqa: E402
+from llc.store import cache  # noqa: E402
+from llc.pipeline.backends import CACHED, DONE, FAILED, execute  # noqa: E402
+from llc.pipeline.backends.modal_backend import ArtifactDownloadError, ModalBackend, download_run  # noqa: E402
 from llc.config import from_dict, to_dict  # noqa: E402
 
 from backend_support import (  # noqa: E402,F401  (fixtures are used by name)
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The run_experiment_remote functi
 
 @pytest.fixture(scope="module")
 def modal_app():
-    from llc.backends.modal_backend import load_modal_app
+    from llc.pipeline.backends.modal_backend import load_modal_app
 
     return load_modal_app()
 
@@ -45,7 +45,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def corrupt_target(root: Path, cfg) -> None:
-    from llc.targets import target_id
+    from llc.engine.targets import target_id
 
     tdir = root / "targets" / target_id(cfg)
     tdir.mkdir(parents=True)

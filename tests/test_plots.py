@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from synthetic_runs import make_idata, synthetic_idatas
 
-from llc import plots as P
-from llc.diagnostics import sampler_metrics
+from llc.posthoc import plots as P
+from llc.analysis.diagnostics import sampler_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,10 +7,10 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from llc import cache
+from llc.store import cache
 from llc.cli import app
 from llc.config import build_config
-from llc.experiment import run_experiment
+from llc.pipeline.experiment import run_experiment
 from llc.theory import quadratic_learning_coefficient
 
 QUAD = ["--target", "quadratic", "--quad-dim", "4", "--samplers", "sgld", "--no-save-plots"]
@@ -83,7 +83,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, field):
 
 def test_failed_run_leaves_nothing_cache_would_reuse(tmp_path, monkeypatch):
     cfg = build_config(None, ["target.kind=quadratic", "samplers=sgld", "sgld.draws=20", "save_plots=false"])
-    import llc.samplers as S
+    import llc.engine.samplers as S
 
     def exploding(*args, **kwargs):
         raise RuntimeError("worker lost")

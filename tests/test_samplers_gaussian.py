@@ -27,9 +27,9 @@ import pytest
 from llc import theory
 from llc.config import (HMCConfig, MCLMCAdjustedConfig, MCLMCConfig, PosteriorConfig, SGLDConfig,
                         build_config)
-from llc.diagnostics import llc_metrics
-from llc.posterior import make_posterior
-from llc.samplers import base, get_runner
+from llc.analysis.diagnostics import llc_metrics
+from llc.engine.posterior import make_posterior
+from llc.engine.samplers import base, get_runner
 
 jax.config.update("jax_enable_x64", True)
 
@@ -112,7 +112,7 @@ QUAD_BOUNDS = {"hmc": 0.03, "mclmc": 0.03, "mclmc_adjusted": 0.03, "sgld": 0.05}
 
 def quadratic_posterior(d: int, tmp_path):
     cfg = build_config(overrides=["target.kind=quadratic", f"target.quad_dim={d}", "data.n_data=1000"])
-    from llc.targets import get_target
+    from llc.engine.targets import get_target
 
     target = get_target(cfg, tmp_path)
     post = make_posterior(target.loss_fn, target.params, target.x, target.y, cfg.posterior, L0=target.L0)

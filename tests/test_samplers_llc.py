@@ -29,10 +29,10 @@ import pytest
 
 from llc import theory
 from llc.config import build_config
-from llc.diagnostics import llc_metrics
-from llc.posterior import make_posterior
-from llc.samplers import get_runner
-from llc.targets import get_target
+from llc.analysis.diagnostics import llc_metrics
+from llc.engine.posterior import make_posterior
+from llc.engine.samplers import get_runner
+from llc.engine.targets import get_target
 
 jax.config.update("jax_enable_x64", True)
 

@@ -16,8 +16,10 @@ import sys
 
 import pytest
 
-from llc import cache, sweep
-from llc.backends import DONE, FAILED, BackendUnavailable, execute
+from llc.store import cache
+
+from llc.pipeline import sweep
+from llc.pipeline.backends import DONE, FAILED, BackendUnavailable, execute
 
 from backend_support import (  # noqa: F401  (fixtures are used by name)
     CODE_VERSION, assert_same_draws, pinned_code_version, points, reference)
@@ -92,8 +94,8 @@ def test_sweep_on_slurm_equals_a_local_run(slurm_cluster, reference, tmp_path):
 
 
 def test_a_killed_job_is_reported_failed(slurm_cluster, points, tmp_path, monkeypatch):
-    from llc.backends import submitit_backend
-    from llc.backends.submitit_backend import SubmititBackend
+    from llc.pipeline.backends import submitit_backend
+    from llc.pipeline.backends.submitit_backend import SubmititBackend
 
     monkeypatch.setattr(submitit_backend, "RESULT_GRACE_S", 1.0)
     # Long enough that it is still running when cancelled (it would take minutes).
@@ -116,7 +118,7 @@ def test_a_killed_job_is_reported_failed(slurm_cluster, points, tmp_path, monkey
 
 
 def test_missing_slurm_is_one_clear_line(monkeypatch):
-    from llc.backends import submitit_backend
+    from llc.pipeline.backends import submitit_backend
 
     monkeypatch.setattr(submitit_backend.shutil, "which", lambda tool: None)
     with pytest.raises(BackendUnavailable, match="slurm-local.sh start") as info:

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llc import cache, sweep
-from llc.backends import CACHED, DONE, FAILED, Backend, Outcome
+from llc.store import cache
+
+from llc.pipeline import sweep
+from llc.pipeline.backends import CACHED, DONE, FAILED, Backend, Outcome
 from llc.cli import app
 from llc.config import ConfigError
 
@@ -153,7 +155,7 @@ def test_interrupted_sweep_keeps_finished_rows(tmp_path):
 
 def corrupt_target(root: Path, cfg) -> Path:
     """A 'complete' cached target of the wrong precision: the run that needs it fails."""
-    from llc.targets import target_id
+    from llc.engine.targets import target_id
 
     tdir = root / "targets" / target_id(cfg)
     tdir.mkdir(parents=True)
@@ -226,7 +228,7 @@ def test_plot_sweep_writes_a_png(tmp_path):
                                  "--filters", "activation=relu", "--samplers", "sgld,hmc"])
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 20_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from llc.sweep_plots import load_rows
+    from llc.posthoc.sweep_plots import load_rows
 
     df = load_rows(src, filters="activation=relu", samplers="sgld,hmc")
     assert set(df["sampler"]) == {"sgld", "hmc"} and set(df["activation"]) == {"relu"} and len(df) == 8

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from llc.config import build_config
-from llc.experiment import enable_x64
-from llc.targets import PrecisionError, get_target, target_id
-from llc.targets.mlp import count_params, student_sizes
+from llc.pipeline.experiment import enable_x64
+from llc.engine.targets import PrecisionError, get_target, target_id
+from llc.engine.targets.mlp import count_params, student_sizes
 
 enable_x64()
 
@@ -24,7 +24,7 @@ def test_target_built_once_then_loaded(tmp_path, monkeypatch):
         assert key in meta
     assert (path / "data.npz").is_file() and (path / "params.npz").is_file()
     # The second request must not retrain: make training impossible and load.
-    import llc.targets as T
+    import llc.engine.targets as T
     monkeypatch.setattr(T, "train_erm", lambda *a, **k: pytest.fail("target was rebuilt"))
     second = get_target(cfg, tmp_path)
     assert second.cached and second.id == first.id

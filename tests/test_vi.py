@@ -1,4 +1,4 @@
-"""Tests for the variational estimator (llc.samplers.vi, vi_family, vi_eval)."""
+"""Tests for the variational estimator (llc.engine.samplers.vi, vi_family, vi_eval)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 
 from llc import theory
 from llc.config import ConfigError, build_config
-from llc.posterior import make_posterior
-from llc.samplers import vi, vi_eval
-from llc.samplers import vi_family as fam_mod
-from llc.targets import get_target
+from llc.engine.posterior import make_posterior
+from llc.engine.samplers import vi, vi_eval
+from llc.engine.samplers import vi_family as fam_mod
+from llc.engine.targets import get_target
 
 jax.config.update("jax_enable_x64", True)
 
@@ -280,7 +280,7 @@ def _tensorboard_tags(logdir):
 
 
 def test_tensorboard_trace_written_with_the_run(tmp_path):
-    from llc.experiment import run_experiment
+    from llc.pipeline.experiment import run_experiment
 
     cfg = build_config(overrides=["samplers=vi", "target.kind=quadratic", "data.n_data=256", "vi.batch_size=64",
                                   "vi.components=2", "vi.steps=100", "vi.eval_every=20", "vi.eval_samples=16",

@@ -1,0 +1,104 @@
+"""The package's layers: no import cycle, and the engine never imports the store/analysis layers' post-hoc parts."""
+
+import ast
+from pathlib import Path
+
+import llc
+from llc import config, registry
+
+PKG = Path(llc.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> llc modules it imports (anywhere in the file, function-level imports included)."""
+    files = {_module_name(p): p for p in PKG.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        is_pkg = path.name == "__init__.py"
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = name.split(".") if is_pkg else name.split(".")[:-1]
+                    parts = parts[: len(parts) - (node.level - 1)]
+                    base = ".".join(parts + ([base] if base else []))
+                # ``from pkg import mod`` depends on pkg.mod; ``from mod import name`` on mod.
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            for t in targets:
+                while t and t not in files:
+                    t = t.rpartition(".")[0]
+                if t and t != name and t.startswith("llc"):
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def _cycle(graph):
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_no_import_cycles():
+    cycle = _cycle(import_graph())
+    assert cycle is None, " -> ".join(cycle)
+
+
+def _reachable(graph, start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        n = todo.pop()
+        for m in graph.get(n, ()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+def test_layers():
+    graph = import_graph()
+    for name, deps in graph.items():
+        if name.startswith(("llc.store", "llc.analysis", "llc.posthoc")):
+            assert not any(d.startswith("llc.engine") for d in deps), f"{name} imports the JAX engine"
+        if name.startswith("llc.engine"):
+            bad = [d for d in _reachable(graph, name) if d.startswith(("llc.posthoc", "llc.pipeline", "llc.cli"))]
+            assert not bad, f"{name} reaches {bad}"
+
+
+def test_registry_is_the_one_list():
+    assert config.SAMPLERS == tuple(registry.SAMPLERS)
+    streams = [s.stream for s in registry.SAMPLERS.values()]
+    assert len(set(streams)) == len(streams)
+    # Stream ids of the first release: changing one would change that sampler's draws.
+    assert {n: registry.SAMPLERS[n].stream for n in ("sgld", "hmc", "mclmc", "mclmc_adjusted", "vi")} == \
+        {"sgld": 0, "hmc": 1, "mclmc": 2, "mclmc_adjusted": 3, "vi": 4}
+    for spec in registry.SAMPLERS.values():
+        assert hasattr(config, spec.config) and hasattr(config.RunConfig(), spec.name)
