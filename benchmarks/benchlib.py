@@ -23,9 +23,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from llc.engine.posterior import Posterior, logdensity_fn, sq_distance
-from llc.engine.samplers import base
+from llc.engine import driver as base
 
 # --------------------------------------------------------------------------- timing
+
+
+def posterior_data(post: Posterior):
+    """The posterior's arrays, passed to a benchmark program as arguments (not baked constants)."""
+    return (post.w_star, post.x, post.y)
+
+
+def with_data(post: Posterior, data) -> Posterior:
+    w_star, x, y = data
+    return post._replace(w_star=w_star, x=x, y=y)
 
 
 def compile_program(fn: Callable, *args) -> tuple[Any, float]:
@@ -89,24 +99,29 @@ def cpu_threads() -> int:
 
 @contextlib.contextmanager
 def capture_compiles():
-    """Record every program a sampler compiles through ``base.compile_timed`` (memory, flops).
+    """Record every program the driver (or VI) compiles (memory, flops); in-process cache hits
+    (0 s, the same executable) are recorded too.
 
-    Samplers keep their compiled programs to themselves; wrapping the shared helper is the one
-    place to see them without changing sampler code.
+    Samplers keep their compiled programs to themselves; wrapping the driver's two compile
+    helpers is the one place to see them without changing sampler code.
     """
     records: list[dict[str, Any]] = []
-    original = base.compile_timed
+    originals = {"compile_cached": base.compile_cached, "compile_timed": base.compile_timed}
 
-    def wrapped(fn, *args):
-        compiled, seconds = original(fn, *args)
-        records.append({"compile_s": seconds, **memory_stats(compiled)})
-        return compiled, seconds
+    def wrap(original):
+        def wrapped(*args):
+            compiled, seconds = original(*args)
+            records.append({"compile_s": seconds, **memory_stats(compiled)})
+            return compiled, seconds
+        return wrapped
 
-    base.compile_timed = wrapped
+    for name, original in originals.items():
+        setattr(base, name, wrap(original))
     try:
         yield records
     finally:
-        base.compile_timed = original
+        for name, original in originals.items():
+            setattr(base, name, original)
 
 
 # --------------------------------------------------------------------------- limit programs
@@ -172,21 +187,23 @@ def minibatch_limit(post: Posterior, chains: int, batch: int, steps: int, *, ran
 
 
 def sgld_step_limit(post: Posterior, scfg, chains: int, steps: int, repeats: int) -> dict[str, Any]:
-    """llc's own SGLD step (``sgld.build_step``) in one scan: no L_n evaluation, no chunking."""
+    """llc's own SGLD step (``sgld.make(cfg).step``) in one scan: no L_n evaluation, no chunking."""
+    from llc.engine.posterior import Problem, problem_arrays
     from llc.engine.samplers import sgld
 
-    def program(states, keys, data):
-        p = base.with_data(post, data)
-        step = sgld.build_step(p, scfg)
+    alg = sgld.make(scfg)
 
-        def one_chain(state, key):
-            state, _ = jax.lax.scan(step, state, jax.random.split(key, steps))
+    def program(keys, arrays, params):
+        problem = Problem(post.loss_fn, arrays, post.n, None)
+
+        def one_chain(key):
+            state = alg.init(key, problem.position0, problem, params)
+            state, _ = jax.lax.scan(lambda s, k: alg.step(k, s, problem, params), state, jax.random.split(key, steps))
             return state
 
-        return jax.vmap(one_chain)(states, keys)
+        return jax.vmap(one_chain)(keys)
 
-    init = sgld.init_state(post.w_star, scfg)
-    args = (base.replicate(init, chains), base.chain_keys(jax.random.key(1), chains), base.posterior_data(post))
+    args = (base.chain_keys(jax.random.key(1), chains), problem_arrays(post), alg.params)
     compiled, compile_s = compile_program(program, *args)
     t = time_compiled(compiled, args, repeats)
     grads = chains * steps
@@ -228,7 +245,7 @@ def lean_step_limit(post: Posterior, step_size: float, chains: int, batch: int, 
     """Throughput of ``lean_sgld_step`` in one scan (chains vmapped): SGLD's practical floor."""
 
     def program(ws, keys, data):
-        step = lean_sgld_step(base.with_data(post, data), step_size, batch)
+        step = lean_sgld_step(with_data(post, data), step_size, batch)
 
         def one_chain(w, key):
             w, _ = jax.lax.scan(lambda w, k: (step(w, k)[0], None), w, jax.random.split(key, steps))
@@ -236,7 +253,7 @@ def lean_step_limit(post: Posterior, step_size: float, chains: int, batch: int, 
 
         return jax.vmap(one_chain)(ws, keys)
 
-    args = (base.replicate(post.w_star, chains), base.chain_keys(jax.random.key(4), chains), base.posterior_data(post))
+    args = (base.replicate(post.w_star, chains), base.chain_keys(jax.random.key(4), chains), posterior_data(post))
     compiled, compile_s = compile_program(program, *args)
     t = time_compiled(compiled, args, repeats)
     grads = chains * steps
@@ -248,7 +265,7 @@ def fullbatch_limit(post: Posterior, chains: int, steps: int, repeats: int) -> d
     """Full-batch gradients of the log density per second (what HMC/MCLMC integrators call)."""
 
     def program(ws, lr, data):
-        logp = logdensity_fn(base.with_data(post, data))
+        logp = logdensity_fn(with_data(post, data))
         vg = jax.value_and_grad(logp)
 
         def body(ws, _):
@@ -258,7 +275,7 @@ def fullbatch_limit(post: Posterior, chains: int, steps: int, repeats: int) -> d
         return jax.lax.scan(body, ws, None, length=steps)
 
     dtype = jax.tree.leaves(post.w_star)[0].dtype
-    args = (base.replicate(post.w_star, chains), jnp.asarray(0.0, dtype), base.posterior_data(post))
+    args = (base.replicate(post.w_star, chains), jnp.asarray(0.0, dtype), posterior_data(post))
     compiled, compile_s = compile_program(program, *args)
     t = time_compiled(compiled, args, repeats)
     grads = chains * steps

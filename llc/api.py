@@ -20,7 +20,7 @@ from llc import registry
 from llc.analysis.diagnostics import diverged_chains, llc_draws, llc_metrics, running_llc
 from llc.engine.posterior import make_posterior
 from llc.engine.samplers import get_runner
-from llc.engine.samplers.base import SamplerOutput
+from llc.engine.driver import SamplerOutput
 
 _SAMPLER_CONFIGS = {name: getattr(C, spec.config) for name, spec in registry.SAMPLERS.items()}
 

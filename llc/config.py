@@ -127,6 +127,34 @@ class SGLDConfig:
 
 
 @dataclass(frozen=True)
+class SGHMCConfig:
+    """Stochastic-gradient HMC (Chen et al. 2014): underdamped Langevin with friction, minibatched."""
+
+    step_size: float = _f(1e-3, gt=0.0)  # h: time step of the Euler solver (BlackJAX diffusions.sghmc)
+    friction: float = _f(100.0, gt=0.0)  # alpha: momentum friction; alpha*h is the damping per step
+    batch_size: int = _f(256, gt=0)
+    chains: int = _f(4, gt=0)
+    draws: int = _f(1000, gt=0)
+    eval_every: int = _f(10, gt=0)
+    burnin: int = _f(100, ge=0)
+    dtype: str = _f("float32", choices=DTYPES)
+
+
+@dataclass(frozen=True)
+class SGNHTConfig:
+    """Stochastic-gradient Nose-Hoover thermostat (Ding et al. 2014), minibatched."""
+
+    step_size: float = _f(1e-3, gt=0.0)  # h, as for SGHMC
+    diffusion: float = _f(100.0, gt=0.0)  # alpha: injected noise 2*alpha*h; also the thermostat's start
+    batch_size: int = _f(256, gt=0)
+    chains: int = _f(4, gt=0)
+    draws: int = _f(1000, gt=0)
+    eval_every: int = _f(10, gt=0)
+    burnin: int = _f(100, ge=0)
+    dtype: str = _f("float32", choices=DTYPES)
+
+
+@dataclass(frozen=True)
 class HMCConfig:
     chains: int = _f(4, gt=0)
     draws: int = _f(500, gt=0)
@@ -232,6 +260,8 @@ class RunConfig:
     mclmc: MCLMCConfig = _sub(MCLMCConfig)
     mclmc_adjusted: MCLMCAdjustedConfig = _sub(MCLMCAdjustedConfig)
     vi: VIConfig = _sub(VIConfig)
+    sgnht: SGNHTConfig = _sub(SGNHTConfig)
+    sghmc: SGHMCConfig = _sub(SGHMCConfig)
 
 
 # Fields that change how results are shown, not what is computed: left out of the run hash.

@@ -37,6 +37,8 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("mclmc_adjusted", "llc.engine.samplers.mclmc_adjusted", "MCLMCAdjustedConfig",
                 "adjusted MCLMC", "#d62728", 3, False),
     SamplerSpec("vi", "llc.engine.samplers.vi", "VIConfig", "VI", "#9467bd", 4, True),
+    SamplerSpec("sgnht", "llc.engine.samplers.sgnht", "SGNHTConfig", "SGNHT", "#8c564b", 5, True),
+    SamplerSpec("sghmc", "llc.engine.samplers.sghmc", "SGHMCConfig", "SGHMC", "#e377c2", 6, True),
 )}
 
 TARGETS: dict[str, TargetSpec] = {t.name: t for t in (

@@ -15,7 +15,8 @@ import pytest
 from llc.config import ConfigError, HMCConfig, MCLMCConfig, PosteriorConfig, build_config
 from llc.analysis.diagnostics import llc_metrics
 from llc.engine.posterior import make_posterior
-from llc.engine.samplers import fullbatch, hmc, mclmc
+from llc.engine import driver
+from llc.engine.samplers import fullbatch, get_runner
 
 jax.config.update("jax_enable_x64", True)
 
@@ -33,7 +34,7 @@ def test_finalize_marks_failed_chains():
     theta[1, 5, 0] = np.nan  # chain 1: a non-finite state
     theta[2] = theta[2, :1]  # chain 2: never moved
     bad_params = fullbatch.bad_parameters(np.array([0.1, 0.2, 0.3, np.nan]), np.ones((4, 2)))  # chain 3
-    out = fullbatch.finalize("hmc", Ln, np.zeros((4, 0)), theta, {"x": np.zeros((4, 10))}, {"wall_s": 1},
+    out = driver.finalize("hmc", Ln, np.zeros((4, 0)), theta, {"x": np.zeros((4, 10))}, {"wall_s": 1},
                              {}, {"bad parameters": bad_params})
     assert np.isfinite(out.Ln[0]).all() and np.array_equal(out.Ln[0], Ln[0])
     assert np.isnan(out.Ln[1:]).all()
@@ -55,7 +56,7 @@ def test_collapsed_isokinetic_step_is_detected():
 
 def test_all_nan_loss_returns_all_chains_diverged():
     post = _posterior(lambda p, x, y: jnp.nan * jnp.sum(p["theta"]))
-    out = hmc.run(post, HMCConfig(chains=2, draws=10, warmup=30), jax.random.key(0))
+    out = get_runner("hmc")(post, HMCConfig(chains=2, draws=10, warmup=30), jax.random.key(0))
     assert out.Ln.shape == (2, 10)
     m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
     assert m["diverged_chains"] == 2
@@ -71,7 +72,7 @@ def test_mclmc_survives_a_region_where_the_loss_is_nan():
         return 0.5 * jnp.sum(th**2) + jnp.where(th[0] > 1.0, jnp.nan, 0.0)
 
     post = _posterior(loss)
-    out = mclmc.run(post, MCLMCConfig(chains=2, draws=200, warmup=300, energy_check_steps=30), jax.random.key(0))
+    out = get_runner("mclmc")(post, MCLMCConfig(chains=2, draws=200, warmup=300, energy_check_steps=30), jax.random.key(0))
     assert out.Ln.shape == (2, 200)
     assert out.stats["nan_steps"].sum() > 0  # counted per draw, never propagated into the state
     assert np.isfinite(out.theta_proj).all()

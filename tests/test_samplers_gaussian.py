@@ -25,11 +25,12 @@ import numpy as np
 import pytest
 
 from llc import theory
-from llc.config import (HMCConfig, MCLMCAdjustedConfig, MCLMCConfig, PosteriorConfig, SGLDConfig,
-                        build_config)
+from llc.config import (HMCConfig, MCLMCAdjustedConfig, MCLMCConfig, PosteriorConfig, SGHMCConfig, SGLDConfig,
+                        SGNHTConfig, build_config)
 from llc.analysis.diagnostics import llc_metrics
 from llc.engine.posterior import make_posterior
-from llc.engine.samplers import base, get_runner
+from llc.engine import driver as base
+from llc.engine.samplers import get_runner
 
 jax.config.update("jax_enable_x64", True)
 
@@ -57,6 +58,12 @@ GAUSS_CONFIGS = {
     # Posterior precision 1: eps = 0.02 biases the variance by eps/4 = 0.5% (Euler-Maruyama on a
     # Gaussian), well inside the Monte Carlo error; 50 steps per draw keep draws nearly independent.
     "sgld": SGLDConfig(chains=4, draws=1500, burnin=20, eval_every=50, step_size=0.02, batch_size=32),
+    # Time step 0.02 at unit precision (Euler bias O(h), ~1% in the variance); friction 1 and one
+    # draw per unit of time keep draws nearly independent.
+    "sghmc": SGHMCConfig(chains=4, draws=1500, burnin=20, eval_every=50, step_size=0.02, friction=1.0,
+                         batch_size=32),
+    "sgnht": SGNHTConfig(chains=4, draws=1500, burnin=20, eval_every=50, step_size=0.02, diffusion=1.0,
+                         batch_size=32),
 }
 
 
@@ -167,3 +174,33 @@ def test_quadratic_llc_variants(variant, tmp_path):
     name, changes = VARIANTS[variant]
     cfg = dataclasses.replace(quad_config(name, 100), **changes)
     check_quadratic(name, cfg, 100, tmp_path)
+
+
+# --------------------------------------------------------------------------- SG-MCMC with momentum
+
+def sg_momentum_config(name: str, d: int):
+    """Default step size and friction; enough draws for an SE of a few percent."""
+    draws = 8000 if d < 10 else 1000
+    return {"sghmc": SGHMCConfig(chains=4, draws=draws, eval_every=10),
+            "sgnht": SGNHTConfig(chains=4, draws=draws, eval_every=10)}[name]
+
+
+def check_within_3se(name, d, tmp_path):
+    post, exact = quadratic_posterior(d, tmp_path)
+    out = get_runner(name)(post, sg_momentum_config(name, d), jax.random.key(2))
+    m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
+    print(f"{name} d={d}: llc={m['llc_mean']:.4f} +- {m['llc_se']:.4f} exact={exact:.4f}")
+    assert m["diverged_chains"] == 0, out.info
+    assert m["llc_se"] < 0.05 * exact, "too few draws to test anything"
+    assert abs(m["llc_mean"] - exact) < 3 * m["llc_se"], (m["llc_mean"], m["llc_se"], exact)
+
+
+@pytest.mark.parametrize("name", ["sghmc", "sgnht"])
+def test_sg_momentum_quadratic_d100_within_3se(name, tmp_path):
+    check_within_3se(name, 100, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sghmc", "sgnht"])
+def test_sg_momentum_quadratic_d4_within_3se(name, tmp_path):
+    check_within_3se(name, 4, tmp_path)

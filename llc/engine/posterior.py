@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from llc.config import PosteriorConfig
 
@@ -51,9 +52,66 @@ def make_posterior(loss_fn: Callable, w_star, x, y, cfg: PosteriorConfig, L0: fl
 
 
 def cast(post: Posterior, dtype: str) -> Posterior:
-    """The same posterior with parameters and data in ``dtype`` (float32 for SGLD, float64 for HMC)."""
-    conv = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, dtype=dtype), tree)  # noqa: E731
+    """The same posterior with its floating arrays in ``dtype`` (float32 for SGLD, float64 for HMC).
+
+    Only float leaves are cast: integer inputs (tokens, class labels) stay integer.
+    """
+    def conv(tree):
+        return jax.tree.map(lambda a: jnp.asarray(a, dtype=dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating)
+                            else jnp.asarray(a), tree)
+
     return post._replace(w_star=conv(post.w_star), x=conv(post.x), y=conv(post.y))
+
+
+def problem_arrays(post: Posterior) -> dict[str, Any]:
+    """Everything of the posterior a compiled program takes as runtime arguments (never constants)."""
+    dtype = jax.tree.leaves(post.w_star)[0].dtype
+    return {"w_star": post.w_star, "x": post.x, "y": post.y,
+            "nbeta": jnp.asarray(post.nbeta, dtype), "gamma": jnp.asarray(post.gamma, dtype)}
+
+
+class Problem:
+    """The posterior inside a traced program: functions of a position (a pytree, or a flat vector
+    when ``unravel`` is given) over runtime arrays."""
+
+    def __init__(self, loss_fn: Callable, arrays: dict[str, Any], n: int, unravel: Callable | None):
+        self.loss_fn, self.n, self.unravel = loss_fn, n, unravel
+        self.w_star, self.x, self.y = arrays["w_star"], arrays["x"], arrays["y"]
+        self.nbeta, self.gamma = arrays["nbeta"], arrays["gamma"]
+        self.position0 = ravel_pytree(self.w_star)[0] if unravel is not None else self.w_star
+
+    build = classmethod(lambda cls, loss_fn, arrays, n, unravel: cls(loss_fn, arrays, n, unravel))
+
+    def _params(self, position):
+        return self.unravel(position) if self.unravel is not None else position
+
+    def loss(self, position, x=None, y=None) -> jax.Array:
+        """Mean loss over (x, y), the full data by default."""
+        x = self.x if x is None else x
+        y = self.y if y is None else y
+        return self.loss_fn(self._params(position), x, y)
+
+    def prior(self, position) -> jax.Array:
+        """(gamma/2) ||w - w*||^2, summed leaf by leaf."""
+        return 0.5 * self.gamma * sq_distance(self._params(position), self.w_star)
+
+    def logdensity(self, position) -> jax.Array:
+        return -self.nbeta * self.loss(position) - self.prior(position)
+
+    def minibatch_logdensity_grad(self, position, key, batch_size: int):
+        """Unbiased estimate of grad log p from ``batch_size`` examples drawn with replacement."""
+        idx = jax.random.randint(key, (batch_size,), 0, self.n)
+        xb = jax.tree.map(lambda a: a[idx], self.x)
+        yb = jax.tree.map(lambda a: a[idx], self.y)
+        return jax.grad(lambda w: -self.nbeta * self.loss(w, xb, yb) - self.prior(w))(position)
+
+    def loss_from_logdensity(self, position, logdensity) -> jax.Array:
+        """L_n from a stored log density, without another forward pass (HMC and MCLMC keep it)."""
+        return -(logdensity + 0.5 * self.gamma * sq_distance(position, self.position0)) / self.nbeta
+
+    def project(self, position, matrix) -> jax.Array:
+        flat = ravel_pytree(jax.tree.map(lambda a, b: a - b, position, self.position0))[0]
+        return flat @ matrix
 
 
 def sq_distance(params, center) -> jax.Array:

@@ -24,7 +24,7 @@ from llc.analysis.diagnostics import sampler_metrics
 
 DEFAULT_ROOT = Path(os.environ.get("LLC_ARTIFACTS", "artifacts"))
 RESULT_FILE = "result.json"
-SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "fde", "diverged_chains")
+SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "compile_s", "fde", "diverged_chains")
 
 
 def enable_x64() -> None:
@@ -44,7 +44,9 @@ def enable_compilation_cache() -> None:
         return
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", where)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        # Every program: with hyperparameters as arguments, a sweep's runs share executables, and
+        # even sub-second compiles add up over its points.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def analytic_llc(cfg: RunConfig, n: int, beta: float, gamma: float) -> dict[str, Any] | None:

@@ -1,4 +1,8 @@
-"""Estimators behind one interface, looked up by name in ``llc.registry``."""
+"""Estimators behind one interface, looked up by name in ``llc.registry``.
+
+A sampler module exposes ``make(cfg) -> llc.engine.driver.Algorithm`` (run by the one driver);
+VI, an optimiser rather than a Markov chain, exposes its own ``run``.
+"""
 
 from __future__ import annotations
 
@@ -9,4 +13,10 @@ from llc import registry
 
 
 def get_runner(name: str) -> Callable:
-    return importlib.import_module(registry.sampler(name).module).run
+    """``run(post, cfg, key, *, proj_dim, progress) -> SamplerOutput`` for the named sampler."""
+    module = importlib.import_module(registry.sampler(name).module)
+    if hasattr(module, "make"):
+        from llc.engine.driver import sampler_runner
+
+        return sampler_runner(module)
+    return module.run

@@ -2,100 +2,21 @@
 
 These samplers run on a flat parameter vector: the posterior's pytree is raveled once, so
 BlackJAX's tuners see one array (their diagonal preconditioners are flat vectors anyway) and the
-theta projection is a single matrix product. The posterior's arrays reach the compiled programs
-as arguments (``base.posterior_data``), never as baked-in constants.
+theta projection is a single matrix product (``Algorithm.flat``).
 
-Failure handling, identical for every sampler here: a chain is marked failed by setting its L_n
-trace to NaN, which ``llc.analysis.diagnostics.diverged_chains`` then excludes from lambda-hat; the reason
-goes to ``info["failure_reasons"]``. A chain fails when its tuned hyper-parameters are not finite
-or not positive, when a recorded state is not finite, when it never moved during sampling
-(BlackJAX rejects or reverts non-finite proposals, so a blown-up chain shows up as a frozen one
-rather than as NaNs), or, for the MCLMC family, when the tuner collapsed its step size to a
-negligible fraction of the posterior's width (it shrinks the step at every non-finite state).
+Checks of tuned parameters (feeding ``llc.engine.driver.finalize``, which marks failed chains):
+a step size, L or inverse mass that is non-finite or not positive, and, for the MCLMC family, a
+step size the tuner collapsed to a negligible fraction of the posterior's width (it shrinks the
+step at every non-finite state).
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
-
-from llc.engine.posterior import Posterior, cast, logdensity_fn, sq_distance
-from llc.engine.samplers import base
-
-
-class FlatProblem(NamedTuple):
-    """The posterior as functions of a flat vector, built inside a compiled program."""
-
-    logdensity: Callable  # x -> log p(x)
-    x_star: jax.Array  # flat w*
-    matrix: jax.Array  # theta projection matrix (dim, proj_dim)
-
-    def project(self, x):
-        return (x - self.x_star) @ self.matrix
-
-
-def setup(post: Posterior, dtype: str, proj_dim: int):
-    """Cast the posterior, and return (post, data, unravel, make_problem).
-
-    ``make_problem(data)`` is called inside a traced function with the data argument.
-    """
-    post = cast(post, dtype)
-    _, unravel = ravel_pytree(post.w_star)
-    proj = base.projection_matrix(post.dim, proj_dim, seed=0, dtype=dtype)
-    data = (base.posterior_data(post), proj)
-
-    def make_problem(data) -> FlatProblem:
-        arrays, matrix = data
-        p = base.with_data(post, arrays)
-        x_star = ravel_pytree(p.w_star)[0]
-        logp = logdensity_fn(p)
-        return FlatProblem(lambda x: logp(unravel(x)), x_star, matrix)
-
-    return post, data, unravel, make_problem
-
-
-def loss_from_logdensity(post: Posterior, problem: FlatProblem, x, logdensity):
-    """L_n recovered from a stored log density, without another forward pass.
-
-    log p = -n*beta*L_n - gamma/2 ||x - x*||^2. HMC and both MCLMCs keep the log density of their
-    current state, so every recorded draw gets L_n for free instead of spending a forward pass.
-    """
-    prior = 0.5 * post.gamma * sq_distance(x, problem.x_star)
-    return -(logdensity + prior) / post.nbeta
-
-
-def finalize(name: str, Ln, Ln_warmup, theta, stats: dict[str, Any], work: dict[str, float],
-             info: dict[str, Any], param_problems: dict[str, np.ndarray]) -> base.SamplerOutput:
-    """Convert to NumPy, mark failed chains (NaN L_n) and record why in ``info``.
-
-    ``param_problems`` maps a reason to a per-chain mask of chains whose tuned parameters are
-    unusable; non-finite and frozen chains are detected here from the draws.
-    """
-    Ln = np.array(Ln, dtype=np.float64)
-    theta = np.array(theta, dtype=np.float64)
-    Ln_warmup = np.array(Ln_warmup, dtype=np.float64)
-    nonfinite = ~(np.isfinite(Ln).all(axis=1) & np.isfinite(theta.reshape(theta.shape[0], -1)).all(axis=1))
-    # A chain whose projection never changes did not move: everything was rejected or reverted.
-    frozen = (theta.shape[1] > 1) & np.all(theta == theta[:, :1], axis=(1, 2))
-    problems = {reason: np.asarray(mask, dtype=bool) for reason, mask in param_problems.items()}
-    problems.update({"non-finite state": nonfinite, "frozen chain": frozen})
-    failed = np.zeros(Ln.shape[0], dtype=bool)
-    for mask in problems.values():
-        failed |= mask
-    Ln[failed] = np.nan
-    reasons = {str(int(i)): ", ".join(r for r, mask in problems.items() if mask[i]) for i in np.flatnonzero(failed)}
-    info = dict(info)
-    info["failed_chains"] = int(failed.sum())
-    if reasons:
-        info["failure_reasons"] = reasons
-    stats = {k: np.asarray(v) for k, v in stats.items()}
-    return base.SamplerOutput(name=name, Ln=Ln, Ln_warmup=Ln_warmup, theta_proj=theta, stats=stats,
-                              work={k: float(v) for k, v in work.items()}, info=info)
 
 
 def bad_parameters(step_size, inv_mass, L=None) -> np.ndarray:
@@ -141,29 +62,6 @@ def summary(values) -> dict[str, float]:
 def cast_floats(tree, dtype):
     """Floating leaves to the sampler's dtype (BlackJAX's adaptation returns float64 under x64)."""
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-
-def run_warmup(warmup: Callable, keys, data, steps: int, progress: base.ProgressFn):
-    """Compile and run a warm-up program ``warmup(keys, data)``; returns (outputs, compile_s, wall_s)."""
-    progress(0, steps, "warmup")
-    compiled, compile_s = base.compile_timed(warmup, keys, data)
-    t0 = time.perf_counter()
-    out = base.block(compiled(keys, data))
-    wall_s = time.perf_counter() - t0
-    progress(steps, steps, "warmup")
-    return out, compile_s, wall_s
-
-
-def from_first_chain(trees: tuple, chains: int) -> tuple:
-    """Shared adaptation: every chain starts from chain 0's tuned state and parameters."""
-    return tuple(base.replicate(jax.tree.map(lambda a: a[0], t), chains) for t in trees)
-
-
-def work_record(grads: float, warmup_s: float, sampling_s: float, compile_s: float) -> dict[str, float]:
-    """Work of a full-batch sampler: every gradient is full batch, so fde = gradient count; wall_s
-    covers the same work (warm-up + sampling), compilation apart."""
-    return {"n_grad_evals": grads, "fde": grads, "wall_s": warmup_s + sampling_s, "sampling_s": sampling_s,
-            "compile_s": compile_s, "warmup_s": warmup_s}
 
 
 def isokinetic_tuning(L, step_size, inv_mass, scale) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

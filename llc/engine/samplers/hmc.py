@@ -14,6 +14,7 @@ the state kept by the transition, what ``az.plot_energy`` and BFMI want), ``dive
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import blackjax
 import jax
@@ -21,19 +22,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from llc.config import HMCConfig
-from llc.engine.posterior import Posterior
-from llc.engine.samplers import base, fullbatch
+from llc.engine import driver
+from llc.engine.samplers import fullbatch
 
 
-def _kernel_args(cfg: HMCConfig) -> dict:
-    if cfg.nuts:
-        return {"max_num_doublings": cfg.max_tree_depth}
-    return {"num_integration_steps": cfg.num_integration_steps}
+class HMCParams(NamedTuple):
+    """Runtime hyperparameters; window adaptation replaces step_size and inverse_mass per chain."""
+
+    step_size: jax.Array
+    inverse_mass: jax.Array  # diagonal, (d,) after adaptation; a scalar 1 before
+    target_accept: jax.Array
+    jitter: jax.Array  # sampling step size drawn uniformly in eps * (1 +- jitter)
 
 
-def _algorithm(cfg: HMCConfig):
+def _algorithm(nuts: bool):
     """``blackjax.hmc`` or ``blackjax.nuts`` with a kernel that keeps the chain's dtype."""
-    module = blackjax.nuts if cfg.nuts else blackjax.hmc
+    module = blackjax.nuts if nuts else blackjax.hmc
 
     def build_kernel(integrator=blackjax.mcmc.integrators.velocity_verlet):
         return fullbatch.dtype_preserving(module.build_kernel(integrator))
@@ -41,131 +45,86 @@ def _algorithm(cfg: HMCConfig):
     return SimpleNamespace(init=module.init, build_kernel=build_kernel)
 
 
-def run(post: Posterior, cfg: HMCConfig, key: jax.Array, *, proj_dim: int = 4,
-        progress: base.ProgressFn = base.no_progress) -> base.SamplerOutput:
-    post, data, _, make_problem = fullbatch.setup(post, cfg.dtype, proj_dim)
-    name = "hmc"
-    algorithm = _algorithm(cfg)
-    extra = _kernel_args(cfg)
+def make(cfg: HMCConfig) -> driver.Algorithm:
     dtype = jnp.dtype(cfg.dtype)
-    n_adapt = 1 if cfg.adaptation == "shared" else cfg.chains
-    k_warm, k_sample = jax.random.split(key)
-    warm_keys = base.chain_keys(k_warm, n_adapt)
+    algorithm = _algorithm(cfg.nuts)
+    kernel = algorithm.build_kernel()
+    # The trajectory length shapes the integrator loop, so it is structural (static), as is NUTS's depth.
+    extra = {"max_num_doublings": cfg.max_tree_depth} if cfg.nuts else {"num_integration_steps": cfg.num_integration_steps}
+    params = HMCParams(jnp.asarray(cfg.step_size, dtype), jnp.ones((), dtype), jnp.asarray(cfg.target_accept, dtype),
+                       jnp.asarray(0.0 if cfg.nuts else cfg.step_size_jitter, dtype))
 
-    # ------------------------------------------------------------------ warm-up
-    def warmup(keys, data):
-        problem = make_problem(data)
-
+    def warmup(key, position, problem, params):
         def info_fn(state, info, adaptation_state):
             # Keep only scalars per step (the default keeps every state: memory grows with d).
             del adaptation_state
-            Ln = fullbatch.loss_from_logdensity(post, problem, state.position, state.logdensity)
-            return Ln, jnp.asarray(info.num_integration_steps, jnp.int32)
+            return (problem.loss_from_logdensity(state.position, state.logdensity),
+                    jnp.asarray(info.num_integration_steps, jnp.int32))
 
+        if cfg.warmup == 0:
+            state = algorithm.init(position, problem.logdensity)
+            trace = (jnp.zeros((0,), dtype), jnp.zeros((0,), jnp.int32))
+            return state, params._replace(inverse_mass=jnp.ones_like(position)), {"Ln": trace[0], "steps": trace[1]}
         adaptation = blackjax.window_adaptation(
             algorithm, problem.logdensity, is_mass_matrix_diagonal=True,
-            initial_step_size=cfg.step_size, target_acceptance_rate=cfg.target_accept,
+            initial_step_size=params.step_size, target_acceptance_rate=params.target_accept,
             adaptation_info_fn=info_fn, **extra)
-
-        def one_chain(k):
-            if cfg.warmup == 0:
-                state = algorithm.init(problem.x_star, problem.logdensity)
-                trace = (jnp.zeros((0,), dtype), jnp.zeros((0,), jnp.int32))
-                return state, jnp.asarray(cfg.step_size, dtype), jnp.ones_like(problem.x_star), trace
-            (state, params), trace = adaptation.run(k, problem.x_star, num_steps=cfg.warmup)
-            return state, params["step_size"], params["inverse_mass_matrix"], trace
-
-        states, step_size, inv_mass, trace = jax.vmap(one_chain)(keys)
+        (state, tuned), (Ln, steps) = adaptation.run(key, position, num_steps=cfg.warmup)
         # Keep the carry in the sampler's dtype (the step-size adaptation works in float64 under x64).
-        states = fullbatch.cast_floats(states, dtype)
-        return states, step_size.astype(dtype), inv_mass.astype(dtype), trace
+        state = fullbatch.cast_floats(state, dtype)
+        tuned_params = params._replace(step_size=tuned["step_size"].astype(dtype),
+                                       inverse_mass=tuned["inverse_mass_matrix"].astype(dtype))
+        return state, tuned_params, {"Ln": Ln, "steps": steps}
 
-    (states, step_size, inv_mass, (Ln_warm, warm_steps)), warm_compile_s, warmup_s = fullbatch.run_warmup(
-        warmup, warm_keys, data, cfg.warmup, progress)
-    warm_grads = float(np.sum(np.asarray(warm_steps, dtype=np.float64))) + n_adapt  # + initial gradient
+    def step(key, state, problem, params):
+        k_jitter, k_kernel = jax.random.split(key)
+        # Step-size jitter breaks the resonances of a fixed trajectory length (on a Gaussian,
+        # T near a multiple of the half period makes L_n draws correlated).
+        u = jax.random.uniform(k_jitter, (), dtype, -1.0, 1.0)
+        eps = params.step_size * (1.0 + params.jitter * u)
+        imm = params.inverse_mass
+        new, info = kernel(k_kernel, state, problem.logdensity, eps, imm, **extra)
+        if cfg.nuts:
+            energy = info.energy  # energy of the sampled trajectory point
+        else:
+            # BlackJAX reports the proposal's energy; a rejected transition keeps the initial
+            # point, whose energy is that of the freshly drawn momentum.
+            h0 = -state.logdensity + 0.5 * jnp.sum(imm * info.momentum**2)
+            energy = jnp.where(info.is_accepted, info.energy, h0)
+        stats = {"acceptance_rate": info.acceptance_rate.astype(dtype), "energy": energy.astype(dtype),
+                 "diverging": info.is_divergent,
+                 "num_integration_steps": jnp.asarray(info.num_integration_steps, jnp.int32), "step_size": eps}
+        if cfg.nuts:
+            stats["tree_depth"] = jnp.asarray(info.num_trajectory_expansions, jnp.int32)
+        return new, stats
 
-    if cfg.adaptation == "shared":
-        states, step_size, inv_mass = fullbatch.from_first_chain((states, step_size, inv_mass), cfg.chains)
-        # Only chain 0 ran the adaptation; the other chains have no warm-up trace.
-        Ln_warm = np.concatenate(
-            [np.asarray(Ln_warm), np.full((cfg.chains - 1, cfg.warmup), np.nan)], axis=0)
+    def summarize(stats, warm, params, post):
+        del post
+        n_tune = 1 if cfg.adaptation == "shared" else cfg.chains
+        warm_grads = float(np.sum(np.asarray(warm["steps"], np.float64))) + n_tune  # + initial gradient
+        grads = warm_grads + float(np.sum(stats["num_integration_steps"], dtype=np.float64))
+        eps, imm = np.asarray(params.step_size, np.float64), np.asarray(params.inverse_mass, np.float64)
+        problems = {"non-finite or non-positive tuned parameters": fullbatch.bad_parameters(eps, imm)}
+        imm_summary = fullbatch.summary(imm)
+        info = {
+            "algorithm": "nuts" if cfg.nuts else "hmc", "adaptation": cfg.adaptation,
+            "step_size": fullbatch.summary(eps)["mean"], "step_size_per_chain": [float(v) for v in eps],
+            "inv_mass_mean": imm_summary["mean"], "inv_mass_min": imm_summary["min"],
+            "inv_mass_max": imm_summary["max"], "target_accept": cfg.target_accept,
+            "mean_accept": float(np.nanmean(stats["acceptance_rate"])),
+            "divergences": int(np.sum(stats["diverging"])), "warmup_steps": cfg.warmup,
+            "grad_evals_warmup": warm_grads,
+        }
+        if cfg.nuts:
+            info.update(max_tree_depth=cfg.max_tree_depth, mean_tree_depth=float(np.mean(stats["tree_depth"])))
+        else:
+            info["num_integration_steps"] = cfg.num_integration_steps
+        return {"n_grad_evals": grads, "fde": grads}, info, problems
 
-    # ------------------------------------------------------------------ sampling
-    size = base.chunk_size(cfg.draws)
-    kernel = algorithm.build_kernel()
-
-    def chunk(carry, keys, chunk_index, data):
-        states, eps, imm = carry
-        problem = make_problem(data)
-
-        def one_chain(state, eps, imm, draw_keys):
-            def one_draw(state, k):
-                k_jitter, k_kernel = jax.random.split(k)
-                # Step-size jitter breaks the resonances of a fixed trajectory length (on a
-                # Gaussian, T near a multiple of the half period makes L_n draws correlated).
-                u = jax.random.uniform(k_jitter, (), dtype, -1.0, 1.0)
-                jitter = 0.0 if cfg.nuts else cfg.step_size_jitter
-                step = eps * (1.0 + jitter * u)
-                new, info = kernel(k_kernel, state, problem.logdensity, step, imm, **extra)
-                if cfg.nuts:
-                    energy = info.energy  # energy of the sampled trajectory point
-                    depth = info.num_trajectory_expansions
-                else:
-                    # BlackJAX reports the proposal's energy; a rejected transition keeps the
-                    # initial point, whose energy is that of the freshly drawn momentum.
-                    h0 = -state.logdensity + 0.5 * jnp.sum(imm * info.momentum**2)
-                    energy = jnp.where(info.is_accepted, info.energy, h0)
-                    depth = None
-                Ln = fullbatch.loss_from_logdensity(post, problem, new.position, new.logdensity)
-                theta = problem.project(new.position)
-                stats = {
-                    "acceptance_rate": info.acceptance_rate.astype(dtype),
-                    "energy": energy.astype(dtype),
-                    "diverging": info.is_divergent,
-                    "num_integration_steps": jnp.asarray(info.num_integration_steps, jnp.int32),
-                    "step_size": step,
-                }
-                if depth is not None:
-                    stats["tree_depth"] = jnp.asarray(depth, jnp.int32)
-                return new, (Ln, theta, stats)
-
-            return jax.lax.scan(one_draw, state, draw_keys)
-
-        draw_keys = base.chunk_draw_keys(keys, chunk_index, size)
-        new_states, out = jax.vmap(one_chain)(states, eps, imm, draw_keys)
-        return (new_states, eps, imm), out
-
-    keys = base.chain_keys(k_sample, cfg.chains)
-    carry = (states, step_size, inv_mass)
-    compiled, compile_s = base.compile_timed(chunk, carry, keys, jnp.asarray(0, jnp.int32), data)
-    _, (Ln, theta, stats), wall = base.run_chunks(compiled, carry, keys, cfg.draws, size, data, progress, name)
-
-    sample_grads = float(np.sum(stats["num_integration_steps"], dtype=np.float64))
-    grads = warm_grads + sample_grads
-    work = fullbatch.work_record(grads, warmup_s, wall, warm_compile_s + compile_s)
-    eps_np = np.asarray(step_size, dtype=np.float64)
-    imm_np = np.asarray(inv_mass, dtype=np.float64)
-    problems = {"non-finite or non-positive tuned parameters": fullbatch.bad_parameters(eps_np, imm_np)}
-    imm_summary = fullbatch.summary(imm_np)
-    info = {
-        "algorithm": "nuts" if cfg.nuts else "hmc",
-        "adaptation": cfg.adaptation,
-        "step_size": fullbatch.summary(eps_np)["mean"],
-        "step_size_per_chain": [float(v) for v in eps_np],
-        "inv_mass_mean": imm_summary["mean"],
-        "inv_mass_min": imm_summary["min"],
-        "inv_mass_max": imm_summary["max"],
-        "target_accept": cfg.target_accept,
-        "mean_accept": float(np.nanmean(stats["acceptance_rate"])),
-        "divergences": int(np.sum(stats["diverging"])),
-        "warmup_steps": cfg.warmup,
-        "grad_evals_warmup": warm_grads,
-        "compile_s_warmup": warm_compile_s,
-    }
-    if not cfg.nuts:
-        info["num_integration_steps"] = cfg.num_integration_steps
-    else:
-        info["max_tree_depth"] = cfg.max_tree_depth
-        info["mean_tree_depth"] = float(np.mean(stats["tree_depth"]))
-    Ln_warm = np.asarray(Ln_warm, dtype=np.float64).reshape(cfg.chains, cfg.warmup)
-    return fullbatch.finalize(name, Ln, Ln_warm, theta, stats, work, info, problems)
+    return driver.Algorithm(
+        name="hmc", init=None, step=step, params=params,
+        static=(cfg.nuts, cfg.max_tree_depth if cfg.nuts else cfg.num_integration_steps, cfg.warmup),
+        chains=cfg.chains, draws=cfg.draws, flat=True, dtype=cfg.dtype, warmup=warmup,
+        warmup_chains=1 if cfg.adaptation == "shared" else cfg.chains,
+        loss_of=lambda state, problem: problem.loss_from_logdensity(state.position, state.logdensity),
+        record=lambda infos: jax.tree.map(lambda a: a[-1], infos), summarize=summarize)

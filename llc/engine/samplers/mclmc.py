@@ -28,6 +28,7 @@ The tuner returns only its final state, so ``Ln_warmup`` is empty (chains, 0).
 
 from __future__ import annotations
 
+from typing import NamedTuple
 
 import blackjax
 import jax
@@ -36,13 +37,23 @@ import numpy as np
 from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 
 from llc.config import MCLMCConfig
-from llc.engine.posterior import Posterior
-from llc.engine.samplers import base, fullbatch
+from llc.engine import driver
+from llc.engine.samplers import fullbatch
 
 # Tuner phase fractions of ``warmup`` (step size; step size + preconditioner; L).
 TUNE_FRACTIONS = (1 / 3, 1 / 3, 1 / 3)
 # The energy check after the tuner runs ``energy_check_steps`` steps in this many rounds.
 ENERGY_CHECK_ROUNDS = 3
+
+
+class MCLMCParams(NamedTuple):
+    """Runtime hyperparameters; the tuner fills L, step_size and inverse_mass per chain."""
+
+    L: jax.Array
+    step_size: jax.Array
+    inverse_mass: jax.Array
+    desired_energy_var: jax.Array
+    scale: jax.Array  # the posterior's narrowest width at w* (fullbatch.stiffest_scale)
 
 
 def tuning_steps(warmup: int, diagonal_preconditioning: bool) -> int:
@@ -54,151 +65,113 @@ def tuning_steps(warmup: int, diagonal_preconditioning: bool) -> int:
     return n1 + n2 + extra + (n3 if n3 >= 2 else 0)
 
 
-def run(post: Posterior, cfg: MCLMCConfig, key: jax.Array, *, proj_dim: int = 4,
-        progress: base.ProgressFn = base.no_progress) -> base.SamplerOutput:
-    post, data, _, make_problem = fullbatch.setup(post, cfg.dtype, proj_dim)
-    name = "mclmc"
+def make(cfg: MCLMCConfig) -> driver.Algorithm:
     dtype = jnp.dtype(cfg.dtype)
     wide = jnp.result_type(float)  # the tuners' own float type (float64 under x64)
-    integrator = fullbatch.isokinetic_integrator(cfg.integrator)
-    kernel = fullbatch.dtype_preserving(blackjax.mcmc.mclmc.build_kernel(integrator=integrator))
-    n_adapt = 1 if cfg.adaptation == "shared" else cfg.chains
-    k_warm, k_sample = jax.random.split(key)
-    warm_keys = base.chain_keys(k_warm, n_adapt)
+    kernel = fullbatch.dtype_preserving(blackjax.mcmc.mclmc.build_kernel(
+        integrator=fullbatch.isokinetic_integrator(cfg.integrator)))
+    one = jnp.ones((), dtype)
+    params = MCLMCParams(one, one, one, jnp.asarray(cfg.desired_energy_var, wide), one)
     f1, f2, f3 = TUNE_FRACTIONS
 
-    # ------------------------------------------------------------------ tuning
-    def warmup(keys, data):
-        problem = make_problem(data)
+    def energy_check(problem, state, L, eps, imm, desired, key):
+        """Shrink the step size until the realized energy-error variance meets the target.
 
-        def one_chain(k):
-            k_init, k_tune, k_scale, k_check = jax.random.split(k, 4)
-            state = blackjax.mcmc.mclmc.init(problem.x_star, problem.logdensity, k_init)
-            dim = problem.x_star.shape[0]
-            # BlackJAX's starting values (L = sqrt(d), eps = L/4) rescaled to the posterior's
-            # narrowest width (see fullbatch.stiffest_scale).
-            scale = fullbatch.stiffest_scale(problem.logdensity, problem.x_star, k_scale).astype(wide)
-            L0 = jnp.sqrt(jnp.asarray(dim, wide)) * scale
-            start = MCLMCAdaptationState(L0, 0.25 * L0, jnp.ones(problem.x_star.shape, wide))
-            if cfg.warmup == 0:
-                return state, start.L, start.step_size, start.inverse_mass_matrix, None, scale
-            state, params, _ = blackjax.mclmc_find_L_and_step_size(
+        BlackJAX's tuner down-weights large energy errors (a robust average), which on non-smooth
+        losses (ReLU kinks) leaves heavy-tailed errors far above ``desired_energy_var`` and biases
+        L_n. Here the plain mean of dE^2/d over each round sets eps <- eps * min(1, (desired /
+        realized)^(1/6)) (Var dE ~ eps^6 for these integrators), for ENERGY_CHECK_ROUNDS rounds.
+        """
+        dim = problem.position0.shape[0]
+        per_round = cfg.energy_check_steps // ENERGY_CHECK_ROUNDS
+
+        def one_round(carry, k):
+            state, eps = carry
+
+            def step(s, kk):
+                s, info = kernel(kk, s, problem.logdensity, imm, L, eps)
+                return s, info.energy_change
+
+            state, de = jax.lax.scan(step, state, jax.random.split(k, per_round))
+            realized = jnp.mean(de**2) / dim
+            ratio = desired / jnp.maximum(realized, 1e-300)
+            factor = jnp.where(jnp.isfinite(ratio), jnp.minimum(1.0, ratio ** (1.0 / 6.0)), 1.0)
+            return (state, eps * factor), (realized, factor)
+
+        if per_round == 0:
+            return state, eps, (jnp.full((0,), jnp.nan, dtype), jnp.ones((0,), dtype))
+        (state, eps), check = jax.lax.scan(one_round, (state, eps), jax.random.split(key, ENERGY_CHECK_ROUNDS))
+        return state, eps, check
+
+    def warmup(key, position, problem, params):
+        k_init, k_tune, k_scale, k_check = jax.random.split(key, 4)
+        state = blackjax.mcmc.mclmc.init(position, problem.logdensity, k_init)
+        dim = position.shape[0]
+        # BlackJAX's starting values (L = sqrt(d), eps = L/4) rescaled to the posterior's
+        # narrowest width (see fullbatch.stiffest_scale).
+        scale = fullbatch.stiffest_scale(problem.logdensity, position, k_scale).astype(wide)
+        L0 = jnp.sqrt(jnp.asarray(dim, wide)) * scale
+        start = MCLMCAdaptationState(L0, 0.25 * L0, jnp.ones(position.shape, wide))
+        if cfg.warmup == 0:
+            L, eps, imm, check = start.L, start.step_size, start.inverse_mass_matrix, None
+        else:
+            state, tuned, _ = blackjax.mclmc_find_L_and_step_size(
                 mclmc_kernel=kernel, logdensity_fn=problem.logdensity, num_steps=cfg.warmup,
                 state=state, rng_key=k_tune, frac_tune1=f1, frac_tune2=f2, frac_tune3=f3,
-                desired_energy_var=cfg.desired_energy_var,
+                desired_energy_var=params.desired_energy_var,
                 diagonal_preconditioning=cfg.diagonal_preconditioning, params=start)
-            imm = jnp.broadcast_to(jnp.asarray(params.inverse_mass_matrix), problem.x_star.shape)
-            state, eps, check = energy_check(problem, state, params.L, params.step_size, imm, k_check)
-            return state, params.L, eps, imm, check, scale
+            L, imm = tuned.L, jnp.broadcast_to(jnp.asarray(tuned.inverse_mass_matrix), position.shape)
+            state, eps, check = energy_check(problem, state, tuned.L, tuned.step_size, imm,
+                                             params.desired_energy_var, k_check)
+        tuned_params = params._replace(L=L.astype(dtype), step_size=eps.astype(dtype), inverse_mass=imm.astype(dtype),
+                                       scale=scale.astype(dtype))
+        return fullbatch.cast_floats(state, dtype), tuned_params, {"check": check}
 
-        def energy_check(problem, state, L, eps, imm, key):
-            """Shrink the step size until the realized energy-error variance meets the target.
+    def step(key, state, problem, params):
+        return kernel(key, state, problem.logdensity, params.inverse_mass, params.L, params.step_size)
 
-            BlackJAX's tuner down-weights large energy errors (a robust average), which on
-            non-smooth losses (ReLU kinks) leaves heavy-tailed errors far above
-            ``desired_energy_var`` and biases L_n. Here the plain mean of dE^2/d over each round
-            sets eps <- eps * min(1, (desired / realized)^(1/6)) (Var dE ~ eps^6 for these
-            integrators), for ENERGY_CHECK_ROUNDS rounds.
-            """
-            dim = problem.x_star.shape[0]
-            per_round = cfg.energy_check_steps // ENERGY_CHECK_ROUNDS
+    def record(infos):
+        return {"energy_change": infos.energy_change[-1].astype(dtype),
+                "kinetic_change": infos.kinetic_change[-1].astype(dtype),
+                "nan_steps": jnp.sum(~infos.nonans).astype(jnp.int32)}
 
-            def one_round(carry, k):
-                state, eps = carry
+    def summarize(stats, warm, params, post):
+        n_tune = 1 if cfg.adaptation == "shared" else cfg.chains
+        per_step = fullbatch.grads_per_isokinetic_step(cfg.integrator)
+        warm_steps = 0
+        if cfg.warmup:
+            check_steps = (cfg.energy_check_steps // ENERGY_CHECK_ROUNDS) * ENERGY_CHECK_ROUNDS
+            warm_steps = tuning_steps(cfg.warmup, cfg.diagonal_preconditioning) + check_steps
+        warm_grads = float(n_tune * (warm_steps * per_step + 1))  # + the initial gradient
+        grads = warm_grads + float(cfg.chains * cfg.draws * cfg.eval_every * per_step)
+        problems, tuned = fullbatch.isokinetic_tuning(params.L, params.step_size, params.inverse_mass, params.scale)
+        # Per chain: total step-size factor of the energy check, and the energy-error variance
+        # (per dimension) it measured in its first round, i.e. with the tuner's step size.
+        check = warm.get("check") if warm else None
+        if check is not None and np.size(check[0]):
+            realized = np.asarray(check[0], np.float64)[:, 0]
+            shrink = np.prod(np.asarray(check[1], np.float64), axis=1)
+            if realized.shape[0] != cfg.chains:
+                realized, shrink = np.repeat(realized, cfg.chains), np.repeat(shrink, cfg.chains)
+        else:
+            realized, shrink = np.zeros(0), np.zeros(0)
+        energy_change = np.asarray(stats["energy_change"], np.float64)
+        info = {
+            "adaptation": cfg.adaptation, "integrator": cfg.integrator, **tuned,
+            "desired_energy_var": cfg.desired_energy_var,
+            # The tuner's target: Var[energy change] / d; compare with desired_energy_var.
+            "energy_var_per_dim": float(np.nanmean(energy_change**2) / post.dim),
+            "nan_steps": int(np.sum(stats["nan_steps"])), "eval_every": cfg.eval_every,
+            "warmup_steps": warm_steps, "grad_evals_warmup": warm_grads,
+            "energy_check_shrink_per_chain": [float(v) for v in shrink],
+            "energy_check_realized_per_chain": [float(v) for v in realized],
+        }
+        return {"n_grad_evals": grads, "fde": grads}, info, problems
 
-                def step(s, kk):
-                    s, info = kernel(kk, s, problem.logdensity, imm, L, eps)
-                    return s, info.energy_change
-
-                state, de = jax.lax.scan(step, state, jax.random.split(k, per_round))
-                realized = jnp.mean(de**2) / dim
-                ratio = cfg.desired_energy_var / jnp.maximum(realized, 1e-300)
-                factor = jnp.where(jnp.isfinite(ratio), jnp.minimum(1.0, ratio ** (1.0 / 6.0)), 1.0)
-                return (state, eps * factor), (realized, factor)
-
-            if per_round == 0:
-                return state, eps, (jnp.full((0,), jnp.nan, dtype), jnp.ones((0,), dtype))
-            (state, eps), check = jax.lax.scan(one_round, (state, eps),
-                                               jax.random.split(key, ENERGY_CHECK_ROUNDS))
-            return state, eps, check
-
-        states, L, step_size, imm, check, scale = jax.vmap(one_chain)(keys)
-        return fullbatch.cast_floats(states, dtype), L.astype(dtype), step_size.astype(dtype), imm.astype(dtype), check, scale
-
-    (states, L, step_size, imm, check, scale), warm_compile_s, warmup_s = fullbatch.run_warmup(
-        warmup, warm_keys, data, cfg.warmup, progress)
-
-    if cfg.adaptation == "shared":
-        states, L, step_size, imm, scale = fullbatch.from_first_chain((states, L, step_size, imm, scale), cfg.chains)
-
-    # ------------------------------------------------------------------ sampling
-    size = base.chunk_size(cfg.draws)
-
-    def chunk(carry, keys, chunk_index, data):
-        states, L, eps, imm = carry
-        problem = make_problem(data)
-
-        def one_chain(state, L, eps, imm, draw_keys):
-            def one_step(state, k):
-                new, info = kernel(k, state, problem.logdensity, imm, L, eps)
-                return new, info
-
-            def one_draw(state, k):
-                state, infos = jax.lax.scan(one_step, state, jax.random.split(k, cfg.eval_every))
-                Ln = fullbatch.loss_from_logdensity(post, problem, state.position, state.logdensity)
-                theta = problem.project(state.position)
-                stats = {
-                    "energy_change": infos.energy_change[-1].astype(dtype),
-                    "kinetic_change": infos.kinetic_change[-1].astype(dtype),
-                    "nan_steps": jnp.sum(~infos.nonans).astype(jnp.int32),
-                }
-                return state, (Ln, theta, stats)
-
-            return jax.lax.scan(one_draw, state, draw_keys)
-
-        draw_keys = base.chunk_draw_keys(keys, chunk_index, size)
-        new_states, out = jax.vmap(one_chain)(states, L, eps, imm, draw_keys)
-        return (new_states, L, eps, imm), out
-
-    keys = base.chain_keys(k_sample, cfg.chains)
-    carry = (states, L, step_size, imm)
-    compiled, compile_s = base.compile_timed(chunk, carry, keys, jnp.asarray(0, jnp.int32), data)
-    _, (Ln, theta, stats), wall = base.run_chunks(compiled, carry, keys, cfg.draws, size, data, progress, name)
-
-    per_step = fullbatch.grads_per_isokinetic_step(cfg.integrator)
-    warm_steps = 0
-    if cfg.warmup:
-        check_steps = (cfg.energy_check_steps // ENERGY_CHECK_ROUNDS) * ENERGY_CHECK_ROUNDS
-        warm_steps = tuning_steps(cfg.warmup, cfg.diagonal_preconditioning) + check_steps
-    warm_grads = float(n_adapt * (warm_steps * per_step + 1))  # + the initial gradient
-    sample_grads = float(cfg.chains * cfg.draws * cfg.eval_every * per_step)
-    grads = warm_grads + sample_grads
-    work = fullbatch.work_record(grads, warmup_s, wall, warm_compile_s + compile_s)
-    problems, tuned = fullbatch.isokinetic_tuning(L, step_size, imm, scale)
-    # Per chain: total step-size factor of the energy check, and the energy-error variance
-    # (per dimension) it measured in its first round, i.e. with the tuner's step size.
-    if check is not None and np.size(check[0]):
-        realized = [float(v) for v in np.asarray(check[0], np.float64)[:, 0]]
-        shrink = [float(v) for v in np.prod(np.asarray(check[1], np.float64), axis=1)]
-    else:
-        realized, shrink = [], []
-    if cfg.adaptation == "shared":
-        realized, shrink = realized * cfg.chains, shrink * cfg.chains
-    energy_change = np.asarray(stats["energy_change"], np.float64)
-    info = {
-        "adaptation": cfg.adaptation,
-        "integrator": cfg.integrator,
-        **tuned,
-        "desired_energy_var": cfg.desired_energy_var,
-        # The tuner's target: Var[energy change] / d; compare with desired_energy_var.
-        "energy_var_per_dim": float(np.nanmean(energy_change**2) / post.dim),
-        "nan_steps": int(np.sum(stats["nan_steps"])),
-        "eval_every": cfg.eval_every,
-        "warmup_steps": warm_steps,
-        "grad_evals_warmup": warm_grads,
-        "energy_check_shrink_per_chain": shrink,
-        "energy_check_realized_per_chain": realized,
-        "compile_s_warmup": warm_compile_s,
-    }
-    Ln_warm = np.zeros((cfg.chains, 0))
-    return fullbatch.finalize(name, Ln, Ln_warm, theta, stats, work, info, problems)
+    return driver.Algorithm(
+        name="mclmc", init=None, step=step, params=params,
+        static=(cfg.integrator, cfg.warmup, cfg.energy_check_steps, cfg.diagonal_preconditioning),
+        chains=cfg.chains, draws=cfg.draws, steps_per_draw=cfg.eval_every, flat=True, dtype=cfg.dtype,
+        warmup=warmup, warmup_chains=1 if cfg.adaptation == "shared" else cfg.chains,
+        loss_of=lambda state, problem: problem.loss_from_logdensity(state.position, state.logdensity),
+        record=record, summarize=summarize)

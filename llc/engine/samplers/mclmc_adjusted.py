@@ -18,6 +18,7 @@ info carries the proposal's log density but not its kinetic energy change, so no
 
 from __future__ import annotations
 
+from typing import NamedTuple
 
 import blackjax
 import jax
@@ -27,23 +28,27 @@ from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 from blackjax.mcmc import adjusted_mclmc_dynamic
 
 from llc.config import MCLMCAdjustedConfig
-from llc.engine.posterior import Posterior
-from llc.engine.samplers import base, fullbatch
+from llc.engine import driver
+from llc.engine.samplers import fullbatch
 
 # Tuner fractions of ``warmup``: (dual-averaging pass, moment-collection window); the tuner then
 # runs a second dual-averaging pass as long as the first, so the total is ``warmup``.
 TUNE_FRACTIONS = (1 / 3, 1 / 3)
 
 
-def run(post: Posterior, cfg: MCLMCAdjustedConfig, key: jax.Array, *, proj_dim: int = 4,
-        progress: base.ProgressFn = base.no_progress) -> base.SamplerOutput:
-    post, data, _, make_problem = fullbatch.setup(post, cfg.dtype, proj_dim)
-    name = "mclmc_adjusted"
+class AdjustedMCLMCParams(NamedTuple):
+    L: jax.Array
+    step_size: jax.Array
+    inverse_mass: jax.Array
+    target_accept: jax.Array
+    scale: jax.Array
+
+
+def make(cfg: MCLMCAdjustedConfig) -> driver.Algorithm:
     dtype = jnp.dtype(cfg.dtype)
     wide = jnp.result_type(float)  # the tuners' own float type (float64 under x64)
-    integrator = fullbatch.isokinetic_integrator(cfg.integrator)
     dyn_kernel = fullbatch.dtype_preserving(adjusted_mclmc_dynamic.build_kernel(
-        integrator=integrator,
+        integrator=fullbatch.isokinetic_integrator(cfg.integrator),
         integration_steps_fn=adjusted_mclmc_dynamic.make_random_trajectory_length_fn(True)))
 
     def kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, integration_steps_params):
@@ -52,92 +57,61 @@ def run(post: Posterior, cfg: MCLMCAdjustedConfig, key: jax.Array, *, proj_dim: 
                           inverse_mass_matrix=inverse_mass_matrix,
                           integration_steps_params=integration_steps_params)
 
-    n_adapt = 1 if cfg.adaptation == "shared" else cfg.chains
-    k_warm, k_sample = jax.random.split(key)
-    warm_keys = base.chain_keys(k_warm, n_adapt)
+    one = jnp.ones((), dtype)
+    params = AdjustedMCLMCParams(one, one, one, jnp.asarray(cfg.target_accept, wide), one)
     f1, f2 = TUNE_FRACTIONS
 
-    # ------------------------------------------------------------------ tuning
-    def warmup(keys, data):
-        problem = make_problem(data)
-
-        def one_chain(k):
-            k_init, k_tune, k_scale = jax.random.split(k, 3)
-            state = adjusted_mclmc_dynamic.init(problem.x_star, problem.logdensity, k_init)
-            dim = problem.x_star.shape[0]
-            # BlackJAX's starting step size (sqrt(d)/5) rescaled to the posterior's narrowest
-            # width: from the unit-scale default, dual averaging shrinks the step by orders of
-            # magnitude while L stays pinned, and trajectories grow to thousands of steps.
-            scale = fullbatch.stiffest_scale(problem.logdensity, problem.x_star, k_scale).astype(wide)
-            eps0 = 0.2 * jnp.sqrt(jnp.asarray(dim, wide)) * scale
-            L0 = cfg.target_num_integration_steps * eps0
-            start = MCLMCAdaptationState(L0, eps0, jnp.ones(problem.x_star.shape, wide))
-            if cfg.warmup == 0:
-                return state, L0, eps0, start.inverse_mass_matrix, jnp.zeros((), jnp.int32), scale
-            state, params, n_steps = blackjax.adjusted_mclmc_find_L_and_step_size(
+    def warmup(key, position, problem, params):
+        k_init, k_tune, k_scale = jax.random.split(key, 3)
+        state = adjusted_mclmc_dynamic.init(position, problem.logdensity, k_init)
+        dim = position.shape[0]
+        # BlackJAX's starting step size (sqrt(d)/5) rescaled to the posterior's narrowest width:
+        # from the unit-scale default, dual averaging shrinks the step by orders of magnitude
+        # while L stays pinned, and trajectories grow to thousands of steps.
+        scale = fullbatch.stiffest_scale(problem.logdensity, position, k_scale).astype(wide)
+        eps0 = 0.2 * jnp.sqrt(jnp.asarray(dim, wide)) * scale
+        L0 = cfg.target_num_integration_steps * eps0
+        start = MCLMCAdaptationState(L0, eps0, jnp.ones(position.shape, wide))
+        if cfg.warmup == 0:
+            L, eps, imm, n_steps = L0, eps0, start.inverse_mass_matrix, jnp.zeros((), jnp.int32)
+        else:
+            state, tuned, n_steps = blackjax.adjusted_mclmc_find_L_and_step_size(
                 mclmc_kernel=kernel, logdensity_fn=problem.logdensity, num_steps=cfg.warmup, state=state,
-                rng_key=k_tune, target=cfg.target_accept, frac_tune1=f1, frac_tune2=f2, frac_tune3=0.0,
+                rng_key=k_tune, target=params.target_accept, frac_tune1=f1, frac_tune2=f2, frac_tune3=0.0,
                 diagonal_preconditioning=cfg.diagonal_preconditioning,
                 target_num_integration_steps=cfg.target_num_integration_steps, params=start)
-            imm = jnp.broadcast_to(jnp.asarray(params.inverse_mass_matrix), problem.x_star.shape)
-            return state, params.L, params.step_size, imm, jnp.asarray(n_steps, jnp.int32), scale
+            L, eps = tuned.L, tuned.step_size
+            imm = jnp.broadcast_to(jnp.asarray(tuned.inverse_mass_matrix), position.shape)
+        tuned_params = params._replace(L=L.astype(dtype), step_size=eps.astype(dtype),
+                                       inverse_mass=imm.astype(dtype), scale=scale.astype(dtype))
+        return fullbatch.cast_floats(state, dtype), tuned_params, {"steps": jnp.asarray(n_steps, jnp.int32)}
 
-        states, L, step_size, imm, n_steps, scale = jax.vmap(one_chain)(keys)
-        return fullbatch.cast_floats(states, dtype), L.astype(dtype), step_size.astype(dtype), imm.astype(dtype), n_steps, scale
+    def step(key, state, problem, params):
+        new, info = kernel(key, state, problem.logdensity, params.step_size, params.inverse_mass,
+                           (params.L / params.step_size,))
+        return new, {"acceptance_rate": info.acceptance_rate.astype(dtype), "diverging": info.is_divergent,
+                     "num_integration_steps": jnp.asarray(info.num_integration_steps, jnp.int32)}
 
-    (states, L, step_size, imm, warm_steps, scale), warm_compile_s, warmup_s = fullbatch.run_warmup(
-        warmup, warm_keys, data, cfg.warmup, progress)
-    per_step = fullbatch.grads_per_isokinetic_step(cfg.integrator)
-    warm_grads = float(np.sum(np.asarray(warm_steps, np.float64)) * per_step + n_adapt)
+    def summarize(stats, warm, params, post):
+        del post
+        n_tune = 1 if cfg.adaptation == "shared" else cfg.chains
+        per_step = fullbatch.grads_per_isokinetic_step(cfg.integrator)
+        warm_grads = float(np.sum(np.asarray(warm["steps"], np.float64)) * per_step + n_tune)
+        grads = warm_grads + float(np.sum(stats["num_integration_steps"], dtype=np.float64) * per_step)
+        problems, tuned = fullbatch.isokinetic_tuning(params.L, params.step_size, params.inverse_mass, params.scale)
+        info = {
+            "adaptation": cfg.adaptation, "integrator": cfg.integrator, **tuned,
+            "target_accept": cfg.target_accept, "mean_accept": float(np.nanmean(stats["acceptance_rate"])),
+            "mean_integration_steps": float(np.mean(stats["num_integration_steps"])),
+            "divergences": int(np.sum(stats["diverging"])), "warmup_steps": cfg.warmup,
+            "grad_evals_warmup": warm_grads,
+        }
+        return {"n_grad_evals": grads, "fde": grads}, info, problems
 
-    if cfg.adaptation == "shared":
-        states, L, step_size, imm, scale = fullbatch.from_first_chain((states, L, step_size, imm, scale), cfg.chains)
-
-    # ------------------------------------------------------------------ sampling
-    size = base.chunk_size(cfg.draws)
-
-    def chunk(carry, keys, chunk_index, data):
-        states, L, eps, imm = carry
-        problem = make_problem(data)
-
-        def one_chain(state, L, eps, imm, draw_keys):
-            def one_draw(state, k):
-                new, info = kernel(k, state, problem.logdensity, eps, imm, (L / eps,))
-                Ln = fullbatch.loss_from_logdensity(post, problem, new.position, new.logdensity)
-                theta = problem.project(new.position)
-                stats = {
-                    "acceptance_rate": info.acceptance_rate.astype(dtype),
-                    "diverging": info.is_divergent,
-                    "num_integration_steps": jnp.asarray(info.num_integration_steps, jnp.int32),
-                }
-                return new, (Ln, theta, stats)
-
-            return jax.lax.scan(one_draw, state, draw_keys)
-
-        draw_keys = base.chunk_draw_keys(keys, chunk_index, size)
-        new_states, out = jax.vmap(one_chain)(states, L, eps, imm, draw_keys)
-        return (new_states, L, eps, imm), out
-
-    keys = base.chain_keys(k_sample, cfg.chains)
-    carry = (states, L, step_size, imm)
-    compiled, compile_s = base.compile_timed(chunk, carry, keys, jnp.asarray(0, jnp.int32), data)
-    _, (Ln, theta, stats), wall = base.run_chunks(compiled, carry, keys, cfg.draws, size, data, progress, name)
-
-    sample_grads = float(np.sum(stats["num_integration_steps"], dtype=np.float64) * per_step)
-    grads = warm_grads + sample_grads
-    work = fullbatch.work_record(grads, warmup_s, wall, warm_compile_s + compile_s)
-    problems, tuned = fullbatch.isokinetic_tuning(L, step_size, imm, scale)
-    info = {
-        "adaptation": cfg.adaptation,
-        "integrator": cfg.integrator,
-        **tuned,
-        "target_accept": cfg.target_accept,
-        "mean_accept": float(np.nanmean(stats["acceptance_rate"])),
-        "mean_integration_steps": float(np.mean(stats["num_integration_steps"])),
-        "divergences": int(np.sum(stats["diverging"])),
-        "warmup_steps": cfg.warmup,
-        "grad_evals_warmup": warm_grads,
-        "compile_s_warmup": warm_compile_s,
-    }
-    Ln_warm = np.zeros((cfg.chains, 0))
-    return fullbatch.finalize(name, Ln, Ln_warm, theta, stats, work, info, problems)
+    return driver.Algorithm(
+        name="mclmc_adjusted", init=None, step=step, params=params,
+        static=(cfg.integrator, cfg.warmup, cfg.diagonal_preconditioning, cfg.target_num_integration_steps),
+        chains=cfg.chains, draws=cfg.draws, flat=True, dtype=cfg.dtype, warmup=warmup,
+        warmup_chains=1 if cfg.adaptation == "shared" else cfg.chains,
+        loss_of=lambda state, problem: problem.loss_from_logdensity(state.position, state.logdensity),
+        record=lambda infos: jax.tree.map(lambda a: a[-1], infos), summarize=summarize)

@@ -61,7 +61,7 @@ from jax.flatten_util import ravel_pytree
 
 from llc.config import VIConfig, check_vi
 from llc.engine.posterior import Posterior, cast
-from llc.engine.samplers import base
+from llc.engine import driver
 from llc.engine.samplers import vi_eval
 from llc.engine.samplers import vi_family as fam_mod
 
@@ -147,7 +147,7 @@ def whitening_scale(post: Posterior, cfg: VIConfig, key: jax.Array) -> tuple[jax
         return jnp.clip(c, sigma0 / SCALE_CLIP, sigma0 * SCALE_CLIP)
 
     data = (w_flat, post.x, post.y)
-    compiled, compile_s = base.compile_timed(prepass, key, data)
+    compiled, compile_s = driver.compile_timed(prepass, key, data)
     t0 = time.perf_counter()
     c = compiled(key, data).block_until_ready()
     return c, time.perf_counter() - t0, compile_s
@@ -217,7 +217,7 @@ def _init_state(fam: fam_mod.Family, opt, key, dtype) -> VIState:
 # --------------------------------------------------------------------------- run
 
 def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
-        progress: base.ProgressFn = base.no_progress) -> base.SamplerOutput:
+        progress: driver.ProgressFn = driver.no_progress) -> driver.SamplerOutput:
     ranks = _check(cfg, post.n)
     eval_dtype = "float64" if jax.config.jax_enable_x64 else "float32"
     post_opt = cast(post, cfg.dtype)
@@ -236,7 +236,7 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
     loss, w_flat = flat_loss(post_opt)
     step = build_step(fam, cfg, post_opt, loss, opt)
     points = cfg.steps // cfg.eval_every
-    size = base.chunk_size(points)
+    size = driver.chunk_size(points)
     data = (w_flat, post_opt.x, post_opt.y, c)
 
     def chunk(states, keys, chunk_index, data):
@@ -253,18 +253,18 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
             rec["pi"] = jnp.exp(fam_mod.log_weights(fam, state.params))
             return state, rec
 
-        point_keys = base.chunk_draw_keys(keys, chunk_index, size)
+        point_keys = driver.chunk_draw_keys(keys, chunk_index, size)
         return jax.vmap(lambda s, k: jax.lax.scan(one_point, s, k))(states, point_keys)
 
-    states = jax.vmap(lambda k: _init_state(fam, opt, k, dtype))(base.chain_keys(k_init, cfg.chains))
-    keys = base.chain_keys(k_opt, cfg.chains)
-    compiled, opt_compile = base.compile_timed(chunk, states, keys, jnp.asarray(0, jnp.int32), data)
-    states, trace, opt_wall = base.run_chunks(compiled, states, keys, points, size, data, progress, "vi")
+    states = jax.vmap(lambda k: _init_state(fam, opt, k, dtype))(driver.chain_keys(k_init, cfg.chains))
+    keys = driver.chain_keys(k_opt, cfg.chains)
+    compiled, opt_compile = driver.compile_timed(chunk, states, keys, jnp.asarray(0, jnp.int32), data)
+    states, trace, opt_wall = driver.run_chunks(compiled, states, keys, points, size, data, progress, "vi")
 
     # Evaluation: draws of each fitted q, full-batch L_n and the control variate.
     loss_e, w_flat_e = flat_loss(post_eval)
     exact_diag = post.dim <= cfg.cv_exact_max_dim
-    matrix = base.projection_matrix(post.dim, proj_dim, seed=0, dtype=eval_dtype)
+    matrix = driver.projection_matrix(post.dim, proj_dim, seed=0, dtype=eval_dtype)
 
     def evaluate(params, c, keys, eval_data):
         w0, x, y, mat = eval_data
@@ -274,10 +274,10 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
             control_variate=cfg.control_variate, exact_diag=exact_diag, probes=cfg.cv_probes))(params, keys)
 
     eval_data = (w_flat_e, post_eval.x, post_eval.y, matrix)
-    eval_keys = base.chain_keys(k_eval, cfg.chains)
-    eval_compiled, eval_compile = base.compile_timed(evaluate, states.params, c, eval_keys, eval_data)
+    eval_keys = driver.chain_keys(k_eval, cfg.chains)
+    eval_compiled, eval_compile = driver.compile_timed(evaluate, states.params, c, eval_keys, eval_data)
     t0 = time.perf_counter()
-    ev = jax.tree.map(np.asarray, base.block(eval_compiled(states.params, c, eval_keys, eval_data)))
+    ev = jax.tree.map(np.asarray, driver.block(eval_compiled(states.params, c, eval_keys, eval_data)))
     eval_wall = time.perf_counter() - t0
 
     # Work.
@@ -301,7 +301,7 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
     if cfg.control_variate:
         stats["cv_quadratic"] = np.asarray(ev["cv"], dtype=np.float64)
     Ln = np.asarray(ev["Ln"], dtype=np.float64)
-    return base.SamplerOutput(
+    return driver.SamplerOutput(
         name="vi",
         Ln=Ln,
         Ln_warmup=np.zeros((cfg.chains, 0)),

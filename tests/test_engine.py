@@ -1,0 +1,83 @@
+"""The driver: compiled programs reused across hyperparameters, in-process and across processes;
+exact single steps of the plug-in samplers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llc.config import SGLDConfig, build_config
+from llc.engine import driver
+from llc.engine.posterior import Problem, problem_arrays
+from llc.pipeline.experiment import enable_x64, run_experiment
+
+QUAD = ["target.kind=quadratic", "target.quad_dim=5", "data.n_data=777", "samplers=sgld", "save_plots=false",
+        "sgld.draws=60", "sgld.burnin=0", "sgld.eval_every=5", "sgld.chains=2"]
+
+
+def test_grid_of_16_runs_compiles_once(tmp_path):
+    enable_x64()
+    driver._COMPILED.clear()
+    compile_s = []
+    for eps in (1e-4, 2e-4, 4e-4, 8e-4):
+        for gamma in (50.0, 100.0, 200.0, 400.0):
+            cfg = build_config(overrides=QUAD + [f"sgld.step_size={eps}", f"posterior.gamma={gamma}"])
+            rec = run_experiment(cfg, tmp_path)
+            compile_s.append(rec["samplers"]["sgld"]["compile_s"])
+    first, rest = compile_s[0], compile_s[1:]
+    assert first > 0
+    assert all(c < 0.05 * first for c in rest), compile_s
+
+
+def _run_json(tmp_path, cache_dir, eps: float) -> dict:
+    env = dict(os.environ, LLC_JAX_CACHE=str(cache_dir), JAX_PLATFORMS="cpu")
+    args = [sys.executable, "-m", "llc", "run", "--json", "--artifacts", str(tmp_path / "art"), "--no-save-plots"]
+    for o in QUAD[:-4] + ["sgld.draws=60", "sgld.burnin=0", "sgld.eval_every=5", f"sgld.step_size={eps}"]:
+        args += ["--set", o]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_fresh_process_reuses_the_persistent_cache(tmp_path):
+    cache = tmp_path / "xla"
+    cold = _run_json(tmp_path, cache, 1e-4)["samplers"]["sgld"]["compile_s"]
+    warm = _run_json(tmp_path, cache, 3e-4)["samplers"]["sgld"]["compile_s"]
+    assert cold > 0
+    assert warm < 0.25 * cold, (cold, warm)
+
+
+def test_sgld_step_is_the_langevin_update():
+    enable_x64()
+    w_star = {"a": jnp.array([0.5, -1.0], jnp.float32), "b": jnp.array([2.0], jnp.float32)}
+    x = jnp.linspace(0.0, 1.0, 8, dtype=jnp.float32)[:, None]
+    y = 2.0 * x
+
+    def loss(p, xb, yb):
+        return 0.5 * jnp.mean((yb - p["a"][0] * xb - p["b"][0]) ** 2) + 0.1 * jnp.sum(p["a"] ** 2)
+
+    from llc.engine.posterior import Posterior
+    from llc.engine.samplers import sgld
+
+    post = Posterior(loss, w_star, x, y, 8, 0.5, 3.0, 0.0)
+    cfg = SGLDConfig(step_size=1e-2, batch_size=8)
+    alg = sgld.make(cfg)
+    problem = Problem(loss, problem_arrays(post), 8, None)
+    moved = {"a": w_star["a"] + 0.1, "b": w_star["b"] - 0.2}
+    state = alg.init(jax.random.key(0), moved, problem, alg.params)
+    key = jax.random.key(5)
+    new, _ = alg.step(key, state, problem, alg.params)
+    k_batch, k_noise = jax.random.split(key)
+    idx = jax.random.randint(k_batch, (8,), 0, 8)
+    grad = jax.grad(lambda w: -4.0 * loss(w, x[idx], y[idx])
+                    - 1.5 * sum(jnp.sum((w[k] - w_star[k]) ** 2) for k in w))(moved)
+    noise = sgld.gaussian_like(k_noise, moved)
+    for k in moved:
+        expect = moved[k] + 0.005 * grad[k] + np.sqrt(0.01) * noise[k]
+        np.testing.assert_allclose(np.asarray(new.position[k]), np.asarray(expect), rtol=1e-6, atol=1e-7)
