@@ -147,10 +147,11 @@ def compile_timed(fn: Callable, *args) -> tuple[Callable, float]:
 
 
 def run_chunks(compiled: Callable, state, key, total_draws: int, size: int, data,
-               progress: ProgressFn, phase: str) -> tuple[Any, Any, float]:
+               progress: ProgressFn, phase: str, axis: int = 1) -> tuple[Any, Any, float]:
     """Call ``compiled(state, key, chunk_index, data) -> (state, outputs)`` until total_draws are done.
 
-    Outputs are concatenated along the draw axis (axis 1, after chains). Returns the final state,
+    Outputs are concatenated along the draw axis (``axis``: 1 after chains, 2 after settings and
+    chains). Returns the final state,
     the concatenated outputs (as NumPy) and the wall time of the calls.
     """
     pieces = []
@@ -163,7 +164,7 @@ def run_chunks(compiled: Callable, state, key, total_draws: int, size: int, data
         wall += time.perf_counter() - t0
         pieces.append(jax.tree.map(np.asarray, out))
         progress((i + 1) * size, total_draws, phase)
-    stacked = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *pieces)
+    stacked = jax.tree.map(lambda *xs: np.concatenate(xs, axis=axis), *pieces)
     return state, stacked, wall
 
 
@@ -187,48 +188,95 @@ def sampler_runner(module) -> Callable:
 def run(alg: Algorithm, post: Posterior, key: jax.Array, *, proj_dim: int = 4,
         progress: ProgressFn = no_progress) -> SamplerOutput:
     """Warm up (if the algorithm tunes), then sample ``alg.burnin + alg.draws`` recorded draws."""
-    post = cast(post, alg.dtype)
-    dim = post.dim
-    unravel = ravel_pytree(post.w_star)[1]
-    arrays = problem_arrays(post)
-    matrix = projection_matrix(dim, proj_dim, seed=0, dtype=alg.dtype)
+    return run_batch([alg], [post], [key], proj_dim=proj_dim, progress=progress)[0]
 
-    def make_problem(arrays) -> Problem:
-        return Problem.build(post.loss_fn, arrays, post.n, unravel if alg.flat else None)
+
+def batch_signature(alg: Algorithm) -> tuple:
+    """What runs must share to execute as one program (everything but runtime values)."""
+    return (alg.name, alg.static, alg.chains, alg.draws, alg.burnin, alg.steps_per_draw, alg.flat, alg.dtype,
+            alg.warmup is not None, alg.warmup_chains)
+
+
+def _stack(trees: list):
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+def _check_batch(algs: list[Algorithm], posts: list[Posterior]) -> None:
+    sig = batch_signature(algs[0])
+    first = posts[0]
+    for a, p in zip(algs, posts):
+        if batch_signature(a) != sig:
+            raise ValueError(f"runs of one batch must share the sampler's static settings: {batch_signature(a)} != {sig}")
+        same_data = p.x is first.x or (np.shape(p.x) == np.shape(first.x) and bool(np.array_equal(p.x, first.x))
+                                        and bool(np.array_equal(p.y, first.y)))
+        if p.loss_fn is not first.loss_fn or p.n != first.n or not same_data:
+            raise ValueError("runs of one batch must share the target's loss and data")
+
+
+def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj_dim: int = 4,
+              progress: ProgressFn = no_progress) -> list[SamplerOutput]:
+    """Several runs differing only in runtime values (epsilon, gamma, n*beta, seed, w*) as one
+    program, ``vmap``ped over settings x chains; each run's random stream is the one it has alone.
+
+    Work is shared: each run reports ``1/len(algs)`` of the batch's wall and compile time, and the
+    batch totals in ``info`` (``batch_size``, ``batch_wall_s``, ``batch_compile_s``).
+    """
+    _check_batch(algs, posts)
+    alg, S = algs[0], len(algs)
+    posts = [cast(p, alg.dtype) for p in posts]
+    post = posts[0]
+    unravel = ravel_pytree(post.w_star)[1]
+    arrays = [problem_arrays(p) for p in posts]
+    shared = {"x": arrays[0]["x"], "y": arrays[0]["y"]}  # the data: one copy, not vmapped
+    per = _stack([{k: a[k] for k in ("w_star", "nbeta", "gamma")} for a in arrays])
+    hyper = _stack([a.params for a in algs])
+    matrix = projection_matrix(post.dim, proj_dim, seed=0, dtype=alg.dtype)
+
+    def problem_for(shared, per_setting) -> Problem:
+        return Problem.build(post.loss_fn, {**shared, **per_setting}, post.n, unravel if alg.flat else None)
+
+    def per_setting(fn):
+        """Lift ``fn(setting arrays, ...)`` to every setting of the batch."""
+        return jax.vmap(fn)
 
     # ------------------------------------------------------------------ warm-up
     chains = alg.chains
     warm_record: Any = None
     warm_compile = warm_wall = 0.0
     if alg.warmup is not None:
-        k_warm, k_sample = jax.random.split(key)
+        splits = [jax.random.split(k) for k in keys]
         n_tune = alg.warmup_chains or chains
+        warm_keys = jnp.stack([chain_keys(k[0], n_tune) for k in splits])
+        sample_keys = jnp.stack([chain_keys(k[1], chains) for k in splits])
 
-        def warm(keys, arrays, params):
-            problem = make_problem(arrays)
-            return jax.vmap(lambda k: alg.warmup(k, problem.position0, problem, params))(keys)
+        def warm(keys, per, params, shared):
+            def one(keys, per, params):
+                problem = problem_for(shared, per)
+                return jax.vmap(lambda k: alg.warmup(k, problem.position0, problem, params))(keys)
+            return per_setting(one)(keys, per, params)
 
         progress(0, 1, "warmup")
         compiled, warm_compile = compile_cached(_program_key(alg, post, proj_dim, "warmup", n_tune), warm,
-                                                chain_keys(k_warm, n_tune), arrays, alg.params)
+                                                warm_keys, per, hyper, shared)
         t0 = time.perf_counter()
-        states, params, warm_record = block(compiled(chain_keys(k_warm, n_tune), arrays, alg.params))
+        states, params, warm_record = block(compiled(warm_keys, per, hyper, shared))
         warm_wall = time.perf_counter() - t0
         progress(1, 1, "warmup")
         if n_tune != chains:  # shared adaptation: every chain starts from chain 0's tuned state
-            states, params = (replicate(jax.tree.map(lambda a: a[0], t), chains) for t in (states, params))
+            states, params = (jax.tree.map(lambda a: jnp.repeat(a[:, :1], chains, axis=1), t) for t in (states, params))
     else:
-        k_sample = key
-        k_init = jax.random.fold_in(key, 0x1A17)
+        sample_keys = jnp.stack([chain_keys(k, chains) for k in keys])
+        init_keys = jnp.stack([chain_keys(jax.random.fold_in(k, 0x1A17), chains) for k in keys])
 
-        def init(keys, arrays, params):
-            problem = make_problem(arrays)
-            return jax.vmap(lambda k: alg.init(k, problem.position0, problem, params))(keys)
+        def init(keys, per, params, shared):
+            def one(keys, per, params):
+                problem = problem_for(shared, per)
+                return jax.vmap(lambda k: alg.init(k, problem.position0, problem, params))(keys)
+            return per_setting(one)(keys, per, params)
 
-        init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init,
-                                   chain_keys(k_init, chains), arrays, alg.params)
-        states = init_c(chain_keys(k_init, chains), arrays, alg.params)
-        params = replicate(alg.params, chains)
+        init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init, init_keys, per, hyper, shared)
+        states = init_c(init_keys, per, hyper, shared)
+        params = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (S, chains, *a.shape[1:])), hyper)
 
     # ------------------------------------------------------------------ sampling
     total = alg.burnin + alg.draws
@@ -237,51 +285,64 @@ def run(alg: Algorithm, post: Posterior, key: jax.Array, *, proj_dim: int = 4,
 
     def chunk(carry, keys, chunk_index, data):
         states, params = carry
-        arrays, matrix = data
-        problem = make_problem(arrays)
+        per, shared_, matrix = data
 
-        def one_chain(state, params, draw_keys):
-            def one_step(state, k):
-                return alg.step(k, state, problem, params)
+        def one_setting(states, params, keys, per):
+            problem = problem_for(shared_, per)
 
-            def one_draw(state, k):
-                if spd == 1:  # the draw's key is the step's key
-                    state, info = one_step(state, k)
-                    infos = jax.tree.map(lambda a: a[None], info)
-                else:
-                    state, infos = jax.lax.scan(one_step, state, jax.random.split(k, spd))
-                Ln = alg.loss_of(state, problem) if alg.loss_of else problem.loss(state.position)
-                theta = problem.project(state.position, matrix)
-                stats = alg.record(infos) if alg.record else {}
-                return state, (Ln, theta, stats)
+            def one_chain(state, params, draw_keys):
+                def one_step(state, k):
+                    return alg.step(k, state, problem, params)
 
-            return jax.lax.scan(one_draw, state, draw_keys)
+                def one_draw(state, k):
+                    if spd == 1:  # the draw's key is the step's key
+                        state, info = one_step(state, k)
+                        infos = jax.tree.map(lambda a: a[None], info)
+                    else:
+                        state, infos = jax.lax.scan(one_step, state, jax.random.split(k, spd))
+                    Ln = alg.loss_of(state, problem) if alg.loss_of else problem.loss(state.position)
+                    theta = problem.project(state.position, matrix)
+                    stats = alg.record(infos) if alg.record else {}
+                    return state, (Ln, theta, stats)
 
-        draw_keys = chunk_draw_keys(keys, chunk_index, size)
-        new_states, out = jax.vmap(one_chain)(states, params, draw_keys)
+                return jax.lax.scan(one_draw, state, draw_keys)
+
+            draw_keys = chunk_draw_keys(keys, chunk_index, size)
+            return jax.vmap(one_chain)(states, params, draw_keys)
+
+        new_states, out = per_setting(one_setting)(states, params, keys, per)
         return (new_states, params), out
 
-    keys = chain_keys(k_sample, chains)
     carry = (states, params)
-    data = (arrays, matrix)
+    data = (per, shared, matrix)
     compiled, compile_s = compile_cached(_program_key(alg, post, proj_dim, "sample", size, total), chunk,
-                                         carry, keys, jnp.asarray(0, jnp.int32), data)
-    _, (Ln, theta, stats), wall = run_chunks(compiled, carry, keys, total, size, data, progress, alg.name)
+                                         carry, sample_keys, jnp.asarray(0, jnp.int32), data)
+    _, (Ln, theta, stats), wall = run_chunks(compiled, carry, sample_keys, total, size, data, progress, alg.name,
+                                             axis=2)
 
-    params_np = jax.tree.map(np.asarray, params)
-    warm_np = jax.tree.map(np.asarray, warm_record) if warm_record is not None else None
-    work, info, problems = alg.summarize(stats, warm_np, params_np, post) if alg.summarize else ({}, {}, {})
-    burn = alg.burnin
+    batch = {"batch_size": S, "batch_wall_s": warm_wall + wall, "batch_compile_s": warm_compile + compile_s}
+    return [_output(algs[s], posts[s], jax.tree.map(lambda a: np.asarray(a[s]), x), batch, warm_wall, wall,
+                    warm_compile + compile_s)
+            for s, x in enumerate([(Ln, theta, stats, params, warm_record)] * S)]
+
+
+def _output(alg: Algorithm, post: Posterior, arrays, batch: dict, warm_wall: float, wall: float,
+            compile_s: float) -> SamplerOutput:
+    """One run's SamplerOutput from its slice of a batch."""
+    Ln, theta, stats, params, warm = arrays
+    S = batch["batch_size"]
+    chains, total, burn = alg.chains, alg.burnin + alg.draws, alg.burnin
+    work, info, problems = alg.summarize(stats, warm, params, post) if alg.summarize else ({}, {}, {})
     work = {"n_grad_evals": float(work.get("n_grad_evals", 0.0)), "fde": float(work.get("fde", 0.0)),
             **{k: float(v) for k, v in work.items() if k not in ("n_grad_evals", "fde")},
-            "wall_s": warm_wall + wall, "sampling_s": wall * alg.draws / total,
-            "warmup_s": warm_wall + wall * burn / total, "compile_s": warm_compile + compile_s}
-    if alg.warmup is not None:
-        info["compile_s_warmup"] = warm_compile
+            "wall_s": (warm_wall + wall) / S, "sampling_s": wall * alg.draws / total / S,
+            "warmup_s": (warm_wall + wall * burn / total) / S, "compile_s": compile_s / S}
+    if S > 1:
+        info.update(batch)
     kept = {k: np.asarray(v)[:, burn:] for k, v in stats.items()}
     Ln_warmup = np.asarray(Ln)[:, :burn]
-    if isinstance(warm_np, dict) and "Ln" in warm_np:  # L_n along the warm-up, where the tuner records it
-        Ln_warmup = np.asarray(warm_np["Ln"], np.float64).reshape(len(warm_np["Ln"]), -1)
+    if isinstance(warm, dict) and "Ln" in warm:  # L_n along the warm-up, where the tuner records it
+        Ln_warmup = np.asarray(warm["Ln"], np.float64).reshape(len(warm["Ln"]), -1)
         if Ln_warmup.shape[0] != chains:  # shared adaptation: only chain 0 has a warm-up trace
             pad = np.full((chains - Ln_warmup.shape[0], Ln_warmup.shape[1]), np.nan)
             Ln_warmup = np.concatenate([Ln_warmup, pad], axis=0)
