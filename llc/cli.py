@@ -148,6 +148,53 @@ def run(
 
 
 @app.command()
+def calibrate(
+    preset: PresetOpt = None,
+    target: Annotated[Optional[str], typer.Option(help="Target kind: mlp, quadratic, dln.")] = None,
+    quad_dim: Annotated[Optional[int], typer.Option(help="Dimension of the quadratic target.")] = None,
+    dln_widths: Annotated[Optional[str], typer.Option(help="DLN widths input,hidden...,output, e.g. 6,5,4,6.")] = None,
+    dln_rank: Annotated[Optional[int], typer.Option(help="Rank of the DLN teacher.")] = None,
+    n_data: Annotated[Optional[int], typer.Option(help="Number of data points n.")] = None,
+    sampler: Annotated[str, typer.Option(help="Sampler to calibrate (SGLD by default; minibatch samplers and "
+                                              "full-batch ones).")] = "sgld",
+    grid: Annotated[Optional[list[str]], typer.Option(
+        "--grid", help="An axis of the grid: dotted.field=v1,v2,... (repeatable). Default: the sampler's step "
+                       "size x 0.1,0.3,1,3,10 and posterior.gamma x 0.5,1,2.")] = None,
+    reference: Annotated[str, typer.Option(help="Reference line: none (the analytic value where the target has one) "
+                                                "or hmc (an HMC run of the base config).")] = "none",
+    chains: Annotated[Optional[int], typer.Option(help="Chains per grid point.")] = None,
+    draws: Annotated[Optional[int], typer.Option(help="Kept draws per chain.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the runs and of the target.")] = None,
+    set_: SetOpt = None,
+    no_skip: Annotated[bool, typer.Option("--no-skip", help="Recompute even if this calibration is cached.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
+    artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
+) -> None:
+    """Run a grid of sampler settings on one target as one batched program and recommend one."""
+    from llc import console as report
+    from llc.config import build_config
+    from llc.pipeline import calibrate as cal
+
+    if reference not in ("none", "hmc"):
+        fail(f"--reference: {reference!r} is not allowed; choose one of none, hmc")
+    overrides = _override_flags(target=target, quad_dim=quad_dim, dln_widths=dln_widths, dln_rank=dln_rank,
+                                n_data=n_data, chains=chains, draws=draws, seed=seed)
+    try:
+        plan = cal.plan(build_config(preset, [*overrides, *(set_ or [])]), sampler, grid)
+    except ConfigError as exc:
+        fail(str(exc))
+    with err.status(f"calibrating {sampler}: {len(plan.points)} points"):
+        summary = cal.calibrate(plan, artifacts, reference=reference, skip=not no_skip,
+                                log=lambda msg: err.log(msg))
+    if json_out:
+        from llc.store.artifacts import dumps
+
+        sys.stdout.write(dumps(summary, indent=None) + "\n")
+    else:
+        report.print_calibration(summary, Console())
+
+
+@app.command()
 def analyze(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding <sampler>.nc files (artifacts/<run_id>).")],
     which: Annotated[str, typer.Option(help="Samplers to analyse, comma-separated, or 'all'.")] = "all",

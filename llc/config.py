@@ -123,6 +123,9 @@ class SGLDConfig:
     beta2: float = _f(0.999, ge=0.0, lt=1.0)
     eps: float = _f(1e-8, gt=0.0)
     bias_correction: bool = _f(True)
+    # Record, per draw, the Metropolis (MALA) acceptance probability of the draw's last move under
+    # the full-batch posterior: 2 extra full-batch gradients per draw (llc calibrate turns it on).
+    mala_check: bool = _f(False)
     dtype: str = _f("float32", choices=DTYPES)
 
 
@@ -513,6 +516,35 @@ def build_config(preset: str | None = None, overrides: typing.Iterable[str] = ()
 def to_dict(cfg: Any) -> dict[str, Any]:
     out = dataclasses.asdict(cfg)
     return json.loads(json.dumps(out))  # tuples -> lists, so dicts compare equal after a JSON trip
+
+
+def get_field(cfg: Any, dotted: str) -> Any:
+    """The value of a dotted field (``posterior.gamma``)."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, Any], _prefix: str = "") -> str:
+    """A nested mapping as TOML that ``load_preset`` reads back (None values are left out: defaults)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if v is not None and not isinstance(v, dict)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            body = to_toml(v, f"{_prefix}{k}.")
+            lines += ["", f"[{_prefix}{k}]", body.strip("\n")] if body.strip() else []
+    return "\n".join(lines).strip("\n") + "\n"
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:

@@ -54,3 +54,39 @@ def result_table(result: dict[str, Any]) -> Table:
 def print_result(result: dict[str, Any], console: Console) -> None:
     console.print(result_table(result))
     console.print(f"artifacts: {result['artifacts']}", highlight=False)
+
+
+def calibration_table(summary: dict[str, Any]) -> Table:
+    """One row per grid point: its settings, lambda-hat, diagnostics, flags; the choice marked."""
+    axes = list(summary["axes"])
+    t = summary["target"]
+    table = Table(title=f"{summary['sampler']} calibration {summary['calibration_id']}"
+                        f"{' (cached)' if summary.get('cached') else ''} — target {t['id']} ({t['kind']}, d={t['d']})")
+    exact = any(r.get("analytic_llc") is not None for r in summary["rows"])
+    for col in [a.rsplit(".", 1)[-1] for a in axes] + ["nβ", "λ̂ ± SE"] + (["exact λ"] if exact else []) + \
+            ["R̂", "ESS", "MALA acc.", "flags", ""]:
+        table.add_column(col, justify="right")
+    for row in summary["rows"]:
+        llc = "—" if row["llc_mean"] is None else f"{row['llc_mean']:.4g} ± {_fmt(row['llc_se'], '.2g')}"
+        mark = "[bold green]← recommended[/]" if row["recommended"] else ("" if row["healthy"] else "[red]✗[/]")
+        table.add_row(*[f"{row[a]:g}" if isinstance(row[a], float) else str(row[a]) for a in axes],
+                      f"{row['nbeta']:.4g}", llc, *([_fmt(row["analytic_llc"], ".4g")] if exact else []),
+                      _fmt(row["rhat"], ".3f"), _fmt(row["ess"], ".0f"),
+                      _fmt(row["mala_acceptance"], ".3f"), f"[red]{row['flags']}[/]" if row["flags"] else "", mark)
+    ref = summary.get("reference")
+    if ref:
+        table.caption = f"reference ({ref['kind']}): λ = {ref['llc_mean']:.4g}" + (
+            f" ± {ref['llc_se']:.2g}" if ref.get("llc_se") else "")
+    return table
+
+
+def print_calibration(summary: dict[str, Any], console: Console) -> None:
+    console.print(calibration_table(summary))
+    rec = summary["recommended"]
+    console.print(("[bold]recommended:[/] " if rec["index"] is not None else "[bold red]no recommendation:[/] ")
+                  + rec["why"], highlight=False)
+    if summary.get("preset"):
+        console.print(f"preset: {summary['preset']}  (llc run --preset {summary['preset']})", highlight=False)
+    console.print(f"artifacts: {summary['artifacts']}  ({summary['points']} points in {summary['batches']} "
+                  f"batched program(s), {summary['wall_s']:.1f} s sampling, {summary['compile_s']:.1f} s compiling)",
+                  highlight=False)

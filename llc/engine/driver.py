@@ -74,7 +74,10 @@ class Algorithm(NamedTuple):
     warmup: Callable | None = None  # (key, position, problem, params) -> (state, params, record)
     warmup_chains: int | None = None  # chains that tune (1: shared adaptation); default: all
     loss_of: Callable | None = None  # (state, problem) -> L_n without a forward pass
-    record: Callable | None = None  # (infos of a draw's steps, stacked) -> per-draw stats dict
+    # (infos of a draw's steps stacked, prev=position before the draw's last step or None, state,
+    #  problem, params) -> per-draw stats dict
+    record: Callable | None = None
+    record_prev: bool = False  # carry the position before each step (for ``record``'s prev)
     # Host-side: (stats, warm_record, tuned params as NumPy, posterior) -> (work counts, info, problems)
     summarize: Callable | None = None
 
@@ -291,18 +294,22 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
             problem = problem_for(shared_, per)
 
             def one_chain(state, params, draw_keys):
-                def one_step(state, k):
-                    return alg.step(k, state, problem, params)
+                def one_step(carry, k):
+                    state, _ = carry
+                    new, info = alg.step(k, state, problem, params)
+                    return (new, state.position if alg.record_prev else None), info
 
                 def one_draw(state, k):
                     if spd == 1:  # the draw's key is the step's key
-                        state, info = one_step(state, k)
+                        (state, prev), info = one_step((state, None), k)
                         infos = jax.tree.map(lambda a: a[None], info)
                     else:
-                        state, infos = jax.lax.scan(one_step, state, jax.random.split(k, spd))
+                        (state, prev), infos = jax.lax.scan(
+                            one_step, (state, state.position if alg.record_prev else None), jax.random.split(k, spd))
                     Ln = alg.loss_of(state, problem) if alg.loss_of else problem.loss(state.position)
                     theta = problem.project(state.position, matrix)
-                    stats = alg.record(infos) if alg.record else {}
+                    stats = alg.record(infos, prev=prev, state=state, problem=problem, params=params) \
+                        if alg.record else {}
                     return state, (Ln, theta, stats)
 
                 return jax.lax.scan(one_draw, state, draw_keys)

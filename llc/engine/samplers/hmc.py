@@ -127,4 +127,4 @@ def make(cfg: HMCConfig) -> driver.Algorithm:
         chains=cfg.chains, draws=cfg.draws, flat=True, dtype=cfg.dtype, warmup=warmup,
         warmup_chains=1 if cfg.adaptation == "shared" else cfg.chains,
         loss_of=lambda state, problem: problem.loss_from_logdensity(state.position, state.logdensity),
-        record=lambda infos: jax.tree.map(lambda a: a[-1], infos), summarize=summarize)
+        record=lambda infos, **_: jax.tree.map(lambda a: a[-1], infos), summarize=summarize)

@@ -130,7 +130,7 @@ def make(cfg: MCLMCConfig) -> driver.Algorithm:
     def step(key, state, problem, params):
         return kernel(key, state, problem.logdensity, params.inverse_mass, params.L, params.step_size)
 
-    def record(infos):
+    def record(infos, **_):
         return {"energy_change": infos.energy_change[-1].astype(dtype),
                 "kinetic_change": infos.kinetic_change[-1].astype(dtype),
                 "nan_steps": jnp.sum(~infos.nonans).astype(jnp.int32)}

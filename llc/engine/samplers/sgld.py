@@ -77,6 +77,27 @@ def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDPa
     return SGLDState(position, m, v, t)
 
 
+def mala_acceptance(problem, params: SGLDParams, w, w_new) -> jax.Array:
+    """Metropolis-adjusted Langevin acceptance probability of the move w -> w_new (plain SGLD).
+
+    The proposal is N(w + (eps/2) grad log p(w), eps I); with full-batch log p,
+    log a = log p(w') - log p(w) + log q(w | w') - log q(w' | w). A well-sized step accepts most
+    moves (devinterp's diagnostic, where ~0.9 or more is healthy); an accurate chain needs it high.
+    """
+    eps = params.step_size
+    value_and_grad = jax.value_and_grad(problem.logdensity)
+    lp, g = value_and_grad(w)
+    lp_new, g_new = value_and_grad(w_new)
+
+    def log_q(to, frm, grad):  # log N(to; frm + eps/2 grad, eps I) up to a constant
+        sq = sum(jnp.sum((a - b - 0.5 * eps * c) ** 2) for a, b, c in
+                 zip(jax.tree.leaves(to), jax.tree.leaves(frm), jax.tree.leaves(grad)))
+        return -sq / (2.0 * eps)
+
+    log_a = lp_new - lp + log_q(w, w_new, g_new) - log_q(w_new, w, g)
+    return jnp.where(jnp.isfinite(log_a), jnp.exp(jnp.minimum(log_a, 0.0)), 0.0)
+
+
 def make(cfg: SGLDConfig) -> driver.Algorithm:
     dtype = cfg.dtype
     params = SGLDParams(*(jnp.asarray(v, dtype) for v in (
@@ -93,18 +114,29 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
         grad = problem.minibatch_logdensity_grad(state.position, k_batch, cfg.batch_size)
         return update(cfg.precond, cfg.bias_correction, state, params, grad, k_noise), {}
 
+    def record(infos, prev, state, problem, params):
+        del infos
+        return {"mala_acceptance": mala_acceptance(problem, params, prev, state.position)}
+
     def summarize(stats, warm, params, post):
-        del stats, warm, params
+        del warm, params
         total = cfg.burnin + cfg.draws
         grads = total * cfg.eval_every * cfg.chains
         work = {"n_grad_evals": grads, "fde": grads * cfg.batch_size / post.n,
                 "full_loss_evals": total * cfg.chains}
         info = {"step_size": cfg.step_size, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
                 "steps_per_chain": total * cfg.eval_every, "precond": cfg.precond}
+        if mala:
+            work["n_grad_evals"] += 2 * total * cfg.chains  # full-batch gradients of the check
+            work["fde"] += 2 * total * cfg.chains
+            info["mean_mala_acceptance"] = float(np.nanmean(stats["mala_acceptance"][:, cfg.burnin:]))
         return work, info, {}
 
+    # The MALA check assumes the unpreconditioned proposal.
+    mala = cfg.mala_check and cfg.precond == "none"
     return driver.Algorithm(
         name="sgld", init=init, step=step, params=params,
-        static=(cfg.precond, cfg.bias_correction, cfg.batch_size),
+        static=(cfg.precond, cfg.bias_correction, cfg.batch_size, mala),
+        record=record if mala else None, record_prev=mala,
         chains=cfg.chains, draws=cfg.draws, burnin=cfg.burnin, steps_per_draw=cfg.eval_every,
         dtype=dtype, summarize=summarize)

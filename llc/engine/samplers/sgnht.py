@@ -65,4 +65,4 @@ def make(cfg: SGNHTConfig) -> driver.Algorithm:
     return driver.Algorithm(
         name="sgnht", init=init, step=step, params=params, static=(cfg.batch_size,),
         chains=cfg.chains, draws=cfg.draws, burnin=cfg.burnin, steps_per_draw=cfg.eval_every,
-        dtype=cfg.dtype, record=lambda infos: {"xi": infos["xi"][-1]}, summarize=summarize)
+        dtype=cfg.dtype, record=lambda infos, **_: {"xi": infos["xi"][-1]}, summarize=summarize)

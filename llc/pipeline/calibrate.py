@@ -1,0 +1,308 @@
+"""``llc calibrate``: a grid of sampler settings on one target, run as one batched program, and a
+documented rule that picks a setting.
+
+The grid is the product of ``field=v1,v2,...`` axes (default: the step size times 0.1, 0.3, 1, 3,
+10 and gamma times 0.5, 1, 2 around the base config). Points that share the compiled program's
+static signature (everything but runtime values such as epsilon, gamma, beta0, seed) run as one
+``vmap``ped program (``llc.engine.driver.run_batch``); each point gets the random stream it would
+have alone.
+
+Recommendation rule (``recommend``), for the line of the grid at the base config's other values
+(gamma, beta0, ...): a point is *healthy* when it has no failure flag, R-hat < 1.01 and, for SGLD,
+a mean MALA acceptance of at least 0.9. The *anchor* is the healthy point with the smallest step
+size (the least discretisation bias). Walking up the step sizes, a healthy point joins the plateau
+when its lambda-hat agrees within 2 combined standard errors with every healthy point below it;
+the first that does not ends the walk (its bias now shows). The recommended point is the largest
+step size on the plateau: the fastest-mixing setting that is not yet measurably biased. gamma and n*beta define which posterior is sampled
+(localisation and temperature), so the rule does not choose them; the grid shows how lambda-hat
+depends on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from llc import registry
+from llc.config import (ConfigError, RunConfig, apply_overrides, get_field, target_section, to_dict, to_toml,
+                        validate)
+from llc.store import cache
+
+STEP_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
+GAMMA_FACTORS = (0.5, 1.0, 2.0)
+RHAT_MAX = 1.01
+MALA_MIN = 0.9
+AGREE_SE = 2.0
+CAL_DIR = "calibrations"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    base: RunConfig
+    sampler: str
+    axes: dict[str, tuple]  # dotted field -> values, in grid order
+    points: tuple[dict[str, Any], ...]  # one mapping of the axes' fields per point
+    cfgs: tuple[RunConfig, ...]
+
+
+def _step_field(sampler: str) -> str:
+    return f"{sampler}.step_size"
+
+
+def default_axes(base: RunConfig, sampler: str) -> dict[str, tuple]:
+    axes: dict[str, tuple] = {}
+    scfg = getattr(base, sampler)
+    if hasattr(scfg, "step_size"):
+        axes[_step_field(sampler)] = tuple(float(f"{scfg.step_size * f:.6g}") for f in STEP_FACTORS)
+    axes["posterior.gamma"] = tuple(float(f"{base.posterior.gamma * f:.6g}") for f in GAMMA_FACTORS)
+    return axes
+
+
+def parse_grid(items: list[str]) -> dict[str, tuple]:
+    axes: dict[str, tuple] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        parts = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not parts:
+            raise ConfigError(f"--grid {item!r}: expected dotted.field=v1,v2,...")
+        axes[key.strip()] = tuple(parts)
+    return axes
+
+
+def plan(base: RunConfig, sampler: str = "sgld", grid: list[str] | None = None) -> Plan:
+    """The grid's points as validated configs; every bad field or value is one ConfigError line."""
+    if sampler not in registry.SAMPLERS:
+        raise ConfigError(f"sampler: {sampler!r} is not allowed; choose one of {', '.join(registry.SAMPLERS)}")
+    if sampler == "vi":
+        raise ConfigError("sampler: 'vi' is not a Markov chain; calibrate one of "
+                          + ", ".join(s for s in registry.SAMPLERS if s != "vi"))
+    base = validate(dataclasses.replace(base, samplers=(sampler,), save_plots=False))
+    if sampler == "sgld":
+        base = dataclasses.replace(base, sgld=dataclasses.replace(base.sgld, mala_check=True))
+    axes = parse_grid(grid) if grid else default_axes(base, sampler)
+    points, cfgs = [], []
+    for values in itertools.product(*axes.values()):
+        overrides = [f"{k}={v}" for k, v in zip(axes, values)]
+        cfg = validate(apply_overrides(base, overrides))
+        if target_section(cfg) != target_section(base):
+            raise ConfigError(f"--grid: {', '.join(axes)}: a calibration varies sampler and posterior settings "
+                              "on one target; target and data fields cannot be gridded")
+        points.append({k: get_field(cfg, k) for k in axes})
+        cfgs.append(cfg)
+    typed = {k: tuple(dict.fromkeys(pt[k] for pt in points)) for k in axes}  # parsed values, grid order
+    return Plan(base, sampler, typed, tuple(points), tuple(cfgs))
+
+
+def calibration_id(p: Plan) -> str:
+    return "cal_" + cache.stable_hash({"runs": [cache.run_id(c) for c in p.cfgs], "axes": list(p.axes)})
+
+
+# --------------------------------------------------------------------------- running
+
+def _point_flags(m: dict[str, Any], dim: int, analytic: float | None) -> list[str]:
+    flags = []
+    if m.get("diverged_chains"):
+        flags.append(f"{m['diverged_chains']} diverged chain(s)")
+    mean, se = m.get("llc_mean"), m.get("llc_se")
+    if mean is None or not math.isfinite(mean):
+        flags.append("no finite lambda-hat")
+        return flags
+    if mean > dim / 2:
+        flags.append(f"lambda-hat {mean:.4g} above d/2 = {dim / 2:g} (impossible)")
+    if analytic is not None and se and abs(mean - analytic) > 4 * se + 0.1 * abs(analytic):
+        flags.append(f"lambda-hat far from the analytic value {analytic:.4g}")
+    return flags
+
+
+def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None] | None = None,
+               log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Build (or load) the target, run every point (batched), return per-point results and traces."""
+    from llc.pipeline.experiment import enable_compilation_cache, enable_x64, sampler_key
+
+    enable_x64()
+    enable_compilation_cache()
+    import importlib
+
+    from llc.analysis.diagnostics import llc_metrics
+    from llc.engine import driver
+    from llc.engine.posterior import make_posterior
+    from llc.engine.targets import get_target
+    from llc.pipeline.experiment import analytic_llc
+
+    target = get_target(p.base, root)
+    log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): n={target.n} d={target.d}")
+    module = importlib.import_module(registry.sampler(p.sampler).module)
+    posts = [make_posterior(target.loss_fn, target.params, target.x, target.y, c.posterior, L0=target.L0)
+             for c in p.cfgs]
+    algs = [module.make(getattr(c, p.sampler)) for c in p.cfgs]
+    keys = [sampler_key(c.seed, p.sampler) for c in p.cfgs]
+    groups: dict[tuple, list[int]] = {}
+    for i, alg in enumerate(algs):
+        groups.setdefault(driver.batch_signature(alg), []).append(i)
+    outputs: list[Any] = [None] * len(algs)
+    t0 = time.perf_counter()
+    for g, idx in enumerate(groups.values()):
+        def report(done, total, phase, _g=g):
+            if progress:
+                progress(done, total, f"{phase} (batch {_g + 1}/{len(groups)}, {len(idx)} points)")
+        outs = driver.run_batch([algs[i] for i in idx], [posts[i] for i in idx], [keys[i] for i in idx],
+                                proj_dim=p.base.theta_proj_dim, progress=report)
+        for i, out in zip(idx, outs):
+            outputs[i] = out
+    wall = time.perf_counter() - t0
+    rows = []
+    for point, cfg, post, out in zip(p.points, p.cfgs, posts, outputs):
+        analytic = analytic_llc(cfg, post.n, post.beta, post.gamma)
+        m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
+        acc = out.stats.get("mala_acceptance")
+        row = {**point, "nbeta": post.nbeta, "gamma": post.gamma, "llc_mean": m["llc_mean"], "llc_se": m["llc_se"],
+               "rhat": m["rhat"], "ess": m["ess"], "mala_acceptance": float(np.nanmean(acc)) if acc is not None else None,
+               "analytic_llc": analytic["value"] if analytic else None, "run_id": cache.run_id(cfg)}
+        row["flags"] = _point_flags(m, post.dim, row["analytic_llc"])
+        rows.append(row)
+    compile_s = sum(o.info.get("batch_compile_s", o.work["compile_s"]) for o in
+                    (outputs[idx[0]] for idx in groups.values()))
+    return {"target": target, "rows": rows, "outputs": outputs, "posts": posts, "wall_s": wall,
+            "compile_s": compile_s, "batches": len(groups)}
+
+
+# --------------------------------------------------------------------------- the rule
+
+def healthy(row: dict[str, Any]) -> bool:
+    ok = not row["flags"] and row["rhat"] is not None and row["rhat"] < RHAT_MAX
+    if row.get("mala_acceptance") is not None:
+        ok = ok and row["mala_acceptance"] >= MALA_MIN
+    return bool(ok)
+
+
+def recommend(p: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply the module docstring's rule; returns the chosen row index (or None) and why."""
+    step = _step_field(p.sampler)
+    others = [k for k in p.axes if k != step]
+    base_vals = {k: get_field(p.base, k) for k in others}
+    line = [i for i, r in enumerate(rows) if all(r[k] == base_vals[k] for k in others)]
+    if not line:  # the base values are not on the grid: use the first line
+        first = {k: rows[0][k] for k in others}
+        line = [i for i, r in enumerate(rows) if all(r[k] == first[k] for k in others)]
+    if step not in p.axes:
+        good = [i for i in line if healthy(rows[i])]
+        if not good:
+            return {"index": None, "line": line, "why": "no grid point is healthy (flags, R-hat or acceptance)"}
+        return {"index": good[0], "line": line, "why": "first healthy point (no step-size axis on the grid)"}
+    line.sort(key=lambda i: rows[i][step])
+    good = [i for i in line if healthy(rows[i])]
+    if not good:
+        return {"index": None, "line": line, "why": (f"no point on the line {base_vals or ''} is healthy: every one has a flag, "
+                                       f"R-hat >= {RHAT_MAX}" + (f" or MALA acceptance < {MALA_MIN}" if
+                                                                p.sampler == "sgld" else ""))}
+    anchor = rows[good[0]]
+    plateau = [good[0]]
+    for i in good[1:]:
+        r = rows[i]
+        if not all(abs(r["llc_mean"] - rows[j]["llc_mean"]) <= AGREE_SE * math.hypot(r["llc_se"], rows[j]["llc_se"])
+                   for j in plateau):
+            break
+        plateau.append(i)
+    chosen = plateau[-1]
+    c = rows[chosen]
+    why = (f"{step}={c[step]:g}: the largest step size that is healthy (no flag, R-hat {c['rhat']:.3f} < {RHAT_MAX}"
+           + (f", MALA acceptance {c['mala_acceptance']:.3f} >= {MALA_MIN}" if c.get("mala_acceptance") is not None
+              else "")
+           + f") and agrees within {AGREE_SE:g} SE with every healthy smaller step size, down to "
+           f"{anchor[step]:g} (lambda-hat {anchor['llc_mean']:.4g} ± {anchor['llc_se']:.2g}; "
+           f"here {c['llc_mean']:.4g} ± {c['llc_se']:.2g})")
+    if base_vals:
+        why += "; on the line " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in base_vals.items()) + " of the base config"
+    return {"index": chosen, "line": line, "why": why}
+
+
+# --------------------------------------------------------------------------- outputs
+
+def _write_netcdf(path: Path, p: Plan, result: dict[str, Any]) -> None:
+    import xarray as xr
+
+    outs = result["outputs"]
+    data = {"Ln": (("point", "chain", "draw"), np.stack([o.Ln for o in outs])),
+            "llc": (("point", "chain", "draw"),
+                    np.stack([post.nbeta * (o.Ln - post.L0) for o, post in zip(outs, result["posts"])]))}
+    for stat in outs[0].stats:
+        data[stat] = (("point", "chain", "draw"), np.stack([np.asarray(o.stats[stat], np.float64) for o in outs]))
+    coords = {k.replace(".", "__"): ("point", [r[k] for r in result["rows"]]) for k in p.axes}
+    ds = xr.Dataset(data, coords=coords,
+                    attrs={"sampler": p.sampler, "target_id": result["target"].id, "axes": ",".join(p.axes)})
+    ds.to_netcdf(path, engine="h5netcdf")
+
+
+def _csv_rows(p: Plan, rows: list[dict[str, Any]], chosen: int | None) -> list[dict[str, Any]]:
+    out = []
+    for i, r in enumerate(rows):
+        out.append({**{k: r[k] for k in p.axes}, "nbeta": r["nbeta"], "gamma": r["gamma"],
+                    "llc_mean": r["llc_mean"], "llc_se": r["llc_se"], "rhat": r["rhat"], "ess": r["ess"],
+                    "mala_acceptance": r["mala_acceptance"], "analytic_llc": r["analytic_llc"],
+                    "healthy": healthy(r), "recommended": i == chosen, "flags": "; ".join(r["flags"]),
+                    "run_id": r["run_id"]})
+    return out
+
+
+def calibrate(p: Plan, root: Path | str, *, reference: str = "none", skip: bool = True,
+              progress: Callable[[int, int, str], None] | None = None,
+              log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Run the grid, pick a setting, write ``<root>/calibrations/<id>/`` and return its summary."""
+    import pandas as pd
+
+    root = Path(root)
+    cid = calibration_id(p)
+    out_dir = root / CAL_DIR / cid
+    if skip and cache.is_complete(out_dir):
+        summary = json.loads((out_dir / "summary.json").read_text())
+        summary["cached"] = True
+        return summary
+    result = run_points(p, root, progress=progress, log=log)
+    rows = result["rows"]
+    rec = recommend(p, rows)
+    ref = None
+    if reference == "hmc":
+        from llc.pipeline.experiment import run_experiment
+
+        hcfg = validate(dataclasses.replace(p.base, samplers=("hmc",)))
+        hres = run_experiment(hcfg, root, log=log)["samplers"]["hmc"]
+        ref = {"kind": "hmc", "llc_mean": hres["llc_mean"], "llc_se": hres["llc_se"]}
+    elif rows[0]["analytic_llc"] is not None:  # the analytic value of the base line (it depends on gamma, n*beta)
+        at = rec["index"] if rec["index"] is not None else rec["line"][0]
+        ref = {"kind": "analytic", "llc_mean": rows[at]["analytic_llc"], "llc_se": 0.0}
+    chosen_cfg = p.cfgs[rec["index"]] if rec["index"] is not None else None
+    summary = {
+        "calibration_id": cid, "cached": False, "sampler": p.sampler, "axes": {k: list(v) for k, v in p.axes.items()},
+        "target": {"id": result["target"].id, "kind": result["target"].kind, "n": result["target"].n,
+                   "d": result["target"].d},
+        "points": len(rows), "batches": result["batches"], "wall_s": result["wall_s"],
+        "compile_s": result["compile_s"], "reference": ref,
+        "recommended": {"index": rec["index"], "why": rec["why"],
+                        "setting": {k: rows[rec["index"]][k] for k in p.axes} if rec["index"] is not None else None},
+        "rows": _csv_rows(p, rows, rec["index"]),
+        "artifacts": str(out_dir),
+    }
+    with cache.atomic_dir(out_dir) as tmp:
+        pd.DataFrame(summary["rows"]).to_csv(tmp / "calibration.csv", index=False)
+        _write_netcdf(tmp / "calibration.nc", p, result)
+        if chosen_cfg is not None:
+            preset = dataclasses.replace(chosen_cfg, samplers=p.base.samplers, save_plots=True)
+            if p.sampler == "sgld":
+                preset = dataclasses.replace(preset, sgld=dataclasses.replace(preset.sgld, mala_check=False))
+            header = f"# Recommended by llc calibrate {cid}: {rec['why']}\n"
+            (tmp / "recommended.toml").write_text(header + to_toml(to_dict(preset)))
+            summary["preset"] = str(out_dir / "recommended.toml")
+        from llc.posthoc.calibration_plot import draw
+
+        draw(tmp / "calibration.png", summary, _step_field(p.sampler))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        (tmp / cache.COMPLETE_MARKER).write_text(json.dumps({"calibration_id": cid, "created": time.time()}))
+    return summary

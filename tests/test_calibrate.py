@@ -1,0 +1,81 @@
+"""llc calibrate: one batched program over a grid, a recommendation checked against exact values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from llc.cli import app
+from llc.config import build_config
+from llc.pipeline import calibrate as cal
+from llc.pipeline.experiment import run_experiment
+
+runner = CliRunner()
+QUAD4 = ["target.kind=quadratic", "target.quad_dim=4"]
+
+
+@pytest.fixture(scope="module")
+def quad_summary(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cal")
+    plan = cal.plan(build_config(overrides=QUAD4), "sgld")
+    return plan, cal.calibrate(plan, root), root
+
+
+def test_quadratic_recommendation_within_3se_of_exact(quad_summary):
+    plan, summary, _ = quad_summary
+    assert summary["batches"] == 1 and summary["points"] == 15  # one compiled program for the grid
+    rec = summary["recommended"]
+    assert rec["index"] is not None, rec["why"]
+    row = summary["rows"][rec["index"]]
+    assert row["healthy"] and not row["flags"]
+    assert abs(row["llc_mean"] - row["analytic_llc"]) < 3 * row["llc_se"], row
+    # The rule prefers speed: not the smallest healthy step size.
+    smallest = min(r["sgld.step_size"] for r in summary["rows"] if r["healthy"])
+    assert row["sgld.step_size"] > smallest
+
+
+def test_recommended_preset_reproduces_its_grid_point(quad_summary):
+    _, summary, root = quad_summary
+    cfg = build_config(summary["preset"])
+    row = summary["rows"][summary["recommended"]["index"]]
+    assert cfg.sgld.step_size == row["sgld.step_size"] and cfg.posterior.gamma == row["posterior.gamma"]
+    alone = run_experiment(cfg, root)["samplers"]["sgld"]
+    assert alone["llc_mean"] == pytest.approx(row["llc_mean"], rel=1e-5)
+
+
+def test_outputs_on_disk(quad_summary):
+    _, summary, _ = quad_summary
+    import xarray as xr
+    from pathlib import Path
+
+    d = Path(summary["artifacts"])
+    for name in ("calibration.csv", "calibration.nc", "calibration.png", "recommended.toml", "summary.json"):
+        assert (d / name).stat().st_size > 0, name
+    ds = xr.open_dataset(d / "calibration.nc", engine="h5netcdf")
+    assert ds["llc"].dims == ("point", "chain", "draw") and ds.sizes["point"] == 15
+    assert "mala_acceptance" in ds
+    assert json.loads((d / "summary.json").read_text())["recommended"]["why"]
+
+
+def test_large_step_is_not_recommended_and_is_marked(tmp_path):
+    """The issue's blown-up setting (epsilon = 0.0108 on the quadratic) is never healthy."""
+    plan = cal.plan(build_config(overrides=QUAD4), "sgld", ["sgld.step_size=1e-4,0.0108"])
+    summary = cal.calibrate(plan, tmp_path)
+    big = [r for r in summary["rows"] if r["sgld.step_size"] == 0.0108][0]
+    assert not big["healthy"]
+    assert big["flags"] or big["mala_acceptance"] < cal.MALA_MIN
+    assert summary["rows"][summary["recommended"]["index"]]["sgld.step_size"] == 1e-4
+
+
+def test_cli_calibrate_and_bad_grid(tmp_path):
+    out = runner.invoke(app, ["calibrate", "--target", "quadratic", "--quad-dim", "3", "--artifacts", str(tmp_path),
+                              "--grid", "sgld.step_size=1e-4,3e-4", "--draws", "200", "--json"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["points"] == 2 and summary["recommended"]["why"]
+    bad = runner.invoke(app, ["calibrate", "--target", "quadratic", "--artifacts", str(tmp_path),
+                              "--grid", "sgld.stepsize=1,2"])
+    assert bad.exit_code == 2
+    assert "sgld.stepsize" in bad.output and len(bad.output.strip().splitlines()) == 1
