@@ -83,12 +83,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, field):
 
 def test_failed_run_leaves_nothing_cache_would_reuse(tmp_path, monkeypatch):
     cfg = build_config(None, ["target.kind=quadratic", "samplers=sgld", "sgld.draws=20", "save_plots=false"])
-    import llc.engine.samplers as S
+    from llc.engine import driver
 
     def exploding(*args, **kwargs):
         raise RuntimeError("worker lost")
 
-    monkeypatch.setattr(S, "get_runner", lambda name: exploding)
+    monkeypatch.setattr(driver, "run_batch", exploding)
     with pytest.raises(RuntimeError, match="worker lost"):
         run_experiment(cfg, tmp_path)
     run_dir = tmp_path / cache.run_id(cfg)

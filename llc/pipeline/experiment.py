@@ -97,43 +97,98 @@ def run_experiment(cfg: RunConfig, root: Path | str = DEFAULT_ROOT, *, skip: boo
 
     ``progress(sampler, done, total, phase)`` is called between chunks of draws.
     """
+    return run_experiments([cfg], root, skip=skip, progress=progress, log=log)[0]
+
+
+def run_experiments(cfgs: list[RunConfig], root: Path | str = DEFAULT_ROOT, *, skip: bool = True,
+                    progress: Callable[[str, int, int, str], None] | None = None,
+                    log: Callable[[str], None] = lambda msg: None) -> list[dict[str, Any]]:
+    """Several runs on one target: each sampler's runs that share a compiled program (they differ
+    only in runtime values: epsilon, gamma, beta0, seed) execute as one batched program
+    (``llc.engine.driver.run_batch``); every run keeps its run_id, directory and record, and
+    gets the numbers it would get alone. Returns the records in the order of ``cfgs``.
+    """
     root = Path(root)
-    rid = cache.run_id(cfg)
-    run_dir = root / rid
-    if skip and cache.is_complete(run_dir):
-        log(f"run {rid} found in cache: {run_dir}")
-        return load_cached(run_dir)
+    records: list[dict[str, Any] | None] = [None] * len(cfgs)
+    todo = []
+    for i, cfg in enumerate(cfgs):
+        run_dir = root / cache.run_id(cfg)
+        if skip and cache.is_complete(run_dir):
+            log(f"run {run_dir.name} found in cache: {run_dir}")
+            records[i] = load_cached(run_dir)
+        else:
+            todo.append(i)
+    if not todo:
+        return records  # type: ignore[return-value]
 
     enable_x64()
     enable_compilation_cache()
-    import jax
-
     from llc.engine.posterior import make_posterior
-    from llc.engine.samplers import get_runner
-    from llc.engine.targets import get_target
+    from llc.engine.targets import get_target, target_id
 
+    if len({target_id(cfgs[i]) for i in todo}) > 1:
+        raise ValueError("run_experiments: the runs of one batch must share their target")
     t_start = time.time()
-    target = get_target(cfg, root)
+    target = get_target(cfgs[todo[0]], root)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): "
         f"kind={target.kind} n={target.n} d={target.d} L0={target.L0:.6g}")
-    post = make_posterior(target.loss_fn, target.params, target.x, target.y, cfg.posterior, L0=target.L0)
+    posts = {i: make_posterior(target.loss_fn, target.params, target.x, target.y, cfgs[i].posterior, L0=target.L0)
+             for i in todo}
+    outputs = _sample(cfgs, todo, posts, progress)
+    for i in todo:
+        records[i] = _save_run(cfgs[i], root, target, posts[i], outputs[i], t_start, log)
+    return records  # type: ignore[return-value]
+
+
+def _sample(cfgs: list[RunConfig], todo: list[int], posts: dict[int, Any],
+            progress: Callable[[str, int, int, str], None] | None) -> dict[int, dict[str, Any]]:
+    """Every sampler of every run, batched where the compiled program is shared."""
+    import importlib
+
+    from llc.engine import driver
+    from llc.engine.samplers import get_runner
+
+    outputs: dict[int, dict[str, Any]] = {i: {} for i in todo}
+    names = list(dict.fromkeys(name for i in todo for name in cfgs[i].samplers))
+    for name in names:
+        runs = [i for i in todo if name in cfgs[i].samplers]
+        report = (lambda done, total, phase, _n=name: progress(_n, done, total, phase)) if progress else None
+        kwargs = {"progress": report} if report is not None else {}
+        module = importlib.import_module(registry.sampler(name).module)
+        if not hasattr(module, "make"):  # VI: its own loop, one run at a time
+            for i in runs:
+                outputs[i][name] = get_runner(name)(posts[i], getattr(cfgs[i], name), sampler_key(cfgs[i].seed, name),
+                                                    proj_dim=cfgs[i].theta_proj_dim, **kwargs)
+            continue
+        groups: dict[tuple, list[int]] = {}
+        algs = {i: module.make(getattr(cfgs[i], name)) for i in runs}
+        for i in runs:
+            groups.setdefault((driver.batch_signature(algs[i]), cfgs[i].theta_proj_dim), []).append(i)
+        for members in groups.values():
+            outs = driver.run_batch([algs[i] for i in members], [posts[i] for i in members],
+                                    [sampler_key(cfgs[i].seed, name) for i in members],
+                                    proj_dim=cfgs[members[0]].theta_proj_dim, **kwargs)
+            for i, out in zip(members, outs):
+                outputs[i][name] = out
+    return outputs
+
+
+def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[str, Any], t_start: float,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Metrics, records and artifacts of one run, written atomically; returns its result record."""
+    import jax
+
+    rid = cache.run_id(cfg)
+    run_dir = root / rid
     analytic = analytic_llc(cfg, post.n, post.beta, post.gamma)
 
     attrs_common = {"n": post.n, "beta": post.beta, "gamma": post.gamma, "dim": post.dim,
                     "target_id": target.id, "target_kind": target.kind, "run_id": rid,
                     "analytic_llc": analytic["value"] if analytic else None,
                     "analytic_formula": analytic["formula"] if analytic else None}
-    outputs = {}
     idatas = {}
     metrics: dict[str, Any] = {}
-    for name in cfg.samplers:
-        runner = get_runner(name)
-        scfg = getattr(cfg, name)
-        report = (lambda done, total, phase, _n=name: progress(_n, done, total, phase)) if progress else None
-        kwargs = {"proj_dim": cfg.theta_proj_dim}
-        if report is not None:
-            kwargs["progress"] = report
-        out = runner(post, scfg, sampler_key(cfg.seed, name), **kwargs)
+    for name, out in outputs.items():
         attrs = dict(attrs_common)
         attrs.update({f"work_{k}": v for k, v in out.work.items()})
         attrs.update({f"info_{k}": v for k, v in out.info.items()})
@@ -141,7 +196,6 @@ def run_experiment(cfg: RunConfig, root: Path | str = DEFAULT_ROOT, *, skip: boo
                                   L0=post.L0, nbeta=post.nbeta, attrs=attrs)
         # Metrics from exactly what the NetCDF will hold, so `llc analyze` reproduces them.
         m = sampler_metrics(idata, TARGET_SE)
-        outputs[name] = out
         idatas[name] = idata
         metrics[name] = m
         if m["diverged_chains"]:
