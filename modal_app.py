@@ -57,7 +57,7 @@ def _root() -> str:
     volumes={MOUNT: artifacts_volume},
     retries=modal.Retries(max_retries=3, backoff_coefficient=2.0, initial_delay=10.0),
 )
-def run_experiment_remote(cfg_dict: dict, skip: bool = True) -> dict:
+def run_experiment_remote(cfg_dict: dict | list, skip: bool = True) -> dict:
     """Run one experiment (or fetch it from the volume's cache); returns the result record.
 
     A run that raises comes back as ``{"run_id", "failed": True, "error", "traceback"}`` rather
@@ -68,13 +68,15 @@ def run_experiment_remote(cfg_dict: dict, skip: bool = True) -> dict:
     from llc.pipeline.backends.base import guarded_worker
     from llc.config import from_dict
 
-    rid = cache.run_id(from_dict(cfg_dict))
+    # A batch (a list of configs) is identified by its first run's id, as the client's task is.
+    rid = cache.run_id(from_dict(cfg_dict[0] if isinstance(cfg_dict, list) else cfg_dict))
     payload = guarded_worker(cfg_dict, _root(), skip)  # the traceback also goes to the Modal logs
     if not payload["ok"]:
         return {"run_id": rid, "failed": True, "error": payload["error"], "traceback": payload["traceback"]}
     if not modal.is_local():
-        artifacts_volume.commit()  # make the run directory visible to the client's download
-    return payload["result"]
+        artifacts_volume.commit()  # make the run directories visible to the client's download
+    result = payload["result"]
+    return {"run_id": rid, "batch": result} if isinstance(result, list) else result
 
 
 @app.local_entrypoint()

@@ -281,6 +281,8 @@ def sweep(
     slurm_account: AccountOpt = None,
     array_parallelism: ArrayParOpt = None,
     no_artifacts: NoArtifactsOpt = False,
+    no_batch: Annotated[bool, typer.Option("--no-batch", help="One task per run, instead of batching runs that "
+                                                              "differ only in runtime values into one program.")] = False,
 ) -> None:
     """Run a sweep (cartesian product over a sweep space) and stream results into a CSV."""
     from llc.pipeline import sweep as sw
@@ -304,7 +306,7 @@ def sweep(
                            array_parallelism=array_parallelism, download=not no_artifacts)
     err.print(f"sweep: {len(points)} runs ({groups}) on {runner.describe()}; results -> {out}", highlight=False)
     try:
-        summary = sw.run_sweep(points, runner, artifacts, out, skip=not no_skip, console=err)
+        summary = sw.run_sweep(points, runner, artifacts, out, skip=not no_skip, console=err, batch=not no_batch)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: finished runs are in {out} and cached under {artifacts}; "
                   "run the same command again to finish the rest", highlight=False)

@@ -104,24 +104,24 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class PosteriorConfig:
-    beta_mode: str = _f("inv_log_n", choices=("inv_log_n", "fixed"))
-    beta0: float = _f(1.0, gt=0.0)  # beta = beta0 / log n, or beta0 itself when fixed
-    gamma: float = _f(100.0, ge=0.0)
-    prior_radius: float | None = _f(None, gt=0.0)  # when set, gamma = d / radius**2
+    beta_mode: str = _f("inv_log_n", choices=("inv_log_n", "fixed"), runtime=True)
+    beta0: float = _f(1.0, gt=0.0, runtime=True)  # beta = beta0 / log n, or beta0 itself when fixed
+    gamma: float = _f(100.0, ge=0.0, runtime=True)
+    prior_radius: float | None = _f(None, gt=0.0, runtime=True)  # when set, gamma = d / radius**2
 
 
 @dataclass(frozen=True)
 class SGLDConfig:
-    step_size: float = _f(1e-4, gt=0.0)  # epsilon: drift eps/2 * grad, noise variance eps
+    step_size: float = _f(1e-4, gt=0.0, runtime=True)  # epsilon: drift eps/2 * grad, noise variance eps
     batch_size: int = _f(256, gt=0)
     chains: int = _f(4, gt=0)
     draws: int = _f(1000, gt=0)  # recorded full-batch evaluations of L_n per chain
     eval_every: int = _f(10, gt=0)  # SGLD steps between recorded evaluations
     burnin: int = _f(100, ge=0)  # evaluations discarded as burn-in (kept as warm-up draws)
     precond: str = _f("none", choices=("none", "rmsprop", "adam"))
-    beta1: float = _f(0.9, ge=0.0, lt=1.0)
-    beta2: float = _f(0.999, ge=0.0, lt=1.0)
-    eps: float = _f(1e-8, gt=0.0)
+    beta1: float = _f(0.9, ge=0.0, lt=1.0, runtime=True)
+    beta2: float = _f(0.999, ge=0.0, lt=1.0, runtime=True)
+    eps: float = _f(1e-8, gt=0.0, runtime=True)
     bias_correction: bool = _f(True)
     # Record, per draw, the Metropolis (MALA) acceptance probability of the draw's last move under
     # the full-batch posterior: 2 extra full-batch gradients per draw (llc calibrate turns it on).
@@ -133,8 +133,8 @@ class SGLDConfig:
 class SGHMCConfig:
     """Stochastic-gradient HMC (Chen et al. 2014): underdamped Langevin with friction, minibatched."""
 
-    step_size: float = _f(1e-3, gt=0.0)  # h: time step of the Euler solver (BlackJAX diffusions.sghmc)
-    friction: float = _f(100.0, gt=0.0)  # alpha: momentum friction; alpha*h is the damping per step
+    step_size: float = _f(1e-3, gt=0.0, runtime=True)  # h: time step of the Euler solver (BlackJAX diffusions.sghmc)
+    friction: float = _f(100.0, gt=0.0, runtime=True)  # alpha: momentum friction; alpha*h is the damping per step
     batch_size: int = _f(256, gt=0)
     chains: int = _f(4, gt=0)
     draws: int = _f(1000, gt=0)
@@ -147,8 +147,8 @@ class SGHMCConfig:
 class SGNHTConfig:
     """Stochastic-gradient Nose-Hoover thermostat (Ding et al. 2014), minibatched."""
 
-    step_size: float = _f(1e-3, gt=0.0)  # h, as for SGHMC
-    diffusion: float = _f(100.0, gt=0.0)  # alpha: injected noise 2*alpha*h; also the thermostat's start
+    step_size: float = _f(1e-3, gt=0.0, runtime=True)  # h, as for SGHMC
+    diffusion: float = _f(100.0, gt=0.0, runtime=True)  # alpha: injected noise 2*alpha*h; also the thermostat's start
     batch_size: int = _f(256, gt=0)
     chains: int = _f(4, gt=0)
     draws: int = _f(1000, gt=0)
@@ -163,11 +163,11 @@ class HMCConfig:
     draws: int = _f(500, gt=0)
     warmup: int = _f(300, ge=0)
     num_integration_steps: int = _f(16, gt=0)
-    step_size: float = _f(1e-3, gt=0.0)  # initial value; window adaptation tunes it
-    target_accept: float = _f(0.8, gt=0.0, lt=1.0)
+    step_size: float = _f(1e-3, gt=0.0, runtime=True)  # initial value; window adaptation tunes it
+    target_accept: float = _f(0.8, gt=0.0, lt=1.0, runtime=True)
     # Sampling draws each transition's step size uniformly in eps*(1 +- jitter): a fixed
     # trajectory length can resonate with the posterior's periods (HMC only, not NUTS).
-    step_size_jitter: float = _f(0.2, ge=0.0, lt=1.0)
+    step_size_jitter: float = _f(0.2, ge=0.0, lt=1.0, runtime=True)
     nuts: bool = _f(False)
     max_tree_depth: int = _f(8, gt=0)
     adaptation: str = _f("per_chain", choices=("per_chain", "shared"))
@@ -186,7 +186,7 @@ class MCLMCConfig:
     # instead of 4700 on the 100-d Gaussian), so it is not the default.
     integrator: str = _f("isokinetic_mclachlan", choices=(
         "isokinetic_leapfrog", "isokinetic_mclachlan", "isokinetic_omelyan"))
-    desired_energy_var: float = _f(5e-4, gt=0.0)
+    desired_energy_var: float = _f(5e-4, gt=0.0, runtime=True)
     # Steps after BlackJAX's tuner that check the realized energy-error variance and shrink the
     # step size where it exceeds desired_energy_var (heavy-tailed errors on ReLU losses); 0: off.
     energy_check_steps: int = _f(300, ge=0)
@@ -200,7 +200,7 @@ class MCLMCAdjustedConfig:
     chains: int = _f(4, gt=0)
     draws: int = _f(500, gt=0)
     warmup: int = _f(1000, ge=0)
-    target_accept: float = _f(0.9, gt=0.0, lt=1.0)
+    target_accept: float = _f(0.9, gt=0.0, lt=1.0, runtime=True)
     # Mean integration steps per proposal (L = this * step_size); BlackJAX's recommended 2.0.
     target_num_integration_steps: float = _f(2.0, gt=1.1)
     integrator: str = _f("isokinetic_mclachlan", choices=(
@@ -248,7 +248,7 @@ class VIConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = _f(0, ge=0)
+    seed: int = _f(0, ge=0, runtime=True)
     samplers: tuple[str, ...] = _f(("sgld", "hmc", "mclmc"), min_len=1, item_choices=SAMPLERS)
     theta_proj_dim: int = _f(4, gt=0)  # random projections of theta kept per draw
     save_plots: bool = _f(True)
@@ -570,6 +570,32 @@ def normalized(cfg: RunConfig) -> dict[str, Any]:
         full.pop(name)
     full.update(target_section(cfg))
     return full
+
+
+def runtime_fields(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Dotted names of the fields the compiled programs take as runtime arguments (``runtime=True``)."""
+    out = []
+    hints = _resolved_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += runtime_fields(hints[f.name], f"{prefix}{f.name}.")
+        elif f.metadata.get("runtime"):
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def batch_key(cfg: RunConfig) -> str:
+    """Runs with the same key share every compiled program (same target, shapes and structural
+    options) and can execute as one batch: the normalized config without its runtime fields."""
+    norm = normalized(cfg)
+    for dotted in runtime_fields():
+        *parents, leaf = dotted.split(".")
+        node = norm
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return json.dumps(norm, sort_keys=True)
 
 
 def target_section(cfg: RunConfig) -> dict[str, Any]:

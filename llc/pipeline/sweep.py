@@ -357,8 +357,11 @@ def describe_point(point: SweepPoint) -> str:
 
 
 def run_sweep(points: Sequence[SweepPoint], backend: Backend, root: Path | str, out_csv: Path | str, *,
-              skip: bool = True, console: Any = None) -> SweepSummary:
-    """Run the points on the backend, streaming rows into ``out_csv``; Rich progress on ``console``."""
+              skip: bool = True, console: Any = None, batch: bool = True) -> SweepSummary:
+    """Run the points on the backend, streaming rows into ``out_csv``; Rich progress on ``console``.
+
+    With ``batch`` (the default) points that differ only in runtime values run as one program.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     table = ResultsCSV(Path(out_csv))
@@ -371,7 +374,7 @@ def run_sweep(points: Sequence[SweepPoint], backend: Backend, root: Path | str, 
     progress = Progress(*columns, console=console, transient=False, disable=console is None)
     with progress:
         task = progress.add_task("sweep", total=len(points), counts=counts())
-        outcomes = execute(backend, [p.cfg for p in points], root, skip=skip)
+        outcomes = execute(backend, [p.cfg for p in points], root, skip=skip, batch=batch)
         try:
             for out in outcomes:
                 if out is not None:

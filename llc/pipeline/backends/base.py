@@ -5,8 +5,11 @@ Every backend executes the same worker (``guarded_worker`` -> ``run_worker`` ->
 boundary is plain JSON-like data, and every backend returns the same result records.
 
 ``execute`` is the one entry point callers use: it checks the run cache first (a run whose
-directory is complete is never resubmitted), submits only the rest to the backend, and yields one
-``Outcome`` per input config, in completion order. It may also yield ``None`` as a heartbeat so
+directory is complete is never resubmitted), groups the rest into batches of runs that share a
+compiled program (``llc.config.batch_key``: they differ only in runtime values such as epsilon,
+gamma, beta0, seed), submits each batch as one task (one local call, one SLURM array task, one Modal
+call; the worker runs it with ``run_experiments``) and yields one ``Outcome`` per input config,
+in completion order. It may also yield ``None`` as a heartbeat so
 that a progress display can refresh its "running" count while nothing finishes.
 """
 
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from llc.store import cache
-from llc.config import RunConfig, from_dict, to_dict
+from llc.config import RunConfig, batch_key, from_dict, to_dict
 
 DONE, CACHED, FAILED = "done", "cached", "failed"
 RESULT_FILE = "result.json"  # = llc.pipeline.experiment.RESULT_FILE (not imported: that pulls in ArviZ)
@@ -32,13 +35,20 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot be used here (missing package, credentials or cluster); one-line message."""
 
 
+# Most runs in one batched program: bounds a task's memory (every run's chains live on the device
+# at once) and keeps some parallelism for backends with many workers.
+MAX_BATCH = 64
+
+
 @dataclass(frozen=True)
 class Task:
-    """One run to execute: its position in the caller's list, its id and its config as a dict."""
+    """One unit of work: a run (its position in the caller's list, its id, its config as a dict),
+    or a batch of runs (``members``; ``config`` is then the list of their configs)."""
 
     index: int
     run_id: str
-    config: dict[str, Any]
+    config: dict[str, Any] | list[dict[str, Any]]
+    members: tuple["Task", ...] = ()
 
 
 @dataclass
@@ -53,11 +63,19 @@ class Outcome:
 
 # --------------------------------------------------------------------------- the worker
 
-def run_worker(cfg_dict: dict[str, Any], root: str | os.PathLike, skip: bool = True) -> dict[str, Any]:
-    """Run one experiment from a config dict; returns the result record. Importable everywhere."""
-    from llc.pipeline.experiment import run_experiment
+def run_worker(cfg_dict: dict[str, Any] | list[dict[str, Any]], root: str | os.PathLike,
+               skip: bool = True) -> dict[str, Any] | list[dict[str, Any]]:
+    """Run one experiment from a config dict (or a batch from a list of them); returns the result
+    record (or the records, in order). Importable everywhere."""
+    from llc.pipeline.experiment import run_experiment, run_experiments
 
+    if isinstance(cfg_dict, list):
+        return run_experiments([from_dict(c) for c in cfg_dict], Path(root), skip=skip)
     return run_experiment(from_dict(cfg_dict), Path(root), skip=skip)
+
+
+def status_of(record: dict[str, Any] | list) -> str:
+    return CACHED if isinstance(record, dict) and record.get("cached") else DONE
 
 
 def load_cached_record(run_dir: Path) -> dict[str, Any]:
@@ -96,7 +114,7 @@ def outcome_from_guarded(task: Task, payload: dict[str, Any], info: dict[str, An
     info = dict(info or {})
     if payload.get("ok"):
         record = payload["result"]
-        return Outcome(task.index, task.run_id, CACHED if record.get("cached") else DONE, record, info=info)
+        return Outcome(task.index, task.run_id, status_of(record), record, info=info)
     info["traceback"] = payload.get("traceback")
     return Outcome(task.index, task.run_id, FAILED, error=payload.get("error") or "unknown error", info=info)
 
@@ -119,16 +137,21 @@ class Backend(abc.ABC):
         """Runs executing right now (best effort; for progress displays)."""
         return 0
 
+    def parallelism(self) -> int:
+        """Tasks this backend runs at once (batches are split so that each worker gets one)."""
+        return 1
+
     def describe(self) -> str:
         return self.name
 
 
 def execute(backend: Backend, configs: Sequence[RunConfig], root: Path | str, *,
-            skip: bool = True) -> Iterator[Outcome | None]:
+            skip: bool = True, batch: bool = True, max_batch: int = MAX_BATCH) -> Iterator[Outcome | None]:
     """Run ``configs`` on ``backend``; yield one Outcome per config (plus ``None`` heartbeats).
 
     Completed runs are served from the cache without touching the backend; configs with the same
-    run id are executed once and reported for each index.
+    run id are executed once and reported for each index; with ``batch``, runs sharing a compiled
+    program go to the backend as one task of at most ``max_batch`` runs.
     """
     root = Path(root).resolve()
     first_index: dict[str, int] = {}
@@ -154,11 +177,43 @@ def execute(backend: Backend, configs: Sequence[RunConfig], root: Path | str, *,
         tasks.append(Task(i, rid, to_dict(cfg)))
     if not tasks:
         return
+    if batch:
+        tasks = batch_tasks(tasks, [configs[t.index] for t in tasks], max_batch, backend.parallelism())
     for out in backend.submit(tasks, root, skip=skip):
         if out is None:
             yield None
-        else:
-            yield from _fan_out(out, duplicates)
+            continue
+        for member in _members(out, tasks):
+            yield from _fan_out(member, duplicates)
+
+
+def batch_tasks(tasks: list[Task], configs: list[RunConfig], max_batch: int = MAX_BATCH,
+                parallelism: int = 1) -> list[Task]:
+    """Tasks whose configs share a ``batch_key`` merged into batch tasks of at most ``max_batch``
+    runs, and into at least ``parallelism`` tasks where there are enough runs."""
+    groups: dict[str, list[Task]] = {}
+    for task, cfg in zip(tasks, configs):
+        groups.setdefault(batch_key(cfg), []).append(task)
+    out: list[Task] = []
+    for group in groups.values():
+        size = max(1, min(max_batch, -(-len(group) // max(1, parallelism))))
+        for start in range(0, len(group), size):
+            part = tuple(group[start:start + size])
+            out.append(part[0] if len(part) == 1 else
+                       Task(part[0].index, part[0].run_id, [t.config for t in part], members=part))
+    return sorted(out, key=lambda t: t.index)
+
+
+def _members(out: Outcome, tasks: list[Task]) -> list[Outcome]:
+    """A batch task's Outcome as one Outcome per run of the batch."""
+    task = next((t for t in tasks if t.index == out.index), None)
+    if task is None or not task.members:
+        return [out]
+    if out.status == FAILED or not isinstance(out.result, list):
+        return [Outcome(m.index, m.run_id, FAILED, error=out.error or "the batch returned no records",
+                        info=dict(out.info)) for m in task.members]
+    return [Outcome(m.index, m.run_id, status_of(rec), rec, info={**out.info, "batch_size": len(task.members)})
+            for m, rec in zip(task.members, out.result)]
 
 
 def _fan_out(out: Outcome, duplicates: dict[int, list[int]]) -> Iterator[Outcome]:

@@ -95,6 +95,9 @@ class JoblibBackend(Backend):
     def describe(self) -> str:
         return f"joblib ({self.workers} workers)"
 
+    def parallelism(self) -> int:
+        return self.workers
+
     def _executor(self, lock_dir: str):
         from joblib.externals.loky import ProcessPoolExecutor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from llc.pipeline.backends.base import CACHED, DONE, FAILED, Backend, Outcome, Task, error_line, run_worker
+from llc.pipeline.backends.base import FAILED, Backend, Outcome, Task, error_line, run_worker, status_of
 
 
 class LocalBackend(Backend):
@@ -26,7 +26,7 @@ class LocalBackend(Backend):
                 out = Outcome(task.index, task.run_id, FAILED, error=error_line(exc),
                               info={"traceback": traceback.format_exc()})
             else:
-                out = Outcome(task.index, task.run_id, CACHED if record.get("cached") else DONE, record)
+                out = Outcome(task.index, task.run_id, status_of(record), record)
             finally:
                 self._running = 0
             yield out

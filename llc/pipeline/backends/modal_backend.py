@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
 from llc.store import cache
-from llc.pipeline.backends.base import CACHED, DONE, FAILED, Backend, BackendUnavailable, Outcome, Task, error_line
+from llc.pipeline.backends.base import FAILED, Backend, BackendUnavailable, Outcome, Task, error_line, status_of
 
 VOLUME_NAME = "llc-artifacts"
 AUTH_HINT = ("Modal is not authenticated: run `modal token new` "
@@ -162,14 +162,16 @@ class ModalBackend(Backend):
 
     def _finish(self, task: Task, record: dict[str, Any], volume: Any, root: Path) -> Outcome:
         info: dict[str, Any] = {"remote": f"modal://{VOLUME_NAME}/{task.run_id}"}
-        record = dict(record)
-        record["artifacts"] = info["remote"]
-        if self.download:
-            try:
-                record["artifacts"] = str(download_run(volume, task.run_id, root))
-            except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say what is missing
-                info["download_error"] = error_line(exc)
-        return Outcome(task.index, task.run_id, CACHED if record.get("cached") else DONE, record, info=info)
+        records = [dict(r) for r in record["batch"]] if "batch" in record else [dict(record)]
+        for rec in records:  # a batch task: every run's directory
+            rec["artifacts"] = f"modal://{VOLUME_NAME}/{rec['run_id']}"
+            if self.download:
+                try:
+                    rec["artifacts"] = str(download_run(volume, rec["run_id"], root))
+                except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say what is missing
+                    info["download_error"] = error_line(exc)
+        result = records if "batch" in record else records[0]
+        return Outcome(task.index, task.run_id, status_of(result), result, info=info)
 
     def running(self) -> int:
         return self._inflight

@@ -1,0 +1,77 @@
+"""Sweeps batch runs that share a compiled program: one task, the same numbers, every row kept."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from llc.config import build_config
+from llc.pipeline import sweep
+from llc.pipeline.backends import base
+from llc.pipeline.backends.local import LocalBackend
+
+GRID = {"base": {"target": {"kind": "quadratic", "quad_dim": 6}, "samplers": ["sgld"], "save_plots": False,
+                 "sgld": {"draws": 80, "burnin": 10, "eval_every": 4}},
+        "grid": {"sgld": {"step_size": [1e-4, 2e-4, 4e-4, 8e-4]}, "posterior": {"gamma": [50.0, 100.0, 200.0, 400.0]}}}
+
+
+class CountingBackend(LocalBackend):
+    def __init__(self):
+        super().__init__()
+        self.tasks = []
+
+    def submit(self, tasks, root, *, skip):
+        self.tasks.extend(tasks)
+        yield from super().submit(tasks, root, skip=skip)
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return {r["run_id"]: r for r in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def batched_and_not(tmp_path_factory):
+    points = sweep.plan_sweep(sweep.space_from_dict(GRID))
+    out = {}
+    for batch in (True, False):
+        root = tmp_path_factory.mktemp(f"batch{batch}")
+        backend = CountingBackend()
+        summary = sweep.run_sweep(points, backend, root, root / "results.csv", batch=batch)
+        out[batch] = (summary, backend.tasks, _rows(root / "results.csv"))
+    return points, out
+
+
+def test_sweep_runs_one_batch_with_the_unbatched_numbers(batched_and_not):
+    points, out = batched_and_not
+    (s_b, tasks_b, rows_b), (s_u, tasks_u, rows_u) = out[True], out[False]
+    assert len(points) == 16 and s_b.done == s_u.done == 16
+    assert len(tasks_b) == 1 and len(tasks_b[0].members) == 16  # one unit of work
+    assert len(tasks_u) == 16
+    assert rows_b.keys() == rows_u.keys() and len(rows_b) == 16  # every run keeps its id and row
+    for rid, row in rows_b.items():
+        assert float(row["llc_mean"]) == pytest.approx(float(rows_u[rid]["llc_mean"]), rel=1e-5), rid
+        assert row["status"] == "done"
+    # The 16 settings really differ.
+    assert len({round(float(r["llc_mean"]), 6) for r in rows_b.values()}) == 16
+
+
+def test_batched_runs_are_cached_per_run(batched_and_not, tmp_path):
+    """A rerun of a batched sweep finds every run in the cache (its own directory)."""
+    points, _ = batched_and_not
+    backend = CountingBackend()
+    root = tmp_path / "again"
+    sweep.run_sweep(points[:3], backend, root, tmp_path / "a.csv")
+    summary = sweep.run_sweep(points, backend, root, tmp_path / "b.csv")
+    assert summary.cached == 3 and summary.done == 13
+    assert [len(t.members) for t in backend.tasks] == [3, 13]
+
+
+def test_batches_split_for_parallel_workers_and_by_program():
+    cfgs = [build_config(overrides=["target.kind=quadratic", f"sgld.step_size={e}"]) for e in (1e-4, 2e-4, 3e-4, 4e-4)]
+    cfgs.append(build_config(overrides=["target.kind=quadratic", "sgld.chains=2"]))  # another program
+    tasks = [base.Task(i, str(i), {}) for i in range(5)]
+    assert sorted(len(t.members) or 1 for t in base.batch_tasks(tasks, cfgs)) == [1, 4]
+    assert sorted(len(t.members) or 1 for t in base.batch_tasks(tasks, cfgs, parallelism=2)) == [1, 2, 2]
+    assert sorted(len(t.members) or 1 for t in base.batch_tasks(tasks, cfgs, max_batch=3)) == [1, 1, 3]
