@@ -58,7 +58,7 @@ LEADING = ["grid", *CONFIG_COLUMNS, "n_params", "n", "beta", "gamma", "nbeta", "
 TRAILING = ["run_id", "status", "error", "backend_info", "artifacts"]
 # Scalar per-sampler entries of metrics.json copied into the CSV when present.
 METRIC_KEYS = ("chains", "draws", "llc_std", "ess_bulk", "ess_tail", "mcse", "n_grad_evals",
-               "full_loss_evals", "compile_s", "warmup_s")
+               "full_loss_evals", "compile_s", "warmup_s", "sampling_s")
 EFFICIENCY_PREFIXES = ("wnv", "ess_per", "time_to", "fde_to", "grad_to", "acceptance", "energy")
 
 
