@@ -123,9 +123,11 @@ class SGLDConfig:
     beta2: float = _f(0.999, ge=0.0, lt=1.0, runtime=True)
     eps: float = _f(1e-8, gt=0.0, runtime=True)
     bias_correction: bool = _f(True)
-    # Record, per draw, the Metropolis (MALA) acceptance probability of the draw's last move under
-    # the full-batch posterior: 2 extra full-batch gradients per draw (llc calibrate turns it on).
+    # Record the Metropolis (MALA) acceptance probability of a draw's last move under the
+    # full-batch posterior, every ``mala_every`` draws: 2 full-batch gradients each time (llc
+    # calibrate turns it on; other draws record NaN).
     mala_check: bool = _f(False)
+    mala_every: int = _f(10, gt=0)
     dtype: str = _f("float32", choices=DTYPES)
 
 

@@ -75,7 +75,7 @@ class Algorithm(NamedTuple):
     warmup_chains: int | None = None  # chains that tune (1: shared adaptation); default: all
     loss_of: Callable | None = None  # (state, problem) -> L_n without a forward pass
     # (infos of a draw's steps stacked, prev=position before the draw's last step or None, state,
-    #  problem, params) -> per-draw stats dict
+    #  problem, params, draw=global draw index) -> per-draw stats dict
     record: Callable | None = None
     record_prev: bool = False  # carry the position before each step (for ``record``'s prev)
     # Host-side: (stats, warm_record, tuned params as NumPy, posterior) -> (work counts, info, problems)
@@ -299,7 +299,8 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
                     new, info = alg.step(k, state, problem, params)
                     return (new, state.position if alg.record_prev else None), info
 
-                def one_draw(state, k):
+                def one_draw(state, xs):
+                    k, draw = xs
                     if spd == 1:  # the draw's key is the step's key
                         (state, prev), info = one_step((state, None), k)
                         infos = jax.tree.map(lambda a: a[None], info)
@@ -308,13 +309,16 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
                             one_step, (state, state.position if alg.record_prev else None), jax.random.split(k, spd))
                     Ln = alg.loss_of(state, problem) if alg.loss_of else problem.loss(state.position)
                     theta = problem.project(state.position, matrix)
-                    stats = alg.record(infos, prev=prev, state=state, problem=problem, params=params) \
+                    stats = alg.record(infos, prev=prev, state=state, problem=problem, params=params, draw=draw) \
                         if alg.record else {}
                     return state, (Ln, theta, stats)
 
-                return jax.lax.scan(one_draw, state, draw_keys)
+                return jax.lax.scan(one_draw, state, (draw_keys, draws))
 
             draw_keys = chunk_draw_keys(keys, chunk_index, size)
+            # The global draw index, not batched over settings or chains (so a ``lax.cond`` on it in
+            # ``record`` stays a real branch under vmap).
+            draws = chunk_index * size + jnp.arange(size, dtype=jnp.int32)
             return jax.vmap(one_chain)(states, params, draw_keys)
 
         new_states, out = per_setting(one_setting)(states, params, keys, per)

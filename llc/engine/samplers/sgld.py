@@ -114,9 +114,13 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
         grad = problem.minibatch_logdensity_grad(state.position, k_batch, cfg.batch_size)
         return update(cfg.precond, cfg.bias_correction, state, params, grad, k_noise), {}
 
-    def record(infos, prev, state, problem, params):
+    def record(infos, prev, state, problem, params, draw):
         del infos
-        return {"mala_acceptance": mala_acceptance(problem, params, prev, state.position)}
+        nan = jnp.full((), jnp.nan, params.step_size.dtype)
+        acc = jax.lax.cond(draw % cfg.mala_every == 0,
+                           lambda: mala_acceptance(problem, params, prev, state.position).astype(nan.dtype),
+                           lambda: nan)
+        return {"mala_acceptance": acc}
 
     def summarize(stats, warm, params, post):
         del warm, params
@@ -127,8 +131,9 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
         info = {"step_size": cfg.step_size, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
                 "steps_per_chain": total * cfg.eval_every, "precond": cfg.precond}
         if mala:
-            work["n_grad_evals"] += 2 * total * cfg.chains  # full-batch gradients of the check
-            work["fde"] += 2 * total * cfg.chains
+            checks = -(-total // cfg.mala_every) * cfg.chains
+            work["n_grad_evals"] += 2 * checks  # full-batch gradients of the check
+            work["fde"] += 2 * checks
             info["mean_mala_acceptance"] = float(np.nanmean(stats["mala_acceptance"][:, cfg.burnin:]))
         return work, info, {}
 
@@ -136,7 +141,7 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
     mala = cfg.mala_check and cfg.precond == "none"
     return driver.Algorithm(
         name="sgld", init=init, step=step, params=params,
-        static=(cfg.precond, cfg.bias_correction, cfg.batch_size, mala),
+        static=(cfg.precond, cfg.bias_correction, cfg.batch_size, mala, cfg.mala_every if mala else None),
         record=record if mala else None, record_prev=mala,
         chains=cfg.chains, draws=cfg.draws, burnin=cfg.burnin, steps_per_draw=cfg.eval_every,
         dtype=dtype, summarize=summarize)
