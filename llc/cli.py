@@ -31,8 +31,8 @@ def _override_flags(**flags) -> list[str]:
     """Named flags -> ``dotted.field=value`` overrides (applied before ``--set``)."""
     out: list[str] = []
     mapping = {
-        "target": ["target.kind"], "quad_dim": ["target.quad_dim"], "seed": ["seed", "target.seed"],
-        "n_data": ["data.n_data"], "dln_widths": ["target.dln_widths"], "dln_rank": ["target.dln_rank"],
+        "target": ["target.kind"], "quad_dim": ["target.quadratic.dim"], "seed": ["seed", "target.seed"],
+        "n_data": ["data.n_data"], "dln_widths": ["target.dln.widths"], "dln_rank": ["target.dln.rank"],
         "samplers": ["samplers"], "sgld_precond": ["sgld.precond"], "sgld_beta1": ["sgld.beta1"],
         "sgld_beta2": ["sgld.beta2"], "sgld_eps": ["sgld.eps"], "sgld_bias_correction": ["sgld.bias_correction"],
         "chains": [f"{s}.chains" for s in registry.SAMPLER_NAMES],
@@ -73,10 +73,10 @@ def _make_backend(name: str, **flags):
 @app.command()
 def run(
     preset: PresetOpt = None,
-    target: Annotated[Optional[str], typer.Option(help="Target kind: mlp, quadratic, dln.")] = None,
-    quad_dim: Annotated[Optional[int], typer.Option(help="Dimension of the quadratic target.")] = None,
-    dln_widths: Annotated[Optional[str], typer.Option(help="DLN widths input,hidden...,output, e.g. 6,5,4,6.")] = None,
-    dln_rank: Annotated[Optional[int], typer.Option(help="Rank of the DLN teacher.")] = None,
+    target: Annotated[Optional[str], typer.Option(help=f"Target kind: {', '.join(registry.TARGET_NAMES)}.")] = None,
+    quad_dim: Annotated[Optional[int], typer.Option(help="target.quadratic.dim: dimension of the quadratic target.")] = None,
+    dln_widths: Annotated[Optional[str], typer.Option(help="target.dln.widths: input,hidden...,output, e.g. 6,5,4,6.")] = None,
+    dln_rank: Annotated[Optional[int], typer.Option(help="target.dln.rank: rank of the DLN teacher.")] = None,
     n_data: Annotated[Optional[int], typer.Option(help="Number of data points n.")] = None,
     samplers: Annotated[Optional[str], typer.Option(help=f"Comma-separated: {','.join(registry.SAMPLER_NAMES)}.")] = None,
     chains: Annotated[Optional[int], typer.Option(help="Chains for every sampler.")] = None,
@@ -120,13 +120,13 @@ def run(
         fail(str(exc))
     if backend == "local" and (workers or 1) == 1:
         from llc.store.artifacts import ArtifactError
-        from llc.engine.targets import PrecisionError
+        from llc.engine.targets import PrecisionError, TrainingDiverged
 
         try:
             result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
         except ConfigError as exc:
             fail(str(exc))
-        except (PrecisionError, ArtifactError, NotImplementedError) as exc:
+        except (PrecisionError, TrainingDiverged, ArtifactError, NotImplementedError) as exc:
             fail(str(exc), code=1)
     else:
         from llc.pipeline.sweep import run_single
@@ -150,10 +150,10 @@ def run(
 @app.command()
 def calibrate(
     preset: PresetOpt = None,
-    target: Annotated[Optional[str], typer.Option(help="Target kind: mlp, quadratic, dln.")] = None,
-    quad_dim: Annotated[Optional[int], typer.Option(help="Dimension of the quadratic target.")] = None,
-    dln_widths: Annotated[Optional[str], typer.Option(help="DLN widths input,hidden...,output, e.g. 6,5,4,6.")] = None,
-    dln_rank: Annotated[Optional[int], typer.Option(help="Rank of the DLN teacher.")] = None,
+    target: Annotated[Optional[str], typer.Option(help=f"Target kind: {', '.join(registry.TARGET_NAMES)}.")] = None,
+    quad_dim: Annotated[Optional[int], typer.Option(help="target.quadratic.dim: dimension of the quadratic target.")] = None,
+    dln_widths: Annotated[Optional[str], typer.Option(help="target.dln.widths: input,hidden...,output, e.g. 6,5,4,6.")] = None,
+    dln_rank: Annotated[Optional[int], typer.Option(help="target.dln.rank: rank of the DLN teacher.")] = None,
     n_data: Annotated[Optional[int], typer.Option(help="Number of data points n.")] = None,
     sampler: Annotated[str, typer.Option(help="Sampler to calibrate (SGLD by default; minibatch samplers and "
                                               "full-batch ones).")] = "sgld",

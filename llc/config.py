@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from llc import registry
 
@@ -25,6 +25,10 @@ ACTIVATIONS = ("relu", "tanh", "gelu", "identity")
 X_DISTS = ("gauss_iso", "gauss_aniso", "mixture", "lowdim", "heavy_tail")
 NOISES = ("gauss", "hetero", "student_t", "outliers")
 TARGET_KINDS = registry.TARGET_NAMES
+LOSSES = ("mse", "cross_entropy")
+OPTIMIZERS = ("adam", "sgd", "adamw")
+MODULAR_OPS = ("add", "subtract", "multiply")
+MODULAR_MODELS = ("transformer", "mlp")
 DTYPES = ("float32", "float64")
 SAMPLERS = registry.SAMPLER_NAMES
 
@@ -44,17 +48,9 @@ def _sub(cls: type) -> Any:
 
 
 @dataclass(frozen=True)
-class TargetConfig:
-    kind: str = _f("mlp", choices=TARGET_KINDS)
-    seed: int = _f(0, ge=0)
-    dtype: str = _f("float64", choices=DTYPES)
-    quad_dim: int = _f(4, gt=0)
-    dln_widths: tuple[int, ...] = _f((6, 5, 4, 6), min_len=2, item_gt=0)
-    dln_rank: int = _f(2, ge=0)
-
-
-@dataclass(frozen=True)
 class DataConfig:
+    """Synthetic regression data of the teacher-student kinds (mlp, dln); quadratic uses n_data only."""
+
     n_data: int = _f(2048, gt=1)
     x_dist: str = _f("gauss_iso", choices=X_DISTS)
     cond_number: float = _f(10.0, ge=1.0)  # gauss_aniso: ratio of largest to smallest std
@@ -70,16 +66,50 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The student network whose LLC is estimated."""
+class TrainingConfig:
+    """Training that finds w*, the centre of the local posterior (every kind but quadratic).
 
-    in_dim: int = _f(32, gt=0)
-    out_dim: int = _f(1, gt=0)
-    depth: int = _f(2, gt=0)  # number of hidden layers
-    widths: tuple[int, ...] | None = _f(None, item_gt=0)  # hidden widths; overrides depth/target_params
-    target_params: int | None = _f(10_000, gt=0)  # size hidden widths to about this many parameters
-    activation: str = _f("relu", choices=ACTIVATIONS)
-    bias: bool = _f(True)
+    With full batches (the default) a step is an epoch. Checkpoints (log-spaced plus evenly
+    spaced steps, always with the last) are stored in the target artifact for ``llc trajectory``.
+    """
+
+    optimizer: str = _f("adam", choices=OPTIMIZERS)
+    learning_rate: float = _f(3e-3, gt=0.0)
+    steps: int = _f(2000, ge=0)
+    batch_size: int | None = _f(None, gt=0)  # None: full batch
+    beta1: float = _f(0.9, ge=0.0, lt=1.0)  # adam, adamw
+    beta2: float = _f(0.999, ge=0.0, lt=1.0)  # adam, adamw
+    # adamw only, decoupled (scaled by the learning rate as in PyTorch); never applied to
+    # embeddings, biases or norm scales
+    weight_decay: float = _f(0.0, ge=0.0)
+    warmup_steps: int = _f(0, ge=0)  # linear learning-rate warm-up from 0
+    clip_norm: float | None = _f(None, gt=0.0)  # global gradient-norm clipping; none: off
+    checkpoints_log: int = _f(0, ge=0)  # log-spaced checkpoint steps in [1, steps]
+    checkpoints_linear: int = _f(0, ge=0)  # evenly spaced checkpoint steps in [0, steps]
+    log_every: int = _f(0, ge=0)  # train/test metrics every k steps (stored with the target); 0: off
+
+
+class TargetKind:
+    """What every [target.<kind>] section says about itself (class attributes, not fields).
+
+    ``SHARED`` names the top-level sections the kind reads (None: all their fields), ``SEEDED``
+    whether ``target.seed`` changes it; the run hash keeps exactly these, so editing a section a
+    kind ignores never changes a run id.
+    """
+
+    SHARED: ClassVar[dict[str, tuple[str, ...] | None]] = {"data": None, "training": None}
+    SEEDED: ClassVar[bool] = True
+
+    def unused(self) -> tuple[str, ...]:
+        """Sub-sections that the other fields make irrelevant (left out of the run hash)."""
+        return ()
+
+    def n(self, run: RunConfig) -> int:
+        """Number of training examples (n of the posterior)."""
+        return run.data.n_data
+
+    def check(self, run: RunConfig) -> None:
+        """Cross-field checks; raise ConfigError with one line."""
 
 
 @dataclass(frozen=True)
@@ -93,13 +123,119 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
-    """ERM training that finds w*, the centre of the local posterior."""
+class MLPTargetConfig(TargetKind):
+    """Teacher-student MLP (the student is the network whose LLC is estimated).
 
-    optimizer: str = _f("adam", choices=("adam", "sgd"))
-    learning_rate: float = _f(3e-3, gt=0.0)
-    steps: int = _f(2000, ge=0)
-    batch_size: int | None = _f(None, gt=0)  # None: full batch
+    cross_entropy: the labels are the argmax of the (noisy) teacher outputs, out_dim classes.
+    """
+
+    in_dim: int = _f(32, gt=0)
+    out_dim: int = _f(1, gt=0)
+    depth: int = _f(2, gt=0)  # number of hidden layers
+    widths: tuple[int, ...] | None = _f(None, item_gt=0)  # hidden widths; overrides depth/target_params
+    target_params: int | None = _f(10_000, gt=0)  # size hidden widths to about this many parameters
+    activation: str = _f("relu", choices=ACTIVATIONS)
+    bias: bool = _f(True)
+    loss: str = _f("mse", choices=LOSSES)
+    teacher: TeacherConfig = _sub(TeacherConfig)
+
+    def check(self, run: RunConfig) -> None:
+        if self.widths is not None and len(self.widths) == 0:
+            raise ConfigError("target.mlp.widths: give at least one hidden width or none")
+        if self.widths is None and self.target_params is None:
+            raise ConfigError("target.mlp.target_params: set it or target.mlp.widths to size the network")
+        if self.loss == "cross_entropy" and self.out_dim < 2:
+            raise ConfigError(f"target.mlp.out_dim: cross_entropy needs >= 2 classes, got {self.out_dim}")
+
+
+@dataclass(frozen=True)
+class QuadraticTargetConfig(TargetKind):
+    """L_n(theta) = ||theta||^2 / 2 at w* = 0: lambda = dim/2 (analytic check); n from data.n_data."""
+
+    SHARED: ClassVar[dict[str, tuple[str, ...] | None]] = {"data": ("n_data",)}
+    SEEDED: ClassVar[bool] = False
+
+    dim: int = _f(4, gt=0)
+
+
+@dataclass(frozen=True)
+class DLNTargetConfig(TargetKind):
+    """Deep linear network (no biases) with a teacher of given rank: Aoyagi's lambda (n -> infinity)."""
+
+    widths: tuple[int, ...] = _f((6, 5, 4, 6), min_len=2, item_gt=0)  # input, hidden..., output
+    rank: int = _f(2, ge=0)
+
+    def check(self, run: RunConfig) -> None:
+        if self.rank > min(self.widths):
+            raise ConfigError(f"target.dln.rank: must be <= the narrowest width {min(self.widths)} of "
+                              f"target.dln.widths {self.widths}, got {self.rank}")
+
+
+@dataclass(frozen=True)
+class ModularMLPConfig:
+    """MLP on the concatenated one-hot codes of (a, b)."""
+
+    depth: int = _f(1, gt=0)  # hidden layers
+    width: int = _f(128, gt=0)
+    activation: str = _f("gelu", choices=ACTIVATIONS)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """One-layer decoder-only transformer on [a, op, b, =]; defaults of Nanda et al. (2023)."""
+
+    d_model: int = _f(128, gt=0)
+    heads: int = _f(4, gt=0)  # head dimension d_model / heads
+    d_mlp: int = _f(512, gt=0)
+    activation: str = _f("relu", choices=("relu", "gelu"))
+    layer_norm: bool = _f(False)  # pre-norm LayerNorms before attention, MLP and unembedding
+
+
+@dataclass(frozen=True)
+class ModularTargetConfig(TargetKind):
+    """Modular arithmetic: label (a op b) mod p for all pairs (a, b); a train_frac of the p^2 pairs
+    (chosen by split_seed) is the training set, the rest the test set. target.seed: initialisation."""
+
+    SHARED: ClassVar[dict[str, tuple[str, ...] | None]] = {"training": None}
+
+    p: int = _f(113, gt=1)
+    op: str = _f("add", choices=MODULAR_OPS)
+    train_frac: float = _f(0.3, gt=0.0, lt=1.0)
+    split_seed: int = _f(0, ge=0)
+    model: str = _f("transformer", choices=MODULAR_MODELS)
+    loss: str = _f("cross_entropy", choices=LOSSES)  # mse: against the one-hot label
+    mlp: ModularMLPConfig = _sub(ModularMLPConfig)
+    transformer: TransformerConfig = _sub(TransformerConfig)
+
+    def unused(self) -> tuple[str, ...]:
+        return tuple(m for m in MODULAR_MODELS if m != self.model)
+
+    def n(self, run: RunConfig) -> int:
+        return modular_train_size(self.p, self.train_frac)
+
+    def check(self, run: RunConfig) -> None:
+        n = self.n(run)
+        if not 0 < n < self.p ** 2:
+            raise ConfigError(f"target.modular.train_frac: leaves {n} of {self.p ** 2} pairs for training; "
+                              "both the training and the test set need at least one pair")
+        t = self.transformer
+        if self.model == "transformer" and t.d_model % t.heads:
+            raise ConfigError(f"target.modular.transformer.heads: must divide d_model = {t.d_model}, got {t.heads}")
+
+
+def modular_train_size(p: int, train_frac: float) -> int:
+    return int(round(train_frac * p * p))
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    kind: str = _f("mlp", choices=TARGET_KINDS)
+    seed: int = _f(0, ge=0)
+    dtype: str = _f("float64", choices=DTYPES)
+    mlp: MLPTargetConfig = _sub(MLPTargetConfig)
+    quadratic: QuadraticTargetConfig = _sub(QuadraticTargetConfig)
+    dln: DLNTargetConfig = _sub(DLNTargetConfig)
+    modular: ModularTargetConfig = _sub(ModularTargetConfig)
 
 
 @dataclass(frozen=True)
@@ -256,8 +392,6 @@ class RunConfig:
     save_plots: bool = _f(True)
     target: TargetConfig = _sub(TargetConfig)
     data: DataConfig = _sub(DataConfig)
-    model: ModelConfig = _sub(ModelConfig)
-    teacher: TeacherConfig = _sub(TeacherConfig)
     training: TrainingConfig = _sub(TrainingConfig)
     posterior: PosteriorConfig = _sub(PosteriorConfig)
     sgld: SGLDConfig = _sub(SGLDConfig)
@@ -410,25 +544,32 @@ def check_vi(cfg: VIConfig, n_data: int) -> None:
                           f"got {len(cfg.r_per_component)}")
 
 
+def active_target(cfg: RunConfig) -> TargetKind:
+    """The [target.<kind>] section of the selected kind."""
+    return getattr(cfg.target, cfg.target.kind)
+
+
+def target_n(cfg: RunConfig) -> int:
+    """n, the number of training examples of the selected target."""
+    return active_target(cfg).n(cfg)
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError (one line, naming the field) for anything unusable; return cfg."""
     _validate_tree(cfg)
     if len(set(cfg.samplers)) != len(cfg.samplers):
         raise ConfigError(f"samplers: duplicated entry in {','.join(cfg.samplers)}")
-    t = cfg.target
-    if t.kind == "dln" and t.dln_rank > min(t.dln_widths):
-        raise ConfigError(
-            f"target.dln_rank: must be <= the narrowest width {min(t.dln_widths)} of "
-            f"dln_widths {t.dln_widths}, got {t.dln_rank}")
-    if cfg.model.widths is not None and len(cfg.model.widths) == 0:
-        raise ConfigError("model.widths: give at least one hidden width or none")
-    if cfg.model.widths is None and cfg.model.target_params is None:
-        raise ConfigError("model.target_params: set it or model.widths to size the network")
+    active_target(cfg).check(cfg)
+    tr = cfg.training
+    if tr.weight_decay and tr.optimizer != "adamw":
+        raise ConfigError(f"training.weight_decay: only training.optimizer=adamw uses it (optimizer is "
+                          f"{tr.optimizer}); set it to 0 or choose adamw")
+    n = target_n(cfg)
     if "vi" in cfg.samplers:
-        check_vi(cfg.vi, cfg.data.n_data)
-    if "sgld" in cfg.samplers and cfg.sgld.batch_size > cfg.data.n_data:
-        raise ConfigError(
-            f"sgld.batch_size: must be <= data.n_data ({cfg.data.n_data}), got {cfg.sgld.batch_size}")
+        check_vi(cfg.vi, n)
+    if "sgld" in cfg.samplers and cfg.sgld.batch_size > n:
+        raise ConfigError(f"sgld.batch_size: must be <= the target's n = {n} training examples, "
+                          f"got {cfg.sgld.batch_size}")
     return cfg
 
 
@@ -436,6 +577,36 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def _field_map(obj: Any) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}
+
+
+# Names of earlier releases (flags, presets, sweep spaces, saved config.json files) -> current ones.
+LEGACY_NAMES = {
+    "target.quad_dim": "target.quadratic.dim",
+    "target.dln_widths": "target.dln.widths",
+    "target.dln_rank": "target.dln.rank",
+    "model": "target.mlp",
+    "teacher": "target.mlp.teacher",
+}
+
+
+def canonical(dotted: str) -> str:
+    """The current name of a dotted field: ``model.depth`` -> ``target.mlp.depth``."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        new = LEGACY_NAMES.get(".".join(parts[:i]))
+        if new is not None:
+            return ".".join([new, *parts[i:]])
+    return dotted
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def set_field(cfg: Any, dotted: str, value: Any, *, from_text: bool, _prefix: str = "") -> Any:
@@ -471,14 +642,17 @@ def apply_overrides(cfg: RunConfig, overrides: typing.Iterable[str]) -> RunConfi
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected dotted.field=value")
-        cfg = set_field(cfg, key, value, from_text=True)
+        cfg = set_field(cfg, canonical(key), value, from_text=True)
     return cfg
 
 
 def apply_mapping(cfg: RunConfig, mapping: dict[str, Any]) -> RunConfig:
-    """Apply a nested mapping (from a preset file, a sweep point or config.json) onto cfg."""
-    for key, value in mapping.items():
-        cfg = set_field(cfg, key, value, from_text=False)
+    """Apply a nested mapping (from a preset file, a sweep point or config.json) onto cfg.
+
+    Keys may be nested tables or dotted strings, in current or legacy names.
+    """
+    for key, value in _flatten(mapping):
+        cfg = set_field(cfg, canonical(key), value, from_text=False)
     return cfg
 
 
@@ -521,8 +695,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def get_field(cfg: Any, dotted: str) -> Any:
-    """The value of a dotted field (``posterior.gamma``)."""
-    for part in dotted.split("."):
+    """The value of a dotted field (``posterior.gamma``; legacy names are understood)."""
+    for part in canonical(dotted).split("."):
         cfg = getattr(cfg, part)
     return cfg
 
@@ -568,7 +742,7 @@ def normalized(cfg: RunConfig) -> dict[str, Any]:
     if "sgld" in full and cfg.sgld.precond == "none":
         for name in ("beta1", "beta2", "eps", "bias_correction"):  # preconditioner settings, unused
             full["sgld"].pop(name)
-    for name in ("target", "data", "model", "teacher", "training"):
+    for name in ("target", "data", "training"):
         full.pop(name)
     full.update(target_section(cfg))
     return full
@@ -600,17 +774,26 @@ def batch_key(cfg: RunConfig) -> str:
     return json.dumps(norm, sort_keys=True)
 
 
+# Training fields each optimizer ignores: left out of the hash.
+_UNUSED_TRAINING = {"sgd": ("beta1", "beta2", "weight_decay"), "adam": ("weight_decay",), "adamw": ()}
+
+
 def target_section(cfg: RunConfig) -> dict[str, Any]:
-    """The fields that define the target (its data and trained w*), per target kind."""
-    t = to_dict(cfg.target)
+    """The fields that define the target (its data and trained w*): the selected kind's section and
+    the shared sections it reads, nothing of the other kinds."""
     kind = cfg.target.kind
-    if kind == "quadratic":
-        keep_t = ("kind", "dtype", "quad_dim")
-        return {"target": {k: t[k] for k in keep_t}, "data": {"n_data": cfg.data.n_data}}
-    if kind == "dln":
-        keep_t = ("kind", "seed", "dtype", "dln_widths", "dln_rank")
-        return {"target": {k: t[k] for k in keep_t}, "data": to_dict(cfg.data),
-                "training": to_dict(cfg.training)}
-    keep_t = ("kind", "seed", "dtype")
-    return {"target": {k: t[k] for k in keep_t}, "data": to_dict(cfg.data), "model": to_dict(cfg.model),
-            "teacher": to_dict(cfg.teacher), "training": to_dict(cfg.training)}
+    section = active_target(cfg)
+    own = to_dict(section)
+    for name in section.unused():
+        own.pop(name)
+    target = {"kind": kind, "dtype": cfg.target.dtype, kind: own}
+    if section.SEEDED:
+        target["seed"] = cfg.target.seed
+    out: dict[str, Any] = {"target": target}
+    for name, keep in section.SHARED.items():
+        shared = to_dict(getattr(cfg, name))
+        out[name] = shared if keep is None else {k: shared[k] for k in keep}
+    if "training" in out:
+        for name in _UNUSED_TRAINING[cfg.training.optimizer]:
+            out["training"].pop(name)
+    return out

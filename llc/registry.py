@@ -25,7 +25,7 @@ class SamplerSpec:
 @dataclass(frozen=True)
 class TargetSpec:
     name: str
-    module: str  # engine module: build, template, loss, optional analytic_llc
+    module: str  # engine module: build, template, loss, optional metrics and analytic_llc
     config: str  # class name of its config subsection in llc.config ([target.<name>])
     label: str
 
@@ -45,6 +45,7 @@ TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
     TargetSpec("mlp", "llc.engine.targets.mlp", "MLPTargetConfig", "teacher-student MLP"),
     TargetSpec("quadratic", "llc.engine.targets.quadratic", "QuadraticTargetConfig", "quadratic"),
     TargetSpec("dln", "llc.engine.targets.dln", "DLNTargetConfig", "deep linear network"),
+    TargetSpec("modular", "llc.engine.targets.modular", "ModularTargetConfig", "modular arithmetic"),
 )}
 
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)

@@ -91,7 +91,7 @@ def test_local_failure_is_reported_and_others_go_on(points, tmp_path):
 def test_joblib_two_workers_equal_serial_and_isolate_failures(reference, points, tmp_path):
     _, ref = reference
     # A third run whose cached target is broken: it must fail alone, with its error.
-    bad = dataclasses.replace(points[0].cfg, target=dataclasses.replace(points[0].cfg.target, quad_dim=3))
+    bad = dataclasses.replace(points[0].cfg, target=dataclasses.replace(points[0].cfg.target, quadratic=dataclasses.replace(points[0].cfg.target.quadratic, dim=3)))
     corrupt_target(tmp_path, bad)
     backend = make_backend("joblib", workers=2)
     outs = sorted((o for o in execute(backend, [p.cfg for p in points] + [bad], tmp_path) if o is not None),

@@ -11,7 +11,7 @@ from llc.pipeline import sweep
 from llc.pipeline.backends import base
 from llc.pipeline.backends.local import LocalBackend
 
-GRID = {"base": {"target": {"kind": "quadratic", "quad_dim": 6}, "samplers": ["sgld"], "save_plots": False,
+GRID = {"base": {"target": {"kind": "quadratic", "quadratic": {"dim": 6}}, "samplers": ["sgld"], "save_plots": False,
                  "sgld": {"draws": 80, "burnin": 10, "eval_every": 4}},
         "grid": {"sgld": {"step_size": [1e-4, 2e-4, 4e-4, 8e-4]}, "posterior": {"gamma": [50.0, 100.0, 200.0, 400.0]}}}
 

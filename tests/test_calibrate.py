@@ -13,7 +13,7 @@ from llc.pipeline import calibrate as cal
 from llc.pipeline.experiment import run_experiment
 
 runner = CliRunner()
-QUAD4 = ["target.kind=quadratic", "target.quad_dim=4"]
+QUAD4 = ["target.kind=quadratic", "target.quadratic.dim=4"]
 
 
 @pytest.fixture(scope="module")

@@ -233,7 +233,7 @@ def test_modal_client_maps_attributes_failures_and_downloads(modal_app, points, 
         import shutil
 
         shutil.copytree(ref_root / o.run_id, remote / o.run_id)
-    bad = from_dict({**to_dict(points[0].cfg), "target": {**to_dict(points[0].cfg)["target"], "quad_dim": 3}})
+    bad = from_dict({**to_dict(points[0].cfg), "target": {**to_dict(points[0].cfg)["target"], "quadratic": {"dim": 3}}})
     corrupt_target(remote, bad)
     fn, vol, app = FakeFunction(modal_app.run_experiment_remote, remote, monkeypatch), FakeVolume(remote), FakeApp()
     backend = ModalBackend(function=fn, volume=vol, app=app)

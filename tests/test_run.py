@@ -68,7 +68,7 @@ def test_quadratic_sgld_matches_analytic_then_cached(tmp_path):
 @pytest.mark.parametrize("args, field", [
     (["--set", "sgld.step_size=-1"], "sgld.step_size"),
     (["--chains", "0"], "sgld.chains"),
-    (["--set", "model.activation=swish"], "model.activation"),
+    (["--set", "target.mlp.activation=swish"], "target.mlp.activation"),
     (["--target", "cubic"], "target.kind"),
     (["--set", "sgld.nope=1"], "sgld.nope"),
     (["--preset", "missing"], "preset"),

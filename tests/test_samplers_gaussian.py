@@ -118,7 +118,7 @@ QUAD_BOUNDS = {"hmc": 0.03, "mclmc": 0.03, "mclmc_adjusted": 0.03, "sgld": 0.05}
 
 
 def quadratic_posterior(d: int, tmp_path):
-    cfg = build_config(overrides=["target.kind=quadratic", f"target.quad_dim={d}", "data.n_data=1000"])
+    cfg = build_config(overrides=["target.kind=quadratic", f"target.quadratic.dim={d}", "data.n_data=1000"])
     from llc.engine.targets import get_target
 
     target = get_target(cfg, tmp_path)

@@ -77,7 +77,7 @@ def _report(name, m, exact=None):
 @pytest.mark.parametrize("widths,rank", DLN_CASES, ids=lambda v: str(v).replace(" ", ""))
 def test_dln_llc_matches_aoyagi(widths, rank, tmp_path):
     widths_arg = ",".join(str(w) for w in widths)
-    cfg = build_config(overrides=["target.kind=dln", f"target.dln_widths={widths_arg}", f"target.dln_rank={rank}",
+    cfg = build_config(overrides=["target.kind=dln", f"target.dln.widths={widths_arg}", f"target.dln.rank={rank}",
                                   *DLN_POSTERIOR, *DLN_SAMPLERS])
     target = get_target(cfg, tmp_path)
     assert target.meta["erm"]["grad_norm"] < 1e-3, target.meta["erm"]  # w* must be a critical point

@@ -39,9 +39,9 @@ def test_default_space_covers_the_specification():
     space = sweep.load_space()
     points = sweep.plan_sweep(space)
     axes = {k for _, grid in space.grids for k in grid}
-    assert {"model.target_params", "model.depth", "model.widths", "model.activation", "data.x_dist",
+    assert {"target.mlp.target_params", "target.mlp.depth", "target.mlp.widths", "target.mlp.activation", "data.x_dist",
             "data.noise"} <= axes
-    sizes = [v for _, grid in space.grids for v in grid.get("model.target_params", [])]
+    sizes = [v for _, grid in space.grids for v in grid.get("target.mlp.target_params", [])]
     assert min(sizes) == 500 and max(sizes) == 10_000
     assert len({p.run_id for p in points}) == len(points)  # overlapping grid points run once
     assert set(points[0].cfg.samplers) == {"sgld", "hmc", "mclmc"}
@@ -50,7 +50,7 @@ def test_default_space_covers_the_specification():
 
 def test_cartesian_product_overrides_and_pins():
     space = sweep.space_from_dict({"samplers": ["sgld"], "base": {"target.kind": "quadratic", "sgld.batch_size": 8},
-                                   "grid": [{"name": "g", "target": {"quad_dim": [1, 2, 3]},
+                                   "grid": [{"name": "g", "target": {"quadratic": {"dim": [1, 2, 3]}},
                                              "data.n_data": [16, 32]}]})
     assert len(sweep.plan_sweep(space)) == 6
     # --set of an axis pins it; --axis replaces one or adds a new one to every grid.
@@ -60,14 +60,14 @@ def test_cartesian_product_overrides_and_pins():
     assert len(more) == 24
     assert {p.cfg.seed for p in more} == {5, 6} and all(p.cfg.target.seed == p.cfg.seed for p in more)
     assert {p.values["sgld.step_size"] for p in more} == {1e-4, 2e-4}
-    widths = sweep.parse_axis("model.widths=16,16|64")
-    assert widths == ("model.widths", [(16, 16), (64,)])
+    widths = sweep.parse_axis("target.mlp.widths=16,16|64")
+    assert widths == ("target.mlp.widths", [(16, 16), (64,)])
 
 
 @pytest.mark.parametrize("data, match", [
-    ({"grid": [{"model.depthx": [1]}]}, "model.depthx"),
-    ({"grid": [{"model.depth": 2}]}, "non-empty list"),
-    ({"grid": [{"model.depth": [0]}]}, "model.depth: must be > 0"),
+    ({"grid": [{"target.mlp.depthx": [1]}]}, "target.mlp.depthx"),
+    ({"grid": [{"target.mlp.depth": 2}]}, "non-empty list"),
+    ({"grid": [{"target.mlp.depth": [0]}]}, "target.mlp.depth: must be > 0"),
     ({"colour": 1}, "unknown key"),
 ])
 def test_bad_spaces_fail_in_one_line(data, match):
@@ -121,7 +121,7 @@ class ScriptedBackend(Backend):
 
 def _space3():
     return sweep.space_from_dict({"samplers": ["sgld", "hmc"], "base": {"target.kind": "quadratic"},
-                                  "grid": [{"target.quad_dim": [1, 2, 3]}]})
+                                  "grid": [{"target.quadratic.dim": [1, 2, 3]}]})
 
 
 def test_csv_streams_one_row_per_run_and_sampler(tmp_path):

@@ -135,7 +135,7 @@ def test_control_variate_estimate_is_exact_for_a_quadratic_and_unbiased_otherwis
 def test_quadratic_full_rank_recovers_the_analytic_llc(tmp_path):
     """M = 1 and full rank contain the exact (Gaussian) posterior: lambda-hat within 2%."""
     cfg, post = _posterior([
-        "target.kind=quadratic", "target.quad_dim=4", "vi.components=1", "vi.rank=4",
+        "target.kind=quadratic", "target.quadratic.dim=4", "vi.components=1", "vi.rank=4",
         "vi.steps=800", "vi.eval_every=20", "vi.eval_samples=256", "vi.lr_schedule=cosine",
         "vi.learning_rate=0.02", "vi.init_scale=3", "vi.whitening_mode=adam", "vi.whitening_steps=50",
     ], tmp_path)
@@ -188,7 +188,7 @@ def test_collapsed_mixture_is_flagged(tmp_path):
 
 
 
-COLLAPSE_OVERRIDES = ["target.kind=quadratic", "target.quad_dim=3", "vi.components=3",
+COLLAPSE_OVERRIDES = ["target.kind=quadratic", "target.quadratic.dim=3", "vi.components=3",
                       "vi.r_per_component=1,2,1", "vi.steps=300", "vi.eval_every=30", "vi.eval_samples=32",
                       "vi.learning_rate=0.05", "vi.dtype=float64", "vi.lr_schedule=linear_decay",
                       "vi.whitening_mode=rmsprop", "vi.whitening_steps=20", "vi.cv_exact_max_dim=0",
@@ -252,7 +252,7 @@ def test_dln_precision_form_is_near_the_aoyagi_value(tmp_path):
     cfg, post = _posterior(["target.kind=dln", "vi.factor_form=precision", "vi.components=1", "vi.rank=24",
                             "vi.learning_rate=0.001", "vi.mc_samples=4", "vi.steps=10000",
                             "vi.lr_schedule=cosine", "vi.whitening_mode=adam"], tmp_path)
-    aoyagi = theory.dln_learning_coefficient(cfg.target.dln_widths, cfg.target.dln_rank)
+    aoyagi = theory.dln_learning_coefficient(cfg.target.dln.widths, cfg.target.dln.rank)
     out = vi.run(post, cfg.vi, jax.random.key(0))
     assert out.info["llc_cv"] == pytest.approx(aoyagi, rel=0.30)
     llc = post.nbeta * (out.Ln - post.L0)

@@ -134,7 +134,7 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     from llc.engine import driver
     from llc.engine.posterior import make_posterior
     from llc.engine.targets import get_target
-    from llc.pipeline.experiment import analytic_llc
+    from llc.engine.targets import analytic_llc
 
     target = get_target(p.base, root)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): n={target.n} d={target.d}")

@@ -49,19 +49,6 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def analytic_llc(cfg: RunConfig, n: int, beta: float, gamma: float) -> dict[str, Any] | None:
-    """The exact value where theory gives one (quadratic: with the localizer; DLN: Aoyagi)."""
-    from llc import theory
-
-    if cfg.target.kind == "quadratic":
-        return {"value": theory.quadratic_learning_coefficient(cfg.target.quad_dim, n, beta, gamma),
-                "formula": "(d/2) * n*beta / (n*beta + gamma)"}
-    if cfg.target.kind == "dln":
-        return {"value": theory.dln_learning_coefficient(cfg.target.dln_widths, cfg.target.dln_rank),
-                "formula": "Aoyagi (2024) deep linear network"}
-    return None
-
-
 def sampler_key(seed: int, name: str):
     import jax
 
@@ -129,7 +116,8 @@ def run_experiments(cfgs: list[RunConfig], root: Path | str = DEFAULT_ROOT, *, s
     if len({target_id(cfgs[i]) for i in todo}) > 1:
         raise ValueError("run_experiments: the runs of one batch must share their target")
     t_start = time.time()
-    target = get_target(cfgs[todo[0]], root)
+    train_progress = (lambda done, total: progress("target", done, total, "training")) if progress else None
+    target = get_target(cfgs[todo[0]], root, progress=train_progress)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): "
         f"kind={target.kind} n={target.n} d={target.d} L0={target.L0:.6g}")
     posts = {i: make_posterior(target.loss_fn, target.params, target.x, target.y, cfgs[i].posterior, L0=target.L0)
@@ -178,6 +166,8 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
     """Metrics, records and artifacts of one run, written atomically; returns its result record."""
     import jax
 
+    from llc.engine.targets import analytic_llc
+
     rid = cache.run_id(cfg)
     run_dir = root / rid
     analytic = analytic_llc(cfg, post.n, post.beta, post.gamma)
@@ -185,7 +175,8 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
     attrs_common = {"n": post.n, "beta": post.beta, "gamma": post.gamma, "dim": post.dim,
                     "target_id": target.id, "target_kind": target.kind, "run_id": rid,
                     "analytic_llc": analytic["value"] if analytic else None,
-                    "analytic_formula": analytic["formula"] if analytic else None}
+                    "analytic_formula": analytic["formula"] if analytic else None,
+                    "analytic_regime": analytic["regime"] if analytic else None}
     idatas = {}
     metrics: dict[str, Any] = {}
     for name, out in outputs.items():

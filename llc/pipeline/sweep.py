@@ -11,8 +11,8 @@ tiny one for tests)::
     "sgld.draws" = 500
     [[grid]]                      # the runs are the union of the grids; each grid is the
     name = "size"                 # cartesian product of its axes (dotted config fields)
-    "model.target_params" = [500, 1000]
-    "model.depth" = [1, 2]
+    "target.mlp.target_params" = [500, 1000]
+    "target.mlp.depth" = [1, 2]
 
 Precedence: preset < [base] < grid values < ``--set`` < seed. A ``--set`` of a field that is
 also an axis pins that axis (the axis is dropped); ``--axis field=v1,v2`` replaces or adds an axis.
@@ -39,7 +39,7 @@ from typing import Any, Iterable, Sequence
 
 from llc.store import cache
 from llc.pipeline.backends.base import CACHED, FAILED, Backend, BackendUnavailable, Outcome, execute  # noqa: F401
-from llc.config import PRESETS_DIR, ConfigError, RunConfig, build_config, parse_value, _resolved_hints
+from llc.config import PRESETS_DIR, ConfigError, RunConfig, build_config, canonical, parse_value, _resolved_hints
 
 DEFAULT_SPACE = PRESETS_DIR / "sweep_default.toml"
 DEFAULT_CSV = Path("llc_sweep_results.csv")
@@ -48,9 +48,9 @@ SPACE_KEYS = {"preset", "n_seeds", "seed", "samplers", "base", "grid", "descript
 # Config columns of every CSV row: short name -> dotted field.
 CONFIG_COLUMNS = {
     "target": "target.kind", "seed": "seed", "n_data": "data.n_data", "x_dist": "data.x_dist",
-    "noise": "data.noise", "noise_scale": "data.noise_scale", "in_dim": "model.in_dim",
-    "depth": "model.depth", "widths": "model.widths", "target_params": "model.target_params",
-    "activation": "model.activation", "quad_dim": "target.quad_dim",
+    "noise": "data.noise", "noise_scale": "data.noise_scale", "in_dim": "target.mlp.in_dim",
+    "depth": "target.mlp.depth", "widths": "target.mlp.widths", "target_params": "target.mlp.target_params",
+    "activation": "target.mlp.activation", "quad_dim": "target.quadratic.dim",
 }
 LEADING = ["grid", *CONFIG_COLUMNS, "n_params", "n", "beta", "gamma", "nbeta", "L0", "analytic_llc",
            "sampler", "llc_mean", "llc_se", "ess", "rhat", "wall_s", "fde", "diverged_chains",
@@ -126,14 +126,14 @@ def space_from_dict(data: dict[str, Any], source: str = "<memory>") -> SweepSpac
         for key, values in _flatten(block).items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"sweep space {source}: grid {name!r}: {key} must be a non-empty list of values")
-            axes[key] = values
+            axes[canonical(key)] = values
         grids.append((name, axes))
     samplers = data.get("samplers")
     n_seeds = data.get("n_seeds", 1)
     if not isinstance(n_seeds, int) or n_seeds < 1:
         raise ConfigError(f"sweep space {source}: n_seeds must be an integer >= 1, got {n_seeds!r}")
     return SweepSpace(preset=data.get("preset") or None, n_seeds=n_seeds, seed=int(data.get("seed", 0)),
-                      samplers=tuple(samplers) if samplers else None, base=_flatten(data.get("base", {})),
+                      samplers=tuple(samplers) if samplers else None, base={canonical(k): v for k, v in _flatten(data.get("base", {})).items()},
                       grids=grids, source=source)
 
 
@@ -153,7 +153,7 @@ def _field_type(dotted: str) -> Any:
 def parse_axis(text: str) -> tuple[str, list[Any]]:
     """``field=v1,v2,v3`` (``|`` separates values of list-valued fields: ``model.widths=16,16|64``)."""
     key, sep, raw = text.partition("=")
-    key = key.strip()
+    key = canonical(key.strip())
     if not sep or not key or not raw.strip():
         raise ConfigError(f"--axis {text!r}: expected dotted.field=value1,value2,...")
     tp = _field_type(key)
@@ -176,7 +176,7 @@ def plan_sweep(space: SweepSpace, *, preset: str | None = None, overrides: Seque
         head.append(f"samplers={samplers}")
     elif space.samplers:
         head.append(f"samplers={','.join(space.samplers)}")
-    pinned = {item.partition("=")[0].strip() for item in overrides}
+    pinned = {canonical(item.partition("=")[0].strip()) for item in overrides}
     extra_axes = dict(parse_axis(a) for a in axes)
 
     grids = []

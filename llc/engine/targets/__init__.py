@@ -1,29 +1,59 @@
 """Targets: a loss function of a parameter pytree, its data, and the trained centre w*.
 
+A target kind is a plug-in: one module here, one line in ``llc.registry.TARGETS`` and one config
+class in ``llc.config`` (its ``[target.<kind>]`` section, which also says which shared sections,
+``[data]`` and ``[training]``, the kind reads). The module provides
+
+    build(cfg) -> base.Built            initial parameters and data (NumPy; x, y may be integer)
+    template(cfg) -> pytree             parameter shapes (arrays or ShapeDtypeStructs), for loading
+    loss(cfg) -> loss_fn                loss_fn(params, x, y): mean loss over a batch; the same
+                                        object for the same model structure (compiled programs
+                                        are cached by it)
+    metrics(cfg) -> metrics_fn          optional: (params, x, y) -> {"loss", "acc"?}, logged in training
+    analytic_llc(cfg, n, beta, gamma)   optional: base.Analytic(value, formula, regime)
+
+Kinds whose config reads ``[training]`` are trained from ``build``'s parameters (``training.train``);
+checkpoints and a metrics log taken on the way are stored with the target.
+
 Targets are built once and stored as content-addressed artifacts
-(``<root>/targets/tgt_<hash>/{meta.json,data.npz,params.npz}``); a later run that needs the same
-target loads it instead of retraining.
+(``<root>/targets/tgt_<hash>/``: meta.json, data.npz, params.npz, and checkpoints.npz /
+training_log.csv when asked for); a later run that needs the same target loads it instead of
+retraining. For ``llc trajectory``::
+
+    target = get_target(cfg, root)
+    ck = load_checkpoints(target)        # Checkpoints(steps (K,), params [K pytrees], metrics {name: (K,)})
+    ck.stacked()                         # the K parameter pytrees as one pytree with a leading K axis
+    load_training_log(target)            # {"step", "train_loss", "test_loss", "train_acc", ...} or None
+    target.x_test, target.y_test         # held-out data (modular), else None
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import importlib
 import json
 import platform
 import time
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from llc import registry
+from llc.config import RunConfig, active_target, target_section
+from llc.engine.targets.training import (Checkpoints, TrainingDiverged, cast_floats, describe,
+                                         full_loss_and_grad_norm, train)
 from llc.store import cache
-from llc.config import RunConfig, target_section
-from llc.engine.targets import dln, mlp, quadratic
-from llc.engine.targets.training import cast_tree, full_loss_and_grad_norm, train_erm
 
-_BUILDERS = {"mlp": mlp, "dln": dln, "quadratic": quadratic}
+__all__ = ["Checkpoints", "PrecisionError", "Target", "TrainingDiverged", "analytic_llc", "build_target",
+           "get_target", "load_checkpoints", "load_training_log", "loss_fn_for", "target_id"]
+
+CHECKPOINTS_FILE = "checkpoints.npz"
+LOG_FILE = "training_log.csv"
 
 
 class PrecisionError(RuntimeError):
@@ -36,26 +66,48 @@ class Target:
     kind: str
     loss_fn: Callable  # loss_fn(params, x, y) -> mean loss over the batch
     params: Any  # w*, a pytree of NumPy arrays
-    x: np.ndarray
-    y: np.ndarray
+    x: Any
+    y: Any
     L0: float
     meta: dict
     cached: bool = False
+    x_test: Any = None  # held-out data, where the kind has them
+    y_test: Any = None
+    path: Path | None = None  # the stored artifact (None until saved)
+    checkpoints: Checkpoints | None = None  # in memory right after training; else read from path
+    log: dict | None = None
 
     @property
     def n(self) -> int:
-        return int(self.x.shape[0])
+        return int(jax.tree.leaves(self.x)[0].shape[0])
 
     @property
     def d(self) -> int:
         return int(sum(np.size(leaf) for leaf in jax.tree.leaves(self.params)))
 
 
+def target_module(kind: str) -> ModuleType:
+    return importlib.import_module(registry.TARGETS[kind].module)
+
+
 def loss_fn_for(cfg: RunConfig) -> Callable:
-    kind = cfg.target.kind
-    if kind == "mlp":
-        return mlp.mse_loss_fn(cfg.model.activation)
-    return _BUILDERS[kind].loss_fn
+    return target_module(cfg.target.kind).loss(cfg)
+
+
+def metrics_fn_for(cfg: RunConfig) -> Callable | None:
+    make = getattr(target_module(cfg.target.kind), "metrics", None)
+    return make(cfg) if make else None
+
+
+def analytic_llc(cfg: RunConfig, n: int, beta: float, gamma: float) -> dict[str, Any] | None:
+    """{"value", "formula", "regime"} where the kind knows its learning coefficient, else None."""
+    fn = getattr(target_module(cfg.target.kind), "analytic_llc", None)
+    result = fn(cfg, n, beta, gamma) if fn else None
+    return result.as_dict() if result is not None else None
+
+
+def trains(cfg: RunConfig) -> bool:
+    return "training" in active_target(cfg).SHARED and cfg.training.steps > 0
 
 
 def target_id(cfg: RunConfig) -> str:
@@ -66,7 +118,7 @@ def target_id(cfg: RunConfig) -> str:
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("jax", "jaxlib", "numpy", "optax", "blackjax"):
+    for pkg in ("jax", "jaxlib", "numpy", "optax", "blackjax", "flax"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -81,47 +133,77 @@ def _require_precision(dtype: str, where: str) -> None:
             f"jax.config.update('jax_enable_x64', True) or set target.dtype=float32")
 
 
-def build_target(cfg: RunConfig) -> Target:
-    """Generate data and train w* (no caching)."""
+def _all_finite(tree) -> bool:
+    return all(np.isfinite(a).all() for a in jax.tree.leaves(tree) if np.issubdtype(np.asarray(a).dtype, np.floating))
+
+
+def build_target(cfg: RunConfig, progress: Callable[[int, int], None] | None = None) -> Target:
+    """Generate data and train w* (no caching). Raises TrainingDiverged rather than return a target
+    whose w* or L0 is not finite."""
     dtype = cfg.target.dtype
     _require_precision(dtype, "target.dtype")
-    builder = _BUILDERS[cfg.target.kind]
-    params, x, y, info = builder.build(cfg)
+    built = target_module(cfg.target.kind).build(cfg)
     loss_fn = loss_fn_for(cfg)
-    params, x, y = cast_tree(params, dtype), cast_tree(x, dtype), cast_tree(y, dtype)
+    params, x, y = (cast_floats(t, dtype) for t in (built.params, built.x, built.y))
+    test = None if built.x_test is None else (cast_floats(built.x_test, dtype), cast_floats(built.y_test, dtype))
     t0 = time.perf_counter()
-    erm: dict[str, Any] = {}
-    if cfg.target.kind != "quadratic" and cfg.training.steps > 0:
-        params, loss, gnorm = train_erm(loss_fn, params, x, y, cfg.training, seed=cfg.target.seed)
-        erm = {"final_loss": loss, "grad_norm": gnorm}
+    trained = None
+    if trains(cfg):
+        trained = train(loss_fn, params, x, y, cfg.training, seed=cfg.target.seed, metrics_fn=metrics_fn_for(cfg),
+                        test=test, progress=progress)
+        params = trained.params
     L0, grad_norm = full_loss_and_grad_norm(loss_fn, params, x, y)
-    erm.update({"L0": L0, "grad_norm": grad_norm, "train_seconds": time.perf_counter() - t0})
-    to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
-    params_np = to_np(params)
+    bad = [name for name, ok in (("L0", np.isfinite(L0)), ("w*", _all_finite(params))) if not ok]
+    if bad:
+        raise TrainingDiverged(f"target {target_id(cfg)}: {' and '.join(bad)} not finite (L0 = {L0}) after "
+                               f"training ({describe(cfg.training)}); not saved")
+    checkpoints = trained.checkpoints if trained else None
     meta = {
         "id": target_id(cfg),
         "kind": cfg.target.kind,
         "config": target_section(cfg),
         "dtype": dtype,
         "x64": bool(jax.config.jax_enable_x64),
-        "n": int(x.shape[0]),
-        "d": int(sum(np.size(a) for a in jax.tree.leaves(params_np))),
+        "n": int(jax.tree.leaves(x)[0].shape[0]),
+        "n_test": None if test is None else int(jax.tree.leaves(test[0])[0].shape[0]),
+        "d": int(sum(np.size(a) for a in jax.tree.leaves(params))),
         "L0": L0,
-        "erm": erm,
-        "info": info,
+        "erm": {"L0": L0, "grad_norm": grad_norm, "steps": cfg.training.steps if trained else 0,
+                "train_seconds": time.perf_counter() - t0},
+        "checkpoints": None if checkpoints is None else {
+            "steps": checkpoints.steps.tolist(),
+            "final": {k: float(v[-1]) for k, v in checkpoints.metrics.items()}},
+        "info": built.info,
         "versions": _versions(),
         "code_fingerprint": cache.code_fingerprint("engine/targets"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return Target(meta["id"], cfg.target.kind, loss_fn, params_np, np.asarray(x), np.asarray(y), L0, meta)
+    return Target(meta["id"], cfg.target.kind, loss_fn, params, x, y, L0, meta,
+                  x_test=None if test is None else test[0], y_test=None if test is None else test[1],
+                  checkpoints=checkpoints, log=trained.log if trained else None)
+
+
+def _leaves_npz(tree, prefix: str = "leaf_") -> dict[str, np.ndarray]:
+    return {f"{prefix}{i:04d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
 def save_target(target: Target, root: Path) -> Path:
     final = Path(root) / "targets" / target.id
     with cache.atomic_dir(final) as tmp:
-        np.savez(tmp / "data.npz", x=target.x, y=target.y)
-        leaves = jax.tree.leaves(target.params)
-        np.savez(tmp / "params.npz", **{f"leaf_{i:04d}": leaf for i, leaf in enumerate(leaves)})
+        data = {"x": target.x, "y": target.y}
+        if target.x_test is not None:
+            data.update(x_test=target.x_test, y_test=target.y_test)
+        np.savez(tmp / "data.npz", **data)
+        np.savez(tmp / "params.npz", **_leaves_npz(target.params))
+        if target.checkpoints is not None:
+            ck = target.checkpoints
+            np.savez(tmp / CHECKPOINTS_FILE, steps=ck.steps, **_leaves_npz(ck.stacked()),
+                     **{f"metric_{k}": v for k, v in ck.metrics.items()})
+        if target.log is not None:
+            with (tmp / LOG_FILE).open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(list(target.log))
+                writer.writerows(zip(*(np.asarray(v).tolist() for v in target.log.values())))
         (tmp / "meta.json").write_text(json.dumps(target.meta, indent=2))
         # manifest.json marks completeness for the shared atomic-dir convention
         (tmp / cache.COMPLETE_MARKER).write_text(json.dumps({"id": target.id}))
@@ -132,28 +214,67 @@ def save_target(target: Target, root: Path) -> Path:
     return final
 
 
+def _shape(leaf) -> tuple[int, ...]:
+    return tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
+
+
 def load_target(cfg: RunConfig, path: Path) -> Target:
     meta = json.loads((path / "meta.json").read_text())
     _require_precision(meta["dtype"], f"target {meta['id']}")
     if meta["dtype"] != cfg.target.dtype:
         raise PrecisionError(f"target {meta['id']} was built in {meta['dtype']}, run asks for {cfg.target.dtype}")
-    template = _BUILDERS[cfg.target.kind].template(cfg)
+    template = target_module(cfg.target.kind).template(cfg)
     t_leaves, treedef = jax.tree.flatten(template)
     with np.load(path / "params.npz") as fh:
         leaves = [fh[f"leaf_{i:04d}"] for i in range(len(fh.files))]
-    if [np.shape(a) for a in t_leaves] != [a.shape for a in leaves]:
+    if [_shape(a) for a in t_leaves] != [a.shape for a in leaves]:
         raise ValueError(f"target {meta['id']}: stored parameter shapes do not match the model config")
     with np.load(path / "data.npz") as fh:
-        x, y = fh["x"], fh["y"]
+        data = {k: fh[k] for k in fh.files}
     params = jax.tree.unflatten(treedef, leaves)
-    return Target(meta["id"], meta["kind"], loss_fn_for(cfg), params, x, y, float(meta["L0"]), meta, cached=True)
+    return Target(meta["id"], meta["kind"], loss_fn_for(cfg), params, data["x"], data["y"], float(meta["L0"]), meta,
+                  cached=True, x_test=data.get("x_test"), y_test=data.get("y_test"), path=Path(path))
 
 
-def get_target(cfg: RunConfig, root: Path) -> Target:
-    """Load the target for ``cfg`` from ``root/targets`` if built before, else build and store it."""
+def get_target(cfg: RunConfig, root: Path, progress: Callable[[int, int], None] | None = None) -> Target:
+    """Load the target for ``cfg`` from ``root/targets`` if built before, else build and store it.
+
+    ``progress(steps_done, steps)`` is called during training."""
     path = Path(root) / "targets" / target_id(cfg)
     if cache.is_complete(path):
         return load_target(cfg, path)
-    target = build_target(cfg)
-    save_target(target, root)
-    return target
+    target = build_target(cfg, progress=progress)
+    return dataclasses.replace(target, path=save_target(target, root))
+
+
+def load_checkpoints(target: Target) -> Checkpoints:
+    """The checkpoints taken while training ``target``: steps, parameter pytrees, metrics per checkpoint.
+
+    Raises ValueError when the target was trained without checkpoints."""
+    if target.checkpoints is not None:
+        return target.checkpoints
+    file = target.path / CHECKPOINTS_FILE if target.path is not None else None
+    if file is None or not file.is_file():
+        raise ValueError(f"target {target.id} has no checkpoints; set training.checkpoints_log and/or "
+                         "training.checkpoints_linear (a new target is trained)")
+    treedef = jax.tree.structure(target.params)
+    with np.load(file) as fh:
+        steps = fh["steps"]
+        stacked = [fh[f"leaf_{i:04d}"] for i in range(treedef.num_leaves)]
+        metrics = {k.removeprefix("metric_"): fh[k] for k in fh.files if k.startswith("metric_")}
+    params = [jax.tree.unflatten(treedef, [leaf[i] for leaf in stacked]) for i in range(len(steps))]
+    return Checkpoints(steps, params, metrics)
+
+
+def load_training_log(target: Target) -> dict[str, np.ndarray] | None:
+    """The metrics logged every ``training.log_every`` steps, or None when none were logged."""
+    if target.log is not None:
+        return target.log
+    file = target.path / LOG_FILE if target.path is not None else None
+    if file is None or not file.is_file():
+        return None
+    with file.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    columns = list(zip(*rows[1:])) if len(rows) > 1 else [()] * len(rows[0])
+    return {name: np.asarray(col, dtype=np.int64 if name == "step" else float)
+            for name, col in zip(rows[0], columns)}

@@ -1,15 +1,19 @@
-"""Multi-layer perceptrons as pure functions of a parameter pytree (a list of {"W", "b"} dicts)."""
+"""Teacher-student MLP target ([target.mlp]); MLPs as pure functions of a parameter pytree (a list of
+{"W", "b"} dicts), also used by the deep linear network."""
 
 from __future__ import annotations
 
 import functools
-
 import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from llc.engine.targets.base import Built
+from llc.engine.targets.data import add_noise, sample_inputs
+from llc.engine.targets.losses import make_loss, make_metrics
 
 ACTIVATION_FNS = {
     "relu": jax.nn.relu,
@@ -62,23 +66,16 @@ def apply_mlp_numpy(params: Sequence[dict], x: np.ndarray, activation: str) -> n
 
 
 @functools.lru_cache(maxsize=None)
-def mse_loss_fn(activation: str):
-    """Per-batch loss: mean over samples of 0.5 * ||y - f(x)||^2 (Gaussian NLL up to constants).
-
-    One function object per activation: the driver's compiled programs are cached by it.
-    """
-
-    def loss(params, x, y):
-        pred = apply_mlp(params, x, activation)
-        return 0.5 * jnp.mean(jnp.sum((y - pred) ** 2, axis=-1))
-
-    return loss
+def apply_fn(activation: str):
+    """apply(params, x) of an MLP with this activation: one function object per activation, so the
+    losses built on it (and the driver's compiled programs, cached by them) are shared."""
+    return functools.partial(apply_mlp, activation=activation)
 
 
 # --------------------------------------------------------------------------- teacher-student target
 
 def student_sizes(cfg) -> list[int]:
-    m = cfg.model
+    m = cfg.target.mlp
     if m.widths is not None:
         hidden = list(m.widths)
     else:
@@ -88,23 +85,36 @@ def student_sizes(cfg) -> list[int]:
 
 
 def teacher_activation(cfg) -> str:
-    return cfg.model.activation if cfg.teacher.activation == "same" else cfg.teacher.activation
+    m = cfg.target.mlp
+    return m.activation if m.teacher.activation == "same" else m.teacher.activation
 
 
-def build(cfg):
-    """Teacher-student regression: data from a random teacher MLP plus noise; w* from ERM."""
-    from llc.engine.targets.data import add_noise, sample_inputs
-
-    m, t = cfg.model, cfg.teacher
+def build(cfg) -> Built:
+    """Teacher-student data: inputs from [data], outputs of a random teacher MLP plus noise (mse), or
+    the argmax class of the noisy teacher outputs (cross_entropy); the student starts at random."""
+    m, t = cfg.target.mlp, cfg.target.mlp.teacher
     rng = np.random.default_rng([cfg.target.seed, 0])
     teacher = init_mlp(rng, [m.in_dim, *[t.width] * t.depth, m.out_dim], bias=True, scale=t.weight_scale)
     x = sample_inputs(rng, cfg.data, cfg.data.n_data, m.in_dim)
     y_clean = apply_mlp_numpy(teacher, x, teacher_activation(cfg))
     y = add_noise(rng, cfg.data, x, y_clean)
-    sizes = student_sizes(cfg)
-    student = init_mlp(rng, sizes, bias=m.bias)
-    return student, x, y, {"sizes": sizes, "activation": m.activation}
+    info = {"sizes": student_sizes(cfg), "activation": m.activation, "loss": m.loss}
+    if m.loss == "cross_entropy":
+        y = np.argmax(y, axis=-1).astype(np.int32)
+        info["class_counts"] = np.bincount(y, minlength=m.out_dim).tolist()
+    student = init_mlp(rng, info["sizes"], bias=m.bias)
+    return Built(student, x, y, info)
 
 
 def template(cfg):
-    return init_mlp(np.random.default_rng(0), student_sizes(cfg), bias=cfg.model.bias)
+    return init_mlp(np.random.default_rng(0), student_sizes(cfg), bias=cfg.target.mlp.bias)
+
+
+def loss(cfg):
+    m = cfg.target.mlp
+    return make_loss(apply_fn(m.activation), m.loss)
+
+
+def metrics(cfg):
+    m = cfg.target.mlp
+    return make_metrics(apply_fn(m.activation), m.loss, m.loss == "cross_entropy")

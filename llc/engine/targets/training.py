@@ -1,42 +1,234 @@
-"""ERM training with Optax: finds w*, the centre of the localized posterior."""
+"""Training that finds w* (Optax), with checkpoints and metrics recorded along the way.
+
+    trained = train(loss_fn, params, x, y, cfg.training, seed, metrics_fn=..., test=(x_test, y_test))
+    trained.params                       # w*: the parameters after cfg.steps optimizer steps
+    trained.checkpoints                  # Checkpoints(steps, params, metrics) or None
+    trained.log                          # {"step", "train_loss", ...} every cfg.log_every steps, or None
+
+Steps run in chunks of one compiled ``lax.scan`` (the data are arguments, not constants); between
+chunks the loss is checked, so a diverging run stops within a chunk with ``TrainingDiverged``.
+Checkpoints and logged metrics are written into preallocated buffers inside the scan (under
+``lax.cond``, so steps that record nothing cost nothing extra), never through the host.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from llc.config import TrainingConfig
 
+# At most this many chunks: progress and the divergence check happen between them.
+MAX_CHUNKS = 20
 
-def train_erm(loss_fn: Callable, params, x, y, cfg: TrainingConfig, seed: int):
-    """Minimise loss_fn(params, x, y) in one jitted lax.scan; returns (params, final loss, grad norm)."""
-    opt = optax.adam(cfg.learning_rate) if cfg.optimizer == "adam" else optax.sgd(cfg.learning_rate)
-    n = x.shape[0]
-    batch = cfg.batch_size
 
-    def step(carry, key):
-        p, state = carry
-        if batch is None or batch >= n:
-            xb, yb = x, y
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss; the message is one line naming the training settings."""
+
+
+class Checkpoints(NamedTuple):
+    """Parameters saved during training, with the train/test metrics at each of them.
+
+    ``steps[i]`` is the number of optimizer steps taken before ``params[i]`` (0: the initialisation);
+    ``metrics`` maps ``train_loss``, ``test_loss`` (and ``train_acc``, ``test_acc`` for
+    classification targets) to arrays aligned with ``steps``.
+    """
+
+    steps: np.ndarray
+    params: list
+    metrics: dict[str, np.ndarray]
+
+    def stacked(self):
+        """One pytree whose leaves have a leading checkpoint axis (for vmapping over checkpoints)."""
+        return jax.tree.map(lambda *leaves: np.stack(leaves), *self.params)
+
+
+class Trained(NamedTuple):
+    params: Any  # w*, a pytree of NumPy arrays
+    checkpoints: Checkpoints | None
+    log: dict[str, np.ndarray] | None  # "step" and the metrics, every log_every steps
+
+
+def checkpoint_steps(steps: int, n_log: int, n_linear: int) -> np.ndarray:
+    """Sorted unique checkpoint steps: ``n_log`` log-spaced in [1, steps] (early training changes
+    fastest) and ``n_linear`` evenly spaced in [0, steps]; the last step is always included when
+    any checkpoint is asked for. Rounding merges close steps, so there may be fewer than asked."""
+    if steps == 0 or n_log + n_linear == 0:
+        return np.zeros(0, dtype=np.int64)
+    parts = [np.array([steps])]
+    if n_log:
+        parts.append(np.geomspace(1, steps, n_log))
+    if n_linear:
+        parts.append(np.linspace(0, steps, n_linear))
+    return np.unique(np.rint(np.concatenate(parts)).astype(np.int64))
+
+
+def decay_mask(params) -> Any:
+    """True for the leaves weight decay applies to: weight matrices and kernels; not biases or norm
+    scales (1-d, or named ``bias`` / ``scale`` as Flax names them) nor embedding tables (a name
+    ``embed*`` or ``*_embed``, e.g. Flax's ``embedding``; the unembedding is a weight matrix)."""
+    def is_embedding(name: str) -> bool:
+        return name.startswith("embed") or name.endswith("_embed")
+
+    def decays(path, leaf) -> bool:
+        names = [str(getattr(k, "key", getattr(k, "name", ""))).lower() for k in path]
+        return len(np.shape(leaf)) >= 2 and names[-1] not in ("bias", "scale") and not any(map(is_embedding, names))
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(cfg: TrainingConfig) -> optax.GradientTransformation:
+    lr: Any = cfg.learning_rate
+    if cfg.warmup_steps:
+        lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    if cfg.optimizer == "sgd":
+        tx = optax.sgd(lr)
+    elif cfg.optimizer == "adam":
+        tx = optax.adam(lr, b1=cfg.beta1, b2=cfg.beta2)
+    else:
+        tx = optax.adamw(lr, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay, mask=decay_mask)
+    if cfg.clip_norm is not None:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+    return tx
+
+
+def describe(cfg: TrainingConfig) -> str:
+    """The training settings in one line, for error messages."""
+    parts = [f"optimizer={cfg.optimizer}", f"learning_rate={cfg.learning_rate:g}", f"steps={cfg.steps}",
+             f"batch_size={cfg.batch_size or 'full'}"]
+    if cfg.optimizer == "adamw":
+        parts.append(f"weight_decay={cfg.weight_decay:g}")
+    if cfg.warmup_steps:
+        parts.append(f"warmup_steps={cfg.warmup_steps}")
+    parts.append(f"clip_norm={cfg.clip_norm if cfg.clip_norm is not None else 'none'}")
+    return ", ".join(f"training.{p}" for p in parts)
+
+
+class _Carry(NamedTuple):
+    params: Any
+    opt_state: Any
+    bad_step: jax.Array  # first step whose loss was not finite, -1 while none
+    bad_loss: jax.Array
+    record: Any  # (checkpoint params, checkpoint metrics, log metrics); None parts when unused
+
+
+def _metric_keys(metrics_fn: Callable, params, x, y) -> list[str]:
+    return sorted(jax.eval_shape(metrics_fn, params, x, y), key=lambda k: (k != "loss", k))
+
+
+def train(loss_fn: Callable, params, x, y, cfg: TrainingConfig, seed: int, *,
+          metrics_fn: Callable | None = None, test: tuple[Any, Any] | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Trained:
+    """Minimise ``loss_fn(params, x, y)`` for ``cfg.steps`` steps from ``params``.
+
+    Args:
+      metrics_fn: ``(params, x, y) -> {"loss": ..., "acc": ...}`` recorded at checkpoints and every
+        ``cfg.log_every`` steps on the training data and on ``test``; default ``{"loss": loss_fn}``.
+      test: held-out ``(x, y)``, or None.
+      progress: called as ``progress(steps_done, steps)`` between chunks.
+
+    Raises:
+      TrainingDiverged: at the first chunk in which the loss became NaN or infinite.
+    """
+    steps = cfg.steps
+    metrics_fn = metrics_fn or (lambda p, xb, yb: {"loss": loss_fn(p, xb, yb)})
+    ck_steps = checkpoint_steps(steps, cfg.checkpoints_log, cfg.checkpoints_linear)
+    log_every = cfg.log_every if cfg.log_every and steps else 0
+    metric_keys = _metric_keys(metrics_fn, params, x, y)
+    names = [f"{split}_{k}" for split in ("train", "test")[: 1 + (test is not None)] for k in metric_keys]
+    data = {"x": x, "y": y, "test": test}
+    opt = make_optimizer(cfg)
+    n = jax.tree.leaves(x)[0].shape[0]
+    minibatch = cfg.batch_size is not None and cfg.batch_size < n
+    recording = bool(len(ck_steps) or log_every)
+    dtype = jax.tree.leaves(params)[0].dtype
+
+    def evaluate(p, data):
+        values = [metrics_fn(p, data["x"], data["y"])]
+        if data["test"] is not None:
+            values.append(metrics_fn(p, *data["test"]))
+        return jnp.stack([jnp.asarray(v[k], dtype) for v in values for k in metric_keys])
+
+    def record(rec, p, t, data):
+        ck_params, ck_metrics, log = rec
+        is_ck = jnp.zeros((), bool)
+        if len(ck_steps):
+            ck = jnp.asarray(ck_steps)
+            j = jnp.clip(jnp.searchsorted(ck, t), 0, len(ck_steps) - 1)
+            is_ck = ck[j] == t
+        is_log = (t % log_every == 0) if log_every else jnp.zeros((), bool)
+        m = jax.lax.cond(is_ck | is_log, lambda q: evaluate(q, data), lambda q: jnp.full(len(names), jnp.nan, dtype), p)
+        if len(ck_steps):
+            ck_params = jax.lax.cond(is_ck, lambda b: jax.tree.map(lambda bi, pi: bi.at[j].set(pi), b, p),
+                                     lambda b: b, ck_params)
+            ck_metrics = ck_metrics.at[j].set(jnp.where(is_ck, m, ck_metrics[j]))
+        if log_every:
+            i = jnp.minimum(t // log_every, log.shape[0] - 1)
+            log = log.at[i].set(jnp.where(is_log, m, log[i]))
+        return ck_params, ck_metrics, log
+
+    def one_step(carry: _Carry, key, t, data):
+        if minibatch:
+            idx = jax.random.randint(key, (cfg.batch_size,), 0, n)
+            xb, yb = jax.tree.map(lambda a: a[idx], data["x"]), jax.tree.map(lambda a: a[idx], data["y"])
         else:
-            idx = jax.random.randint(key, (batch,), 0, n)
-            xb, yb = x[idx], y[idx]
-        grads = jax.grad(loss_fn)(p, xb, yb)
-        updates, state = opt.update(grads, state, p)
-        return (optax.apply_updates(p, updates), state), None
+            xb, yb = data["x"], data["y"]
+        loss, grads = jax.value_and_grad(loss_fn)(carry.params, xb, yb)
+        updates, opt_state = opt.update(grads, carry.opt_state, carry.params)
+        p = optax.apply_updates(carry.params, updates)
+        first_bad = (carry.bad_step < 0) & ~jnp.isfinite(loss)
+        rec = record(carry.record, p, t + 1, data) if recording else carry.record
+        return _Carry(p, opt_state, jnp.where(first_bad, t, carry.bad_step),
+                      jnp.where(first_bad, loss, carry.bad_loss), rec)
 
     @jax.jit
-    def run(p):
-        keys = jax.random.split(jax.random.key(seed), cfg.steps)
-        (p, _), _ = jax.lax.scan(step, (p, opt.init(p)), keys)
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
-        return p, loss, optax.global_norm(grads)
+    def run_chunk(carry: _Carry, keys, ts, data):
+        def body(c, xs):
+            key, t = xs
+            # Steps past the end (padding of the last chunk) leave the carry alone.
+            return jax.lax.cond(t < steps, lambda c: one_step(c, key, t, data), lambda c: c, c), None
 
-    params, loss, grad_norm = run(params)
-    return params, float(loss), float(grad_norm)
+        return jax.lax.scan(body, carry, (keys, ts))[0]
+
+    params = jax.tree.map(jnp.asarray, params)
+    rec = (None, None, None)
+    if recording:
+        k = len(ck_steps)
+        rec = (jax.tree.map(lambda a: jnp.zeros((k, *a.shape), a.dtype), params) if k else None,
+               jnp.full((k, len(names)), jnp.nan, dtype) if k else None,
+               jnp.full((steps // log_every + 1, len(names)), jnp.nan, dtype) if log_every else None)
+        rec = jax.jit(record)(rec, params, jnp.int32(0), data)
+    carry = _Carry(params, opt.init(params), jnp.int32(-1), jnp.zeros((), dtype), rec)
+    if steps:
+        chunk = math.ceil(steps / min(MAX_CHUNKS, steps))
+        n_chunks = math.ceil(steps / chunk)
+        keys = jax.random.split(jax.random.key(seed), steps)
+        keys = jnp.concatenate([keys, keys[: n_chunks * chunk - steps]])  # padding, never used
+        for c in range(n_chunks):
+            ts = jnp.arange(c * chunk, (c + 1) * chunk, dtype=jnp.int32)
+            carry = run_chunk(carry, keys[c * chunk:(c + 1) * chunk], ts, data)
+            bad = int(carry.bad_step)
+            if bad >= 0:
+                raise TrainingDiverged(f"target training diverged: the loss became {float(carry.bad_loss)} at step "
+                                       f"{bad} ({describe(cfg)}); lower training.learning_rate or set training.clip_norm")
+            if progress is not None:
+                progress(min((c + 1) * chunk, steps), steps)
+    to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
+    ck_params, ck_metrics, log = carry.record
+    checkpoints = None
+    if len(ck_steps):
+        stacked = to_np(ck_params)
+        checkpoints = Checkpoints(ck_steps, [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(ck_steps))],
+                                  dict(zip(names, np.asarray(ck_metrics).T)))
+    log_table = None
+    if log_every:
+        log_table = {"step": np.arange(0, steps + 1, log_every), **dict(zip(names, np.asarray(log).T))}
+    return Trained(to_np(carry.params), checkpoints, log_table)
 
 
 def full_loss_and_grad_norm(loss_fn: Callable, params, x, y) -> tuple[float, float]:
@@ -44,5 +236,10 @@ def full_loss_and_grad_norm(loss_fn: Callable, params, x, y) -> tuple[float, flo
     return float(loss), float(optax.global_norm(grads))
 
 
-def cast_tree(tree, dtype):
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype=dtype), tree)
+def cast_floats(tree, dtype):
+    """Float leaves to ``dtype``; integer leaves (tokens, class labels) stay as they are."""
+    def conv(a):
+        a = np.asarray(a)
+        return a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a
+
+    return jax.tree.map(conv, tree)

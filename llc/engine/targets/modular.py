@@ -1,0 +1,139 @@
+"""Modular arithmetic target ([target.modular]): the grokking task.
+
+Every pair (a, b) with a, b in {0..p-1} is labelled (a op b) mod p; a ``train_frac`` of the p^2
+pairs (drawn with ``split_seed``) is the training set, the other pairs the test set, stored with
+the target. Inputs stay integer end to end:
+
+- ``model = "mlp"``: x is (n, 2) = (a, b); the network sees the concatenated one-hot codes
+  (2p inputs), then ``depth`` hidden layers (GELU by default) and p logits.
+- ``model = "transformer"``: x is (n, 4) = tokens [a, op, b, =] (vocabulary p + 2: residues, then
+  the op token p and the "=" token p + 1); one decoder-only block (causal multi-head attention
+  and an MLP, residual stream d_model, learned positional embeddings, LayerNorm optional),
+  logits from the last position. Defaults as in Nanda et al. (2023), "Progress measures for
+  grokking via mechanistic interpretability": p = 113, d_model 128, 4 heads of 32, d_mlp 512,
+  ReLU, no LayerNorm, weights initialised N(0, 1/d_model).
+
+Embeddings (token and position: "embed", "pos_embed"), biases and norms are never weight-decayed
+(``training.decay_mask``), as in the seed project and in Nanda et al.'s AdamW set-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llc.config import ModularMLPConfig, RunConfig, TransformerConfig, modular_train_size
+from llc.engine.targets.base import Built
+from llc.engine.targets.losses import make_loss, make_metrics
+
+_ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "identity": lambda z: z}
+_OPS = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}
+
+
+class OneHotMLP(nn.Module):
+    """Logits of (a op b) mod p from the one-hot codes of (a, b)."""
+
+    p: int
+    depth: int
+    width: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, pairs: jax.Array) -> jax.Array:
+        h = jax.nn.one_hot(pairs, self.p, dtype=jnp.float32).reshape(*pairs.shape[:-1], 2 * self.p)
+        for i in range(self.depth):
+            h = _ACTIVATIONS[self.activation](nn.Dense(self.width, name=f"hidden_{i}")(h))
+        return nn.Dense(self.p, name="out")(h)
+
+
+class Transformer(nn.Module):
+    """One-layer decoder-only transformer; logits of the answer from the last position."""
+
+    p: int
+    d_model: int
+    heads: int
+    d_mlp: int
+    activation: str
+    layer_norm: bool
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(1.0 / math.sqrt(self.d_model))
+        norm = (lambda name: nn.LayerNorm(name=name)) if self.layer_norm else (lambda name: lambda h: h)
+        h = nn.Embed(self.p + 2, self.d_model, embedding_init=init, name="embed")(tokens)
+        h = h + self.param("pos_embed", init, (tokens.shape[-1], self.d_model)).astype(h.dtype)
+        attn = nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.d_model,
+                                               out_features=self.d_model, kernel_init=init, name="attn")
+        h = h + attn(norm("ln_attn")(h), mask=nn.make_causal_mask(tokens))
+        m = nn.Dense(self.d_mlp, kernel_init=init, name="mlp_in")(norm("ln_mlp")(h))
+        h = h + nn.Dense(self.d_model, kernel_init=init, name="mlp_out")(_ACTIVATIONS[self.activation](m))
+        return nn.Dense(self.p, use_bias=False, kernel_init=init, name="unembed")(norm("ln_final")(h)[..., -1, :])
+
+
+@functools.lru_cache(maxsize=None)
+def _network(p: int, model: str, section: ModularMLPConfig | TransformerConfig) -> nn.Module:
+    if model == "mlp":
+        return OneHotMLP(p, section.depth, section.width, section.activation)
+    return Transformer(p, section.d_model, section.heads, section.d_mlp, section.activation, section.layer_norm)
+
+
+@functools.lru_cache(maxsize=None)
+def _apply_for(network: nn.Module):
+    # One function object per network structure: losses built on it share compiled programs.
+    return lambda params, x: network.apply({"params": params}, x)
+
+
+def network(cfg: RunConfig) -> nn.Module:
+    m = cfg.target.modular
+    return _network(m.p, m.model, getattr(m, m.model))
+
+
+def apply_fn(cfg: RunConfig):
+    """apply(params, x) -> logits (n, p), params being the Flax "params" collection."""
+    return _apply_for(network(cfg))
+
+
+def dataset(p: int, op: str, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """All p^2 examples in the order a * p + b: inputs (int32) and labels (a op b) mod p (int32)."""
+    a, b = np.divmod(np.arange(p * p), p)
+    labels = np.mod(_OPS[op](a, b), p).astype(np.int32)
+    if model == "mlp":
+        return np.stack([a, b], axis=1).astype(np.int32), labels
+    return np.stack([a, np.full_like(a, p), b, np.full_like(a, p + 1)], axis=1).astype(np.int32), labels
+
+
+def split(p: int, train_frac: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices (into ``dataset``) of the training and the test pairs."""
+    perm = np.random.default_rng([split_seed, 2]).permutation(p * p)
+    n = modular_train_size(p, train_frac)
+    return np.sort(perm[:n]), np.sort(perm[n:])
+
+
+def build(cfg: RunConfig) -> Built:
+    m = cfg.target.modular
+    x, y = dataset(m.p, m.op, m.model)
+    train_idx, test_idx = split(m.p, m.train_frac, m.split_seed)
+    variables = network(cfg).init(jax.random.key(cfg.target.seed), x[:1])
+    params = jax.tree.map(np.asarray, variables["params"])
+    info = {"p": m.p, "op": m.op, "model": m.model, "n_train": len(train_idx), "n_test": len(test_idx),
+            "chance_accuracy": 1.0 / m.p}
+    return Built(params, x[train_idx], y[train_idx], info, x[test_idx], y[test_idx])
+
+
+def template(cfg: RunConfig):
+    m = cfg.target.modular
+    dummy = jnp.zeros((1, 2 if m.model == "mlp" else 4), jnp.int32)
+    return jax.eval_shape(lambda: network(cfg).init(jax.random.key(0), dummy)["params"])
+
+
+def loss(cfg: RunConfig):
+    return make_loss(apply_fn(cfg), cfg.target.modular.loss)
+
+
+def metrics(cfg: RunConfig):
+    return make_metrics(apply_fn(cfg), cfg.target.modular.loss, True)
