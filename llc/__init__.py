@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["estimate", "run_experiment", "build_config", "RunConfig"]
+__all__ = ["estimate", "trajectory", "calibrate", "run_experiment", "build_config", "RunConfig"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,6 +16,14 @@ def __getattr__(name: str) -> Any:
         from llc.api import estimate
 
         return estimate
+    if name == "trajectory":
+        from llc.api import trajectory
+
+        return trajectory
+    if name == "calibrate":
+        from llc.pipeline.calibrate import calibrate_config
+
+        return calibrate_config
     if name == "run_experiment":
         from llc.pipeline.experiment import run_experiment
 

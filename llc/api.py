@@ -98,3 +98,71 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     metrics.update(out.work)
     return Estimate(sampler, metrics["llc_mean"], metrics["llc_se"], metrics, out,
                     post.n, post.beta, post.gamma, post.L0)
+
+
+def _load_checkpoint_dir(path) -> tuple[list[Any], list[int]]:
+    """Checkpoints from a directory: ``*.npz`` files (keys ``a/b/c`` become nested dicts), or Orbax
+    checkpoint sub-directories (needs ``orbax-checkpoint``); ordered, and stepped, by the first
+    integer in each name."""
+    import re
+    from pathlib import Path
+
+    path = Path(path)
+    npz = [p for p in path.iterdir() if p.suffix == ".npz"]
+    entries = sorted(npz or [p for p in path.iterdir() if p.is_dir()],
+                     key=lambda p: int(m.group()) if (m := re.search(r"\d+", p.name)) else -1)
+    if not entries:
+        raise ValueError(f"checkpoints: {path} holds no .npz files or Orbax checkpoint directories")
+    params, steps = [], []
+    for entry in entries:
+        if entry.suffix == ".npz":
+            tree: dict[str, Any] = {}
+            with np.load(entry) as fh:
+                for key in fh.files:
+                    *parents, leaf = key.split("/")
+                    node = tree
+                    for part in parents:
+                        node = node.setdefault(part, {})
+                    node[leaf] = fh[key]
+        else:
+            import orbax.checkpoint as ocp
+
+            tree = ocp.PyTreeCheckpointer().restore(entry.resolve())
+        params.append(tree)
+        match = re.search(r"\d+", entry.name)
+        steps.append(int(match.group()) if match else len(steps))
+    return params, steps
+
+
+def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: Any = None,
+               sampler: str = "sgld", sampler_config: dict[str, Any] | Any | None = None,
+               posterior: dict[str, Any] | C.PosteriorConfig | None = None, seed: int = 0,
+               metrics: dict[str, Any] | None = None, out: Any = "llc_trajectory", max_batch: int = 16) -> dict[str, Any]:
+    """Lambda-hat and curvature at every checkpoint of a user's own training run.
+
+    ``model``: a Flax linen Module (MSE loss) or a pure ``loss_fn(params, (x, y))``;
+    ``checkpoints``: a list of parameter pytrees, or a directory of ``.npz`` / Orbax checkpoints;
+    ``data``: the training data ``(x, y)`` the posterior is built on; ``steps``: the training step
+    of each checkpoint (default: from the file names, else 0, 1, ...); ``metrics``: optional
+    per-checkpoint columns (e.g. ``{"test_acc": [...]}``). Writes ``out`` (trajectory.csv / .nc /
+    .png, summary.json; checkpoints already there are not recomputed) and returns the summary.
+    """
+    from llc.pipeline.trajectory import Checkpointed, compute
+
+    if sampler not in _SAMPLER_CONFIGS:
+        raise C.ConfigError(f"sampler: {sampler!r} is not allowed; choose one of {', '.join(_SAMPLER_CONFIGS)}")
+    if isinstance(checkpoints, (str, bytes)) or hasattr(checkpoints, "iterdir"):
+        params, file_steps = _load_checkpoint_dir(checkpoints)
+    else:
+        params, file_steps = list(checkpoints), list(range(len(checkpoints)))
+    steps = np.asarray(file_steps if steps is None else steps, dtype=np.int64)
+    if len(steps) != len(params):
+        raise ValueError(f"steps: {len(steps)} values for {len(params)} checkpoints")
+    x, y = data
+    scfg = _build(_SAMPLER_CONFIGS[sampler], sampler_config, sampler)
+    if hasattr(scfg, "batch_size") and scfg.batch_size > np.shape(x)[0]:
+        scfg = dataclasses.replace(scfg, batch_size=int(np.shape(x)[0]))
+    cols = {k: np.asarray(v, dtype=np.float64) for k, v in (metrics or {}).items()}
+    ck = Checkpointed(_as_loss_fn(model), steps, params, x, y, cols)
+    return compute(ck, out, sampler=sampler, sampler_cfg=scfg, posterior_cfg=_build(C.PosteriorConfig, posterior, "posterior"),
+                   seed=seed, max_batch=max_batch)

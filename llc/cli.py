@@ -195,6 +195,47 @@ def calibrate(
 
 
 @app.command()
+def trajectory(
+    preset: PresetOpt = None,
+    sampler: Annotated[Optional[str], typer.Option(help="Sampler (default: the config's first, SGLD in grok presets); "
+                                                        "any except vi.")] = None,
+    chains: Annotated[Optional[int], typer.Option(help="Chains per checkpoint.")] = None,
+    draws: Annotated[Optional[int], typer.Option(help="Kept draws per chain.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the runs and of the target.")] = None,
+    set_: SetOpt = None,
+    max_batch: Annotated[int, typer.Option(help="Checkpoints per batched program (memory).", min=1)] = 16,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
+    artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
+) -> None:
+    """Lambda-hat (and curvature) at every training checkpoint of a target trained with checkpoints."""
+    from llc import console as report
+    from llc.config import build_config
+    from llc.pipeline.trajectory import run_trajectory
+
+    overrides = _override_flags(chains=chains, draws=draws, seed=seed)
+    try:
+        cfg = build_config(preset, [*overrides, *(set_ or [])])
+        name = sampler or cfg.samplers[0]
+        if name not in registry.SAMPLERS or name == "vi":
+            raise ConfigError(f"--sampler: {name!r} is not allowed; choose one of "
+                              + ", ".join(n for n in registry.SAMPLERS if n != "vi"))
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        with err.status("trajectory: training or loading the target") as status:
+            summary = run_trajectory(cfg, artifacts, sampler=name, max_batch=max_batch, log=lambda msg: err.log(msg),
+                                     progress=lambda done, total, phase: status.update(f"trajectory: {phase}"))
+    except ValueError as exc:  # e.g. a target trained without checkpoints
+        fail(str(exc), code=1)
+    if json_out:
+        from llc.store.artifacts import dumps
+
+        sys.stdout.write(dumps(summary, indent=None) + "\n")
+    else:
+        report.print_trajectory(summary, Console())
+
+
+@app.command()
 def analyze(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding <sampler>.nc files (artifacts/<run_id>).")],
     which: Annotated[str, typer.Option(help="Samplers to analyse, comma-separated, or 'all'.")] = "all",

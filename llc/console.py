@@ -90,3 +90,29 @@ def print_calibration(summary: dict[str, Any], console: Console) -> None:
     console.print(f"artifacts: {summary['artifacts']}  ({summary['points']} points in {summary['batches']} "
                   f"batched program(s), {summary['wall_s']:.1f} s sampling, {summary['compile_s']:.1f} s compiling)",
                   highlight=False)
+
+
+def print_trajectory(summary: dict[str, Any], console: Console) -> None:
+    """One row per checkpoint: step, lambda-hat, diagnostics, training metrics, curvature."""
+    t = summary.get("target") or {}
+    table = Table(title=f"LLC trajectory ({summary['sampler']}) — target {t.get('id')} ({t.get('kind')}, d={t.get('d')})")
+    cols = (("step", "step", "d"), ("λ̂ ± SE", None, None), ("R̂", "rhat", ".3f"), ("ESS", "ess", ".0f"),
+            ("train acc", "train_acc", ".3f"), ("test acc", "test_acc", ".3f"), ("train loss", "train_loss", ".3g"),
+            ("tr H", "hessian_trace", ".3g"), ("tr F", "fisher_trace", ".3g"), ("‖∇L‖", "grad_norm", ".2g"),
+            ("flags", "flags", None))
+    for title, *_ in cols:
+        table.add_column(title, justify="right")
+    for row in summary["rows"]:
+        cells = []
+        for _, key, spec in cols:
+            if key is None:
+                cells.append("—" if row["llc_mean"] is None else f"{row['llc_mean']:.4g} ± {_fmt(row['llc_se'], '.2g')}")
+            elif key == "flags":
+                cells.append(f"[red]{row['flags']}[/]" if row.get("flags") else "")
+            else:
+                cells.append(_fmt(row.get(key), spec))
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"artifacts: {summary['artifacts']}  ({summary['computed']} of {summary['checkpoints']} checkpoints "
+                  f"computed now, {summary['wall_s']:.1f} s, {summary['compile_s']:.1f} s compiling); figure: "
+                  f"{summary['artifacts']}/trajectory.png", highlight=False)

@@ -306,3 +306,13 @@ def calibrate(p: Plan, root: Path | str, *, reference: str = "none", skip: bool 
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         (tmp / cache.COMPLETE_MARKER).write_text(json.dumps({"calibration_id": cid, "created": time.time()}))
     return summary
+
+
+def calibrate_config(preset: str | None = None, overrides: list[str] | tuple = (), *, sampler: str = "sgld",
+                     grid: list[str] | None = None, root: Path | str = "artifacts", reference: str = "none",
+                     skip: bool = True) -> dict[str, Any]:
+    """``llc.calibrate``: the Python face of ``llc calibrate`` (a preset and ``dotted=value`` overrides
+    name the target and the base setting; ``grid`` as ``--grid``); returns the summary."""
+    from llc.config import build_config
+
+    return calibrate(plan(build_config(preset, list(overrides)), sampler, grid), root, reference=reference, skip=skip)

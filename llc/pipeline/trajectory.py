@@ -1,0 +1,224 @@
+"""``llc trajectory``: lambda-hat at every training checkpoint, with curvature beside it.
+
+Every checkpoint is a run with w* = that checkpoint's parameters: all share the loss, the data and
+the compiled program, so they execute in batches of ``max_batch`` checkpoints as one ``vmap``ped
+program (``llc.engine.driver.run_batch``), each with the random stream of the trajectory's seed.
+Each checkpoint's result is written to ``points/`` as soon as its batch finishes (atomically), so
+an interrupted trajectory resumes with only the missing checkpoints; a trajectory with other
+sampler settings is another directory and never retrains the target (checkpoints live in the
+target artifact).
+
+Per checkpoint: lambda-hat ± SE, R-hat, ESS, failure flags, and curvature at w*: full-batch
+gradient norm, Hessian trace (Hutchinson, with its SE), empirical Fisher trace, weight norm; plus
+the train/test loss and accuracy logged during training when known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from llc import registry
+from llc.store import cache
+
+TRAJ_DIR = "trajectories"
+CSV_COLUMNS = ("step", "llc_mean", "llc_se", "rhat", "ess", "train_loss", "test_loss", "train_acc", "test_acc",
+               "grad_norm", "hessian_trace", "hessian_trace_se", "fisher_trace", "weight_norm", "L0", "flags")
+HUTCHINSON_PROBES = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointed:
+    """What a trajectory needs: a loss, checkpoints (pytrees) with their steps, the training data
+    the posterior is built on, and optional per-checkpoint training metrics."""
+
+    loss_fn: Callable  # loss_fn(params, x, y): mean loss over a batch
+    steps: np.ndarray
+    params: Sequence[Any]
+    x: Any
+    y: Any
+    metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    with path.open("wb") as fh:  # a file object: np.savez would append ".npz" to a temporary name
+        np.savez(fh, **arrays)
+
+
+def _point_file(out_dir: Path, step: int) -> Path:
+    return out_dir / "points" / f"step_{int(step):08d}.npz"
+
+
+def _load_point(path: Path) -> dict[str, Any] | None:
+    """A saved checkpoint result, or None when missing or unreadable (then it is recomputed)."""
+    try:
+        with np.load(path, allow_pickle=False) as fh:
+            row = json.loads(str(fh["row"]))
+            return {"row": row, "Ln": fh["Ln"], "theta": fh["theta"]}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _curvature(loss_fn: Callable, params_list: list, x, y, seed: int) -> list[dict[str, float]]:
+    import jax
+
+    from llc.engine import curvature as C
+
+    data = (x, y)
+    grad_norm = jax.jit(lambda p: C.grad_norm(loss_fn, p, data))
+    htrace = jax.jit(lambda p, k: C.hessian_trace(loss_fn, p, data, k, probes=HUTCHINSON_PROBES))
+    fisher = jax.jit(lambda p: C.fisher_trace(loss_fn, p, data, batch=min(256, int(np.shape(x)[0]))))
+    wnorm = jax.jit(C.weight_norm)
+    out = []
+    for p in params_list:
+        tr, se = htrace(p, jax.random.fold_in(jax.random.key(seed), 0xC0))
+        out.append({"grad_norm": float(grad_norm(p)), "hessian_trace": float(tr), "hessian_trace_se": float(se),
+                    "fisher_trace": float(fisher(p)), "weight_norm": float(wnorm(p))})
+    return out
+
+
+def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", sampler_cfg: Any = None,
+            posterior_cfg: Any = None, seed: int = 0, proj_dim: int = 4, max_batch: int = 16,
+            target: dict[str, Any] | None = None,
+            progress: Callable[[int, int, str], None] | None = None,
+            log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Lambda-hat and curvature at every checkpoint of ``data``; writes ``out_dir`` and returns its summary.
+
+    Checkpoints already in ``out_dir/points`` are not recomputed.
+    """
+    import importlib
+
+    from llc import config as C
+    from llc.analysis.diagnostics import llc_metrics
+    from llc.engine import driver
+    from llc.engine.posterior import make_posterior
+    from llc.pipeline.calibrate import _point_flags
+    from llc.pipeline.experiment import enable_compilation_cache, enable_x64, sampler_key
+
+    enable_x64()
+    enable_compilation_cache()
+    out_dir = Path(out_dir)
+    (out_dir / "points").mkdir(parents=True, exist_ok=True)
+    spec = registry.sampler(sampler)
+    module = importlib.import_module(spec.module)
+    if not hasattr(module, "make"):
+        raise C.ConfigError(f"sampler: {sampler!r} has no Markov chain to batch over checkpoints; choose one of "
+                            + ", ".join(n for n, s in registry.SAMPLERS.items() if n != "vi"))
+    scfg = sampler_cfg if sampler_cfg is not None else getattr(C, spec.config)()
+    pcfg = posterior_cfg if posterior_cfg is not None else C.PosteriorConfig()
+    steps = [int(s) for s in data.steps]
+    todo = [i for i, s in enumerate(steps) if _load_point(_point_file(out_dir, s)) is None]
+    if len(todo) < len(steps):
+        log(f"trajectory: {len(steps) - len(todo)} of {len(steps)} checkpoints already done; computing {len(todo)}")
+    key = sampler_key(seed, sampler)
+    t0 = time.perf_counter()
+    compile_s = 0.0
+    size = min(max_batch, len(todo)) or 1
+    for start in range(0, len(todo), size):
+        idx = todo[start:start + size]
+        # The last batch is padded with its last checkpoint: one compiled program for every batch.
+        padded = idx + [idx[-1]] * (size - len(idx))
+        posts = [make_posterior(data.loss_fn, data.params[i], data.x, data.y, pcfg) for i in padded]
+        algs = [module.make(scfg) for _ in padded]
+
+        def report(done, total, phase, _n=len(idx), _b=start):
+            if progress:
+                progress(_b, len(todo), f"{phase}: checkpoints {_b + 1}-{_b + _n} of {len(todo)}, draw {done}/{total}")
+
+        outs = driver.run_batch(algs, posts, [key] * len(padded), proj_dim=proj_dim, progress=report)
+        compile_s += outs[0].info.get("batch_compile_s", outs[0].work["compile_s"])
+        curv = _curvature(data.loss_fn, [data.params[i] for i in idx], data.x, data.y, seed)
+        for i, post, out, c in zip(idx, posts, outs, curv):
+            m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
+            row = {"step": steps[i], "llc_mean": m["llc_mean"], "llc_se": m["llc_se"], "rhat": m["rhat"],
+                   "ess": m["ess"], "L0": post.L0, "nbeta": post.nbeta, "gamma": post.gamma, **c,
+                   **{k: float(np.asarray(v)[i]) for k, v in data.metrics.items()}}
+            row["flags"] = _point_flags(m, post.dim, None)
+            _atomic_write(_point_file(out_dir, steps[i]), lambda p, r=row, o=out: _save_npz(
+                p, row=json.dumps(r, default=float), Ln=o.Ln, theta=o.theta_proj))
+        log(f"trajectory: checkpoints {start + 1}-{start + len(idx)} of {len(todo)} done")
+        if progress:
+            progress(start + len(idx), len(todo), "checkpoints")
+    return _assemble(out_dir, steps, sampler, wall_s=time.perf_counter() - t0, compile_s=compile_s,
+                     computed=len(todo), target=target or {})
+
+
+def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, compile_s: float,
+              computed: int, target: dict[str, Any]) -> dict[str, Any]:
+    """trajectory.csv, trajectory.nc, trajectory.png and summary.json from the saved points."""
+    import pandas as pd
+    import xarray as xr
+
+    points = [_load_point(_point_file(out_dir, s)) for s in steps]
+    rows = [p["row"] for p in points]
+    table = pd.DataFrame([{c: (("; ".join(r["flags"])) if c == "flags" else r.get(c)) for c in CSV_COLUMNS}
+                          for r in rows])
+    _atomic_write(out_dir / "trajectory.csv", lambda p: table.to_csv(p, index=False))
+    ds = xr.Dataset(
+        {"Ln": (("step", "chain", "draw"), np.stack([p["Ln"] for p in points])),
+         "llc": (("step", "chain", "draw"),
+                 np.stack([r["nbeta"] * (p["Ln"] - r["L0"]) for p, r in zip(points, rows)])),
+         "theta_proj": (("step", "chain", "draw", "proj"), np.stack([p["theta"] for p in points])),
+         **{c: (("step",), np.asarray([np.nan if r.get(c) is None else r[c] for r in rows], np.float64))
+            for c in CSV_COLUMNS if c not in ("step", "flags")},
+         "flags": (("step",), np.asarray(["; ".join(r["flags"]) for r in rows], dtype=str))},
+        coords={"step": np.asarray(steps, np.int64)}, attrs={"sampler": sampler})
+    _atomic_write(out_dir / "trajectory.nc", lambda p: ds.to_netcdf(p, engine="h5netcdf"))
+    summary = {"sampler": sampler, "target": target, "checkpoints": len(steps), "computed": computed, "wall_s": wall_s,
+               "compile_s": compile_s, "artifacts": str(out_dir), "rows": table.replace({np.nan: None}).to_dict("records")}
+    from llc.posthoc.trajectory_plot import draw
+
+    draw(out_dir / "trajectory.png", summary)
+    _atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=float)))
+    return summary
+
+
+# --------------------------------------------------------------------------- from a config (llc trajectory)
+
+def trajectory_id(cfg: Any, sampler: str) -> str:
+    from llc.engine.targets import target_id
+
+    section = json.loads(cache_key_config(cfg, sampler))
+    return "traj_" + cache.stable_hash({"target": target_id(cfg), "cfg": section, "code": cache.code_fingerprint()})
+
+
+def cache_key_config(cfg: Any, sampler: str) -> str:
+    from llc.config import to_dict
+
+    d = to_dict(cfg)
+    return json.dumps({"seed": d["seed"], "posterior": d["posterior"], sampler: d[sampler],
+                       "theta_proj_dim": d["theta_proj_dim"]}, sort_keys=True)
+
+
+def run_trajectory(cfg: Any, root: Path | str, *, sampler: str | None = None, max_batch: int = 16,
+                   progress: Callable[[int, int, str], None] | None = None,
+                   log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Train (or load) the config's target with its checkpoints, then ``compute`` its trajectory."""
+    from llc.pipeline.experiment import enable_compilation_cache, enable_x64
+
+    enable_x64()
+    enable_compilation_cache()
+    from llc.engine.targets import get_target, load_checkpoints
+
+    sampler = sampler or cfg.samplers[0]
+    root = Path(root)
+    target = get_target(cfg, root)
+    log(f"target {target.id} ({'loaded from cache' if target.cached else 'trained'}): n={target.n} d={target.d}")
+    ck = load_checkpoints(target)
+    data = Checkpointed(target.loss_fn, np.asarray(ck.steps), ck.params, target.x, target.y, dict(ck.metrics))
+    out_dir = root / TRAJ_DIR / trajectory_id(cfg, sampler)
+    return compute(data, out_dir, sampler=sampler, sampler_cfg=getattr(cfg, sampler), posterior_cfg=cfg.posterior,
+                   seed=cfg.seed, proj_dim=cfg.theta_proj_dim, max_batch=max_batch, progress=progress, log=log,
+                   target={"id": target.id, "kind": target.kind, "n": target.n, "d": target.d})

@@ -1,0 +1,68 @@
+"""The trajectory figure: lambda-hat (± 2 SE), train/test accuracy and loss, and curvature against
+the training step (log x), one panel each, sharing the step axis."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _col(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.asarray([np.nan if r.get(key) is None else r[key] for r in rows], dtype=np.float64)
+
+
+def draw(path: Path, summary: dict[str, Any]) -> Path:
+    rows = summary["rows"]
+    step = _col(rows, "step")
+    fig = Figure(figsize=(9.5, 9.0), dpi=110)
+    FigureCanvasAgg(fig)
+    ax_llc, ax_acc, ax_curv = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 1]})
+    llc, se = _col(rows, "llc_mean"), _col(rows, "llc_se")
+    flagged = np.asarray([bool(r.get("flags")) for r in rows])
+    ax_llc.fill_between(step, llc - 2 * se, llc + 2 * se, color="#1f77b4", alpha=0.2, lw=0, label="± 2 SE")
+    ax_llc.plot(step, llc, "o-", color="#1f77b4", ms=3.5, lw=1.4, label=f"λ̂ ({summary['sampler']})")
+    if flagged.any():
+        ax_llc.plot(step[flagged], llc[flagged], "x", color="#c00000", ms=8, mew=2, label="flagged")
+    ax_llc.set_ylabel("λ̂")
+    ax_llc.legend(fontsize=8, loc="upper left")
+    for key, color, style in (("train_acc", "#2ca02c", "-"), ("test_acc", "#d62728", "-")):
+        if np.isfinite(_col(rows, key)).any():
+            ax_acc.plot(step, _col(rows, key), style, color=color, lw=1.5, label=key.replace("_", " "))
+    ax_acc.set_ylabel("accuracy")
+    ax_loss = ax_acc.twinx()
+    for key, color in (("train_loss", "#2ca02c"), ("test_loss", "#d62728")):
+        if np.isfinite(_col(rows, key)).any():
+            ax_loss.plot(step, _col(rows, key), "--", color=color, lw=1.0, alpha=0.8, label=key.replace("_", " "))
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("loss (dashed)")
+    handles = ax_acc.get_legend_handles_labels()[0] + ax_loss.get_legend_handles_labels()[0]
+    if handles:
+        ax_acc.legend(handles=handles, fontsize=8, loc="center left")
+    for key, color, label in (("hessian_trace", "#9467bd", "Hessian trace (Hutchinson)"),
+                              ("fisher_trace", "#8c564b", "empirical Fisher trace"),
+                              ("grad_norm", "#7f7f7f", "‖∇L_n‖"), ("weight_norm", "#17becf", "‖w‖")):
+        values = _col(rows, key)
+        if np.isfinite(values).any():
+            ax_curv.plot(step, np.abs(values), "-", color=color, lw=1.3, label=label)
+    ax_curv.set_yscale("log")
+    ax_curv.set_ylabel("curvature / size")
+    ax_curv.legend(fontsize=8, loc="best")
+    ax_curv.set_xscale("symlog", linthresh=max(1.0, float(np.nanmin(step[step > 0])) if (step > 0).any() else 1.0))
+    ax_curv.set_xlim(left=-0.3 if (step <= 0).any() else None, right=float(np.nanmax(step)) * 1.05)
+    ax_curv.set_xlabel("training step (log scale; 0 = initialisation)")
+    for ax in (ax_llc, ax_acc, ax_curv):
+        ax.grid(alpha=0.3)
+    target = summary.get("target") or {}
+    fig.suptitle(f"LLC across training — {target.get('kind', '')} target {target.get('id', '')} "
+                 f"({len(rows)} checkpoints)", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path

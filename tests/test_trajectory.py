@@ -1,0 +1,129 @@
+"""llc trajectory: lambda-hat per checkpoint, batched; resumes; never retrains; the API on a user's run."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import llc
+from llc.cli import app
+from llc.config import build_config
+from llc.pipeline import trajectory as T
+
+runner = CliRunner()
+# grok-tiny, smaller: fewer steps and checkpoints, a short chain (CI version of the preset).
+SMALL = ["training.steps=300", "training.checkpoints_log=4", "training.checkpoints_linear=3", "sgld.draws=40",
+         "sgld.burnin=10", "sgld.eval_every=4", "sgld.chains=2"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("traj")
+    cfg = build_config("grok-tiny", SMALL)
+    return root, cfg, T.run_trajectory(cfg, root, max_batch=4)
+
+
+def test_every_checkpoint_has_lambda_hat_and_curvature(first_run):
+    root, cfg, summary = first_run
+    rows = summary["rows"]
+    assert summary["checkpoints"] == len(rows) >= 6 and summary["computed"] == len(rows)
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows) and rows[0]["step"] == 0
+    for r in rows:
+        assert np.isfinite(r["llc_mean"]) and r["llc_se"] > 0
+        assert r["hessian_trace_se"] >= 0 and r["fisher_trace"] >= 0 and r["weight_norm"] > 0
+        assert 0.0 <= r["train_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
+    out = summary["artifacts"]
+    with open(f"{out}/trajectory.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    for col in ("step", "llc_mean", "llc_se", "rhat", "ess", "train_loss", "test_loss", "train_acc", "test_acc",
+                "grad_norm", "hessian_trace", "fisher_trace", "weight_norm", "flags"):
+        assert col in header
+    import xarray as xr
+
+    ds = xr.open_dataset(f"{out}/trajectory.nc", engine="h5netcdf")
+    assert ds["llc"].dims == ("step", "chain", "draw") and ds.sizes["step"] == len(rows)
+
+
+def test_other_epsilon_trains_nothing_and_interrupted_runs_resume(first_run, monkeypatch):
+    root, cfg, summary = first_run
+    from llc.engine import driver
+    from llc.engine import targets
+
+    def no_training(*a, **k):
+        raise AssertionError("the target was trained again")
+
+    monkeypatch.setattr(targets, "build_target", no_training)
+    other = build_config("grok-tiny", SMALL + ["sgld.step_size=5e-5"])
+    calls = {"n": 0}
+    real = driver.run_batch
+
+    def dies_on_second_batch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed halfway
+        return real(*a, **k)
+
+    monkeypatch.setattr(driver, "run_batch", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        T.run_trajectory(other, root, max_batch=3)
+    monkeypatch.setattr(driver, "run_batch", real)
+    resumed = T.run_trajectory(other, root, max_batch=3)
+    assert resumed["computed"] == summary["checkpoints"] - 3  # only the missing checkpoints
+    assert resumed["checkpoints"] == summary["checkpoints"]
+    again = T.run_trajectory(other, root, max_batch=3)
+    assert again["computed"] == 0
+
+
+def test_batched_checkpoints_equal_single_ones(first_run, tmp_path):
+    """A checkpoint's lambda-hat does not depend on the batch it ran in."""
+    root, cfg, summary = first_run
+    from llc.engine.targets import get_target, load_checkpoints
+
+    target = get_target(cfg, root)
+    ck = load_checkpoints(target)
+    k = len(ck.steps) - 1
+    data = T.Checkpointed(target.loss_fn, ck.steps[k:], ck.params[k:], target.x, target.y, {})
+    alone = T.compute(data, tmp_path / "alone", sampler_cfg=cfg.sgld, posterior_cfg=cfg.posterior, seed=cfg.seed)
+    assert alone["rows"][0]["llc_mean"] == pytest.approx(summary["rows"][k]["llc_mean"], rel=1e-5)
+
+
+def test_cli_trajectory(first_run):
+    root, cfg, summary = first_run
+    args = ["trajectory", "--preset", "grok-tiny", "--artifacts", str(root), "--max-batch", "4", "--json"]
+    for o in SMALL:
+        args += ["--set", o]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout.strip().splitlines()[-1])["computed"] == 0  # cached points
+    bad = runner.invoke(app, ["trajectory", "--preset", "grok-tiny", "--sampler", "vi", "--artifacts", str(root)])
+    assert bad.exit_code == 2 and "--sampler" in bad.output
+
+
+def test_api_on_a_users_own_checkpoints(tmp_path):
+    """llc.trajectory on plain pytrees and on a directory of .npz checkpoints gives the same numbers."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5], np.float32))[:, None]
+
+    def loss(params, batch):
+        xb, yb = batch
+        return 0.5 * jnp.mean((yb - xb @ params["w"]["kernel"]) ** 2)
+
+    ckpts = [{"w": {"kernel": np.full((3, 1), s, np.float32)}} for s in (0.0, 0.5)]
+    ckpts.append({"w": {"kernel": np.array([[1.0], [-2.0], [0.5]], np.float32)}})
+    cfg = {"draws": 30, "burnin": 5, "eval_every": 4, "chains": 2, "batch_size": 64}
+    a = llc.trajectory(loss, ckpts, (x, y), steps=[0, 10, 100], sampler_config=cfg, out=tmp_path / "a")
+    (tmp_path / "ckpts").mkdir()
+    for step, p in zip((0, 10, 100), ckpts):
+        np.savez(tmp_path / "ckpts" / f"ckpt_{step}.npz", **{"w/kernel": p["w"]["kernel"]})
+    b = llc.trajectory(loss, tmp_path / "ckpts", (x, y), sampler_config=cfg, out=tmp_path / "b")
+    assert [r["step"] for r in b["rows"]] == [0, 10, 100]
+    for ra, rb in zip(a["rows"], b["rows"]):
+        assert ra["llc_mean"] == pytest.approx(rb["llc_mean"], rel=1e-6)
+    # At the true solution the gradient vanishes; far from it, it does not.
+    assert b["rows"][-1]["grad_norm"] < 1e-3 < b["rows"][0]["grad_norm"]
