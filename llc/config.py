@@ -82,7 +82,7 @@ class TrainingConfig:
     # adamw only, decoupled (scaled by the learning rate as in PyTorch); never applied to
     # embeddings, biases or norm scales
     weight_decay: float = _f(0.0, ge=0.0)
-    warmup_steps: int = _f(0, ge=0)  # linear learning-rate warm-up from 0
+    warmup_steps: int = _f(0, ge=0)  # linear learning-rate warm-up: step t uses lr * (t + 1) / warmup_steps
     clip_norm: float | None = _f(None, gt=0.0)  # global gradient-norm clipping; none: off
     checkpoints_log: int = _f(0, ge=0)  # log-spaced checkpoint steps in [1, steps]
     checkpoints_linear: int = _f(0, ge=0)  # evenly spaced checkpoint steps in [0, steps]

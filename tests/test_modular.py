@@ -100,3 +100,13 @@ def test_sgld_runs_on_a_modular_target(tmp_path):
     result = run_experiment(cfg, tmp_path)
     assert result["target"]["kind"] == "modular" and result["target"]["n"] == 24
     assert np.isfinite(result["samplers"]["sgld"]["llc_mean"])
+
+
+@pytest.mark.slow
+def test_grok_tiny_groks(tmp_path):
+    # The preset's promise: memorisation first (train 100%, test near 0), generalisation later.
+    ck = load_checkpoints(get_target(build_config("grok-tiny"), tmp_path))
+    train, test = ck.metrics["train_acc"], ck.metrics["test_acc"]
+    first = int(np.argmax(train >= 1.0))
+    assert train[first] == 1.0 and test[first:].min() < 0.3
+    assert test[-1] > 0.95 and len(ck.steps) >= 20

@@ -157,3 +157,17 @@ def test_analytic_values_come_from_the_target_modules():
     dln = analytic_llc(build_config(None, ["target.kind=dln"]), 1000, 0.5, 100.0)
     assert dln["value"] == theory.dln_learning_coefficient((6, 5, 4, 6), 2) and "infinity" in dln["regime"]
     assert analytic_llc(build_config(None, []), 1000, 0.5, 100.0) is None
+
+
+def test_warmup_and_clipping_in_the_optimizer():
+    import jax.numpy as jnp
+    from llc.config import TrainingConfig
+    from llc.engine.targets.training import make_optimizer
+    opt = make_optimizer(TrainingConfig(optimizer="sgd", learning_rate=0.4, warmup_steps=4, clip_norm=1.0))
+    p = {"w": jnp.zeros(2)}
+    state = opt.init(p)
+    steps = []
+    for _ in range(5):
+        upd, state = opt.update({"w": jnp.array([3.0, 4.0])}, state, p)  # norm 5, clipped to 1
+        steps.append(float(jnp.linalg.norm(upd["w"])))
+    np.testing.assert_allclose(steps, [0.1, 0.2, 0.3, 0.4, 0.4], rtol=1e-6)  # lr (t+1)/4, no zero step

@@ -84,8 +84,10 @@ def decay_mask(params) -> Any:
 
 def make_optimizer(cfg: TrainingConfig) -> optax.GradientTransformation:
     lr: Any = cfg.learning_rate
-    if cfg.warmup_steps:
-        lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    if cfg.warmup_steps > 1:
+        # Step t (from 0) uses lr * (t + 1) / warmup_steps until it reaches lr: unlike a ramp from 0,
+        # no step is wasted, so no two checkpoints are equal.
+        lr = optax.linear_schedule(cfg.learning_rate / cfg.warmup_steps, cfg.learning_rate, cfg.warmup_steps - 1)
     if cfg.optimizer == "sgd":
         tx = optax.sgd(lr)
     elif cfg.optimizer == "adam":
