@@ -70,9 +70,9 @@ def default_workers() -> int:
 
 # --------------------------------------------------------------------------- what to draw
 
-def recorded_keys(run_dir: Path) -> set[str]:
-    """Plot keys a run's figures were drawn for. A run from before ``figures.json`` with PNGs drew
-    them all inside ``llc run``; one without PNGs drew none."""
+def recorded_keys(run_dir: Path, *, legacy: bool = True) -> set[str]:
+    """Plot keys a run's figures were drawn for. With ``legacy``: a run from before ``figures.json``
+    with PNGs drew them all inside ``llc run``; one without PNGs drew none."""
     from llc.posthoc.plots import PLOT_KEYS
 
     path = Path(run_dir) / RECORD_FILE
@@ -81,7 +81,7 @@ def recorded_keys(run_dir: Path) -> set[str]:
             return set(json.loads(path.read_text()).get("keys") or ())
         except (OSError, ValueError, AttributeError):
             return set()
-    return set(PLOT_KEYS) if any(Path(run_dir).glob("*.png")) else set()
+    return set(PLOT_KEYS) if legacy and any(Path(run_dir).glob("*.png")) else set()
 
 
 def missing_keys(run_dir: Path, keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -182,7 +182,7 @@ def finish(report: FigureReport, log: Log = _quiet) -> FigureReport:
     from llc.posthoc.plots import PLOT_KEYS
 
     run_dir = Path(report.run_dir)
-    keys = recorded_keys(run_dir) | set(report.keys)
+    keys = recorded_keys(run_dir, legacy=False) | set(report.keys)
     write_text_atomic(run_dir / RECORD_FILE, json.dumps({
         "keys": [k for k in PLOT_KEYS if k in keys], "files": sorted(p.name for p in run_dir.glob("*.png")),
         "errors": report.errors, "seconds": round(report.seconds, 3)}, indent=2) + "\n")
