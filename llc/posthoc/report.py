@@ -5,7 +5,7 @@ JavaScript of our own only for what Plotly does not do (sorting and filtering a 
 the runs to overlay). Nothing is fetched from the network, so a page opens from a cluster's or a
 Modal volume's artifacts folder copied to any laptop.
 
-Each page kind is one function from a path to a ``Page`` (``PAGE_KINDS``); ``detect`` picks the
+Each page kind is one function ``(path, page_dir, value_budget) -> Page`` (``PAGE_KINDS``); ``detect`` picks the
 kind of a path and ``write_report`` renders and writes the page atomically. Kinds:
 
   run     a run directory (``<sampler>.nc``, metrics.json, manifest.json, config.json)
@@ -47,8 +47,9 @@ INDEX_FILE = "index.html"
 # Plotted values per page (float32, base64: ~5.3 bytes each): ~75 kB of data beside the 4.8 MB library.
 VALUE_BUDGET = 14_000
 RUNNING_POINTS = 200  # a running mean is smooth: 200 points draw it exactly enough
-MIN_TRACE_POINTS = 60
-MAX_LAGS = 100
+MIN_TRACE_POINTS = 40
+MAX_LAGS = 60
+MAX_PAGE_BYTES = 4_950_000  # a page that would be larger is drawn again with half the plotted values
 CHAIN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                 "#bcbd22", "#17becf")
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
@@ -293,20 +294,23 @@ class _Budget:
     """Display points per line so that a page's plotted values stay within VALUE_BUDGET: 30 % for
     the running means (smooth curves), 70 % for the L_n traces, warm-up at a quarter density."""
 
-    def __init__(self, idatas: dict[str, Any]):
+    def __init__(self, idatas: dict[str, Any], values: int = VALUE_BUDGET):
         run_lines = trace_lines = 0.0
         for idata in idatas.values():
             chains = idata.posterior.sizes["chain"]
             run_lines += chains + 2  # per chain, pooled, and the pooled curve of the combined figure
             trace_lines += chains * (1.25 if "warmup_posterior" in idata.groups() else 1.0)
-        self.running_points = int(np.clip(0.3 * VALUE_BUDGET / max(run_lines, 1), 50, RUNNING_POINTS))
-        self.trace_points = int(max(MIN_TRACE_POINTS, 0.7 * VALUE_BUDGET / max(trace_lines, 1)))
+        self.running_points = int(np.clip(0.3 * values / max(run_lines, 1), 30, RUNNING_POINTS))
+        self.trace_points = int(max(MIN_TRACE_POINTS, 0.7 * values / max(trace_lines, 1)))
         self.warm_points = max(30, self.trace_points // 4)
-        self.shown: list[str] = []
+        self.shown: list[tuple[str, str]] = []
 
     def note(self, sampler: str, what: str, stride: int, draws: int) -> None:
         if stride > 1:
-            self.shown.append(f"{registry.label(sampler)} {what}: every {stride}th of {draws}")
+            self.shown.append((sampler, f"{what}: 1 in {stride} of {draws} draws"))
+
+    def of(self, sampler: str) -> str:
+        return "; ".join(text for s, text in self.shown if s == sampler)
 
 
 def _running_traces(idata: Any, metrics: dict[str, Any], budget: _Budget, sampler: str, colors: list[str],
@@ -622,7 +626,7 @@ def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix[:-1], obj)]
 
 
-def run_page(run_dir: Path, page_dir: Path | None = None) -> Page:
+def run_page(run_dir: Path, page_dir: Path | None = None, value_budget: int = VALUE_BUDGET) -> Page:
     """The page of one run directory."""
     from llc.posthoc.analyze import METRICS_FILE, load_run, run_metrics
 
@@ -657,7 +661,7 @@ def run_page(run_dir: Path, page_dir: Path | None = None) -> Page:
     page.sections.append(section("Work and efficiency", table(headers, rows, cls="sortable"), anchor="work",
                                  note="FDE: full-data-equivalent gradient evaluations. SE² × s: work-normalised "
                                       "variance (lower is better)."))
-    budget = _Budget(idatas)
+    budget = _Budget(idatas, value_budget)
     plots = [plot_html(combined_figure(idatas, metrics, analytic, budget.running_points), "combined",
                        "plot combined-plot")]
     page.sections.append(section("Running λ̂, all samplers", "".join(plots), anchor="combined",
@@ -669,9 +673,12 @@ def run_page(run_dir: Path, page_dir: Path | None = None) -> Page:
         diag = diagnostics_figure(name, idata, metrics[name])
         if diag is not None:
             body += plot_html(diag, f"diagnostics-{name}", "plot diagnostics-plot")
+        shown = budget.of(name)
         page.sections.append(section(f"{registry.label(name)}", body, anchor=f"s-{name}",
                                      note="Click a chain in the legend to hide or show it in every panel; "
-                                          "drag to zoom, double-click to reset."))
+                                          "drag to zoom, double-click to reset." +
+                                          (f" Shown for display: {esc(shown)} (statistics use every draw)."
+                                           if shown else "")))
     info = _info_table(idatas)
     if info:
         page.sections.append(section("Tuned parameters and sampler info", info, anchor="info"))
@@ -685,7 +692,8 @@ def run_page(run_dir: Path, page_dir: Path | None = None) -> Page:
     page.sections.append(section("Provenance and configuration", f"<details open><summary>show / hide</summary>{body}</details>",
                                  anchor="provenance"))
     if budget.shown:
-        page.notes.append("Traces downsampled for display (statistics use every draw): " + "; ".join(budget.shown) + ".")
+        page.notes.append("Traces downsampled for display (statistics use every draw): " +
+                          "; ".join(f"{registry.label(s)} {text}" for s, text in budget.shown) + ".")
     return page
 
 
@@ -788,7 +796,7 @@ def sweep_figure(df) -> Any:
     return fig
 
 
-def sweep_page(csv_path: Path, page_dir: Path | None = None) -> Page:
+def sweep_page(csv_path: Path, page_dir: Path | None = None, value_budget: int = VALUE_BUDGET) -> Page:
     """The page of a sweep results CSV."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -924,7 +932,7 @@ def _created(run_dir: Path, manifest: dict[str, Any]) -> tuple[float, str]:
     return mtime, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime))
 
 
-def index_page(root: Path, page_dir: Path | None = None) -> Page:
+def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VALUE_BUDGET) -> Page:
     """The page of an artifacts root: runs newest first, sweeps, and an overlay of selected runs."""
     import plotly.graph_objects as go
 
@@ -945,7 +953,7 @@ def index_page(root: Path, page_dir: Path | None = None) -> Page:
     fig = go.Figure()
     rows, attrs = [], []
     n_lines = 0
-    per_line = max(40, min(RUNNING_POINTS, VALUE_BUDGET // max(1, 2 * len(info))))
+    per_line = max(20, min(RUNNING_POINTS, value_budget // max(1, 2 * len(info))))
     shown_by_default = 3
     for i, (ts, created, run_dir, manifest) in enumerate(info):
         doc = read_json_file(run_dir / "metrics.json")
@@ -1129,8 +1137,12 @@ def write_report(path: Path, out: Path | None = None, *, kind: str | None = None
         raise ReportError(f"{path}: no such file or directory")
     kind = kind or detect(path)
     out = Path(out) if out is not None else default_out(path, kind)
-    page = PAGE_KINDS[kind](path, page_dir=out.parent)
-    text = render(page)
+    budget = VALUE_BUDGET
+    while True:  # the data budget keeps pages small; many chains and samplers can still need less
+        text = render(PAGE_KINDS[kind](path, page_dir=out.parent, value_budget=budget))
+        if len(text.encode()) <= MAX_PAGE_BYTES or budget < VALUE_BUDGET // 8:
+            break
+        budget //= 2
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
