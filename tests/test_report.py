@@ -126,8 +126,7 @@ def _browser_or_skip():
     return chromium, driver
 
 
-@pytest.fixture(scope="module")
-def browser():
+def _start_browser():
     chromium, driver_path = _browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
@@ -142,8 +141,30 @@ def browser():
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
     driver.set_network_conditions(offline=True, latency=0, download_throughput=0, upload_throughput=0)
     driver.get("data:text/html,<p>warm</p>")  # the browser process is up before anything is timed
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = _start_browser()
     yield driver
     driver.quit()
+
+
+def _cold_load_seconds(page: Path, attempts: int = 2) -> float:
+    """Seconds to load and draw a page in a browser that has never seen Plotly's script (no code
+    cache); the best of ``attempts`` fresh browsers, so that a moment of contention on a shared
+    machine is not taken for the page's cost."""
+    times = []
+    for _ in range(attempts):
+        driver = _start_browser()
+        try:
+            times.append(_open(driver, page))
+        finally:
+            driver.quit()
+        if times[-1] < 2.0:
+            break
+    return min(times)
 
 
 def _open(driver, page: Path) -> float:
@@ -218,9 +239,10 @@ def test_run_page_in_browser(browser, run_dir):
 
 def test_sweep_page_in_browser_opens_fast(browser, sweep_csv):
     out, _ = R.write_report(sweep_csv)
-    seconds = _open(browser, out)
-    _check_clean(browser)
+    seconds = _cold_load_seconds(out)
     assert seconds < 2.0, f"41-run sweep page took {seconds:.2f} s to load and draw"
+    _open(browser, out)
+    _check_clean(browser)
     n_rows = len(sweep_csv.read_text().strip().splitlines()) - 1
     assert _rows(browser, "rows") == n_rows == 82
     assert len(browser.find_elements("css selector", ".sweep-plot .plotly-graph-div")) == 1

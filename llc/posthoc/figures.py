@@ -57,7 +57,7 @@ def plot_keys(mode: str) -> tuple[str, ...]:
 
 
 def default_workers() -> int:
-    """``LLC_FIGURE_WORKERS``, else up to 4 of the CPUs this process may use."""
+    """``LLC_FIGURE_WORKERS``, else up to 4 of the CPUs this process may use, leaving one free."""
     env = os.environ.get(WORKERS_ENV, "").strip()
     if env:
         return max(1, int(env))
@@ -65,7 +65,7 @@ def default_workers() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    return max(1, min(4, cpus - 1))  # one core left to the sampler (or to the caller)
 
 
 # --------------------------------------------------------------------------- what to draw
