@@ -77,7 +77,7 @@ def _figures_override(figures: str | None, no_save_plots: bool) -> list[str]:
         fail(f"--figures: {figures!r} is not allowed; choose one of {', '.join(modes)}")
     if no_save_plots and figures != "none":
         fail(f"--no-save-plots contradicts --figures {figures}; use --figures none")
-    return [f"figures={figures}"]
+    return [f"figures={figures}", f"save_plots={'false' if figures == 'none' else 'true'}"]  # the flag wins over a preset
 
 
 def _write_report(path: Path, console: Console) -> None:

@@ -151,3 +151,14 @@ def test_cli_figures_option_is_checked_before_work(args, message):
     for command in ("run", "sweep"):
         res = CliRunner().invoke(app, [command, *args])
         assert res.exit_code == 2 and message in res.output, (command, res.output)
+
+
+def test_figures_flag_wins_over_a_space_without_plots():
+    from llc.cli import _figures_override
+    from llc.pipeline import sweep as sw
+
+    space = sw.load_space("smoke")  # its [base] says save_plots = false
+    points = sw.plan_sweep(space, overrides=_figures_override("summary", False))
+    assert points and all(F.resolve_mode(p.cfg.figures, save_plots=p.cfg.save_plots) == "summary" for p in points)
+    plain = sw.plan_sweep(space)
+    assert all(F.resolve_mode(p.cfg.figures, save_plots=p.cfg.save_plots, default="summary") == "none" for p in plain)
