@@ -162,3 +162,18 @@ def test_figures_flag_wins_over_a_space_without_plots():
     assert points and all(F.resolve_mode(p.cfg.figures, save_plots=p.cfg.save_plots) == "summary" for p in points)
     plain = sw.plan_sweep(space)
     assert all(F.resolve_mode(p.cfg.figures, save_plots=p.cfg.save_plots, default="summary") == "none" for p in plain)
+
+
+def test_a_failed_figure_is_not_recorded_as_drawn(tmp_path, monkeypatch):
+    run = _run(tmp_path)
+
+    def broken(*args):
+        raise RuntimeError("no ink")
+
+    monkeypatch.setitem(P.PER_SAMPLER, "trace", [("L_trace", broken)])
+    report = F.after_save(run, ("running_llc", "trace"))
+    assert report.failed_keys == {"trace"} and any("no ink" in e for e in report.errors)
+    assert set(json.loads((run / F.RECORD_FILE).read_text())["keys"]) == {"running_llc"}
+    monkeypatch.undo()
+    again = F.after_save(run, ("running_llc", "trace"))  # asked again: only the failed key is redrawn
+    assert again is not None and set(again.written) == {"sgld_L_trace.png", "hmc_L_trace.png"}

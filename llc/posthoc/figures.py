@@ -173,6 +173,7 @@ class FigureReport:
     keys: tuple[str, ...]
     written: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    failed_keys: set[str] = field(default_factory=set)  # not recorded as drawn: asked again, drawn again
     seconds: float = 0.0
 
 
@@ -182,7 +183,7 @@ def finish(report: FigureReport, log: Log = _quiet) -> FigureReport:
     from llc.posthoc.plots import PLOT_KEYS
 
     run_dir = Path(report.run_dir)
-    keys = recorded_keys(run_dir, legacy=False) | set(report.keys)
+    keys = recorded_keys(run_dir, legacy=False) | (set(report.keys) - report.failed_keys)
     write_text_atomic(run_dir / RECORD_FILE, json.dumps({
         "keys": [k for k in PLOT_KEYS if k in keys], "files": sorted(p.name for p in run_dir.glob("*.png")),
         "errors": report.errors, "seconds": round(report.seconds, 3)}, indent=2) + "\n")
@@ -206,6 +207,8 @@ def draw_run(run_dir: Path, keys: tuple[str, ...], *, log: Log = _quiet) -> Figu
         written, errors = draw_job(str(run_dir), sampler, key)
         report.written += written
         report.errors += errors
+        if errors:
+            report.failed_keys.add(key)
     report.seconds = time.perf_counter() - t0
     return finish(report, log)
 
@@ -248,7 +251,7 @@ class FigureQueue:
             self._left += len(todo)
         for sampler, key in todo:
             future = self._pool.submit(draw_job, str(run_dir), sampler, key)
-            future.add_done_callback(lambda f, p=pending: self._done(p, f))
+            future.add_done_callback(lambda f, p=pending, k=key: self._done(p, k, f))
         return len(todo)
 
     @property
@@ -256,7 +259,7 @@ class FigureQueue:
         """Figure tasks not finished yet."""
         return self._left
 
-    def _done(self, pending: _Pending, future: Future) -> None:
+    def _done(self, pending: _Pending, key: str, future: Future) -> None:
         try:
             written, errors = future.result()
         except CancelledError:
@@ -267,6 +270,8 @@ class FigureQueue:
             self._left -= 1
             pending.report.written += written
             pending.report.errors += errors
+            if errors:
+                pending.report.failed_keys.add(key)
             pending.left -= 1
             last = pending.left == 0
         if last:
