@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -59,6 +60,35 @@ MemGbOpt = Annotated[Optional[float], typer.Option(help="Memory per SLURM job, G
 AccountOpt = Annotated[Optional[str], typer.Option("--slurm-account", help="SLURM account to charge (submitit).")]
 ArrayParOpt = Annotated[Optional[int], typer.Option(help="Most SLURM array tasks running at once (submitit).")]
 NoArtifactsOpt = Annotated[bool, typer.Option("--no-artifacts", help="Modal: leave artifacts on the volume, do not download them.")]
+FiguresOpt = Annotated[Optional[str], typer.Option(
+    help="Per-run PNG figures, drawn after each run is saved: none, summary (running λ̂, L_n trace, combined) "
+         "or all. Default: all for `run`, summary for `sweep`.")]
+ReportOpt = Annotated[bool, typer.Option("--report", help="Write the HTML report page at the end (llc report).")]
+
+
+def _figures_override(figures: str | None, no_save_plots: bool) -> list[str]:
+    """``--figures`` / ``--no-save-plots`` -> config overrides (checked before any work)."""
+    from llc.config import FIGURE_MODES
+
+    if figures is None:
+        return ["save_plots=false"] if no_save_plots else []
+    modes = [m for m in FIGURE_MODES if m != "auto"]
+    if figures not in modes:
+        fail(f"--figures: {figures!r} is not allowed; choose one of {', '.join(modes)}")
+    if no_save_plots and figures != "none":
+        fail(f"--no-save-plots contradicts --figures {figures}; use --figures none")
+    return [f"figures={figures}", f"save_plots={'false' if figures == 'none' else 'true'}"]  # the flag wins over a preset
+
+
+def _write_report(path: Path, console: Console) -> None:
+    from llc.posthoc.report import ReportError, write_report
+
+    try:
+        out, _ = write_report(path)
+    except ReportError as exc:
+        console.print(f"[yellow]report not written[/]: {exc}", highlight=False)
+        return
+    console.print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
 def _make_backend(name: str, **flags):
@@ -90,7 +120,9 @@ def run(
         "--sgld-bias-correction/--no-sgld-bias-correction", help="Adam bias correction.")] = None,
     set_: SetOpt = None,
     no_skip: Annotated[bool, typer.Option("--no-skip", help="Recompute even if a cached run exists.")] = False,
-    no_save_plots: Annotated[bool, typer.Option("--no-save-plots", help="Skip figures.")] = False,
+    no_save_plots: Annotated[bool, typer.Option("--no-save-plots", help="Skip figures (= --figures none).")] = False,
+    figures: FiguresOpt = None,
+    write_html: ReportOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
     backend: BackendOpt = "local",
@@ -112,8 +144,7 @@ def run(
         samplers=samplers, chains=chains, draws=draws, seed=seed, sgld_precond=sgld_precond,
         sgld_beta1=sgld_beta1, sgld_beta2=sgld_beta2, sgld_eps=sgld_eps,
         sgld_bias_correction=sgld_bias_correction)
-    if no_save_plots:
-        overrides.append("save_plots=false")
+    overrides += _figures_override(figures, no_save_plots)
     try:
         cfg = build_config(preset, [*overrides, *(set_ or [])])
     except ConfigError as exc:
@@ -121,13 +152,23 @@ def run(
     if backend == "local" and (workers or 1) == 1:
         from llc.store.artifacts import ArtifactError
         from llc.engine.targets import PrecisionError, TrainingDiverged
+        from llc.posthoc import figures as figure_step
 
-        try:
-            result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
-        except ConfigError as exc:
-            fail(str(exc))
-        except (PrecisionError, TrainingDiverged, ArtifactError, NotImplementedError) as exc:
-            fail(str(exc), code=1)
+        # Figures are drawn by background processes once the run is saved; the result prints first.
+        with figure_step.background(log=lambda msg: err.print(msg, highlight=False)) as drawing:
+            try:
+                result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
+            except ConfigError as exc:
+                fail(str(exc))
+            except (PrecisionError, TrainingDiverged, ArtifactError, NotImplementedError) as exc:
+                fail(str(exc), code=1)
+            _print_run(result, json_out)
+            if drawing.pending:
+                err.print(f"drawing {drawing.pending} figure task(s) in {drawing.workers} background process(es)…",
+                          highlight=False)
+        drawn = sum(len(r.written) for r in drawing.reports)
+        if drawn:
+            err.print(f"figures: {drawn} PNG(s) in {result['artifacts']}", highlight=False)
     else:
         from llc.pipeline.sweep import run_single
 
@@ -139,10 +180,21 @@ def run(
         if outcome.result is None:
             fail(f"run {outcome.run_id} failed on {runner.name}: {outcome.error}", code=1)
         result = outcome.result
+        _print_run(result, json_out)
+    if write_html:
+        _write_report(Path(result["artifacts"]), err)
+    else:
+        err.print(f"report page: llc report {result['artifacts']}", highlight=False)
+
+
+def _print_run(result: dict, json_out: bool) -> None:
+    from llc import console as report
+
     if json_out:
         from llc.store.artifacts import dumps
 
         sys.stdout.write(dumps(result, indent=None) + "\n")
+        sys.stdout.flush()
     else:
         report.print_result(result, Console())
 
@@ -310,7 +362,9 @@ def sweep(
     out: Annotated[Path, typer.Option(help="Results CSV (rewritten as runs finish).")] = Path("llc_sweep_results.csv"),
     artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
     no_skip: Annotated[bool, typer.Option("--no-skip", help="Recompute runs even if cached.")] = False,
-    no_save_plots: Annotated[bool, typer.Option("--no-save-plots", help="Skip per-run figures.")] = False,
+    no_save_plots: Annotated[bool, typer.Option("--no-save-plots", help="Skip per-run figures (= --figures none).")] = False,
+    figures: FiguresOpt = None,
+    write_html: ReportOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the planned runs and exit.")] = False,
     backend: BackendOpt = "local",
     workers: WorkersOpt = None,
@@ -328,12 +382,17 @@ def sweep(
     """Run a sweep (cartesian product over a sweep space) and stream results into a CSV."""
     from llc.pipeline import sweep as sw
 
-    overrides = [*(set_ or []), *(["save_plots=false"] if no_save_plots else [])]
+    overrides = [*(set_ or []), *_figures_override(figures, no_save_plots)]
     try:
         points = sw.plan_sweep(sw.load_space(space), preset=preset, overrides=overrides, axes=axis or [],
                                n_seeds=n_seeds, seed=seed, samplers=samplers)
     except ConfigError as exc:
         fail(str(exc))
+    import dataclasses
+
+    # A sweep's default figure set is the summary (a presentation field: run ids do not change).
+    points = [dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, figures="summary")) if p.cfg.figures == "auto"
+              else p for p in points]
     groups = ", ".join(f"{k}: {v}" for k, v in sw.sizes(points).items())
     if dry_run:
         console = Console()
@@ -346,8 +405,16 @@ def sweep(
                            timeout_min=timeout_min, mem_gb=mem_gb, account=slurm_account,
                            array_parallelism=array_parallelism, download=not no_artifacts)
     err.print(f"sweep: {len(points)} runs ({groups}) on {runner.describe()}; results -> {out}", highlight=False)
+    from llc.posthoc import figures as figure_step
+
+    # Local runs queue their figures on background processes: the next run samples meanwhile.
+    drawing = (figure_step.background(log=lambda msg: err.print(msg, highlight=False)) if runner.name == "local"
+               else contextlib.nullcontext())
     try:
-        summary = sw.run_sweep(points, runner, artifacts, out, skip=not no_skip, console=err, batch=not no_batch)
+        with drawing as queue:
+            summary = sw.run_sweep(points, runner, artifacts, out, skip=not no_skip, console=err, batch=not no_batch)
+            if queue is not None and queue.pending:
+                err.print(f"waiting for {queue.pending} figure task(s) of finished runs…", highlight=False)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: finished runs are in {out} and cached under {artifacts}; "
                   "run the same command again to finish the rest", highlight=False)
@@ -356,8 +423,28 @@ def sweep(
         fail(str(exc))
     err.print(f"sweep finished in {summary.seconds:.1f} s: {summary.done} done, {summary.cached} cached, "
               f"{summary.failed} failed -> {out}", highlight=False)
+    if write_html:
+        _write_report(out, err)
+    else:
+        err.print(f"report page: llc report {out}", highlight=False)
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(
+    path: Annotated[Path, typer.Argument(help="A run directory, a sweep results CSV, or an artifacts root.")],
+    out: Annotated[Optional[Path], typer.Option(
+        help="HTML file to write (default: RUN/report.html, SWEEP.html beside the CSV, ROOT/index.html).")] = None,
+) -> None:
+    """Write one self-contained HTML page (opens offline) of a run, a sweep or an artifacts root (no JAX)."""
+    from llc.posthoc.report import ReportError, write_report
+
+    try:
+        page, kind = write_report(path, out)
+    except ReportError as exc:
+        fail(str(exc))
+    Console().print(f"wrote the {kind} page {page} ({page.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
 @app.command("plot-sweep")

@@ -30,6 +30,7 @@ OPTIMIZERS = ("adam", "sgd", "adamw")
 MODULAR_OPS = ("add", "subtract", "multiply")
 MODULAR_MODELS = ("transformer", "mlp")
 DTYPES = ("float32", "float64")
+FIGURE_MODES = ("auto", "none", "summary", "all")
 SAMPLERS = registry.SAMPLER_NAMES
 
 
@@ -390,6 +391,9 @@ class RunConfig:
     samplers: tuple[str, ...] = _f(("sgld", "hmc", "mclmc"), min_len=1, item_choices=SAMPLERS)
     theta_proj_dim: int = _f(4, gt=0)  # random projections of theta kept per draw
     save_plots: bool = _f(True)
+    # Per-run PNGs, drawn after the run is saved: auto = all for `llc run`, summary for sweeps;
+    # save_plots=false means none whatever this says.
+    figures: str = _f("auto", choices=FIGURE_MODES)
     target: TargetConfig = _sub(TargetConfig)
     data: DataConfig = _sub(DataConfig)
     training: TrainingConfig = _sub(TrainingConfig)
@@ -404,7 +408,7 @@ class RunConfig:
 
 
 # Fields that change how results are shown, not what is computed: left out of the run hash.
-PRESENTATION_FIELDS = ("save_plots",)
+PRESENTATION_FIELDS = ("save_plots", "figures")
 
 
 # --------------------------------------------------------------------------- typing helpers

@@ -81,3 +81,40 @@ def write_run(run_dir: Path, idatas: dict, *, created: str = "2025-01-01T00:00:0
     write_json(run_dir / "metrics.json", metrics_document(idatas, metrics))
     write_json(run_dir / "manifest.json", {"run_id": run_dir.name, "created": created})
     return run_dir
+
+
+def write_sweep(base: Path, n_runs: int = 41, *, seed: int = 0, draws: int = 200, failed: tuple[int, ...] = (7,)) -> Path:
+    """``base/artifacts/<run>`` run directories and ``base/llc_sweep_results.csv`` laid out as ``llc sweep``
+    writes them: two samplers per run (SGLD, HMC), one row per run and sampler, failed runs without a
+    directory. Returns the CSV path."""
+    import csv
+
+    base = Path(base)
+    root = base / "artifacts"
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_runs):
+        rid = f"sweep{i:03d}run"
+        config = {"grid": "size", "target": "mlp", "seed": i // 6, "n_data": 1024,
+                  "widths": (8, 16, 32, 64, 128, 256)[i % 6]}
+        if i in failed:
+            rows += [{**config, "sampler": s, "run_id": rid, "status": "failed", "error": "RuntimeError: boom"}
+                     for s in ("sgld", "hmc")]
+            continue
+        idatas = {"sgld": make_idata("sgld", rng, 4, draws, rho=0.5),
+                  "hmc": make_idata("hmc", rng, 4, draws, rho=0.1, stats=hmc_stats(rng, 4, draws))}
+        write_run(root / rid, idatas, created=f"2025-01-{1 + i % 28:02d}T{i % 24:02d}:00:00+0000")
+        for name, idata in idatas.items():
+            m = sampler_metrics(idata)
+            rows.append({**config, "n_params": config["widths"] * 20, "sampler": name, "llc_mean": m["llc_mean"],
+                         "llc_se": m["llc_se"], "ess": m["ess"], "rhat": m["rhat"], "wall_s": m["wall_s"],
+                         "fde": m["fde"], "diverged_chains": 0, "ess_per_sec": m["ess_per_sec"],
+                         "ess_per_fde": m["ess_per_fde"], "wnv_time": m["wnv_time"], "run_id": rid,
+                         "status": "cached" if i % 5 == 0 else "done", "error": "", "artifacts": str(root / rid)})
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    path = base / "llc_sweep_results.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -103,6 +103,7 @@ def run_experiments(cfgs: list[RunConfig], root: Path | str = DEFAULT_ROOT, *, s
         if skip and cache.is_complete(run_dir):
             log(f"run {run_dir.name} found in cache: {run_dir}")
             records[i] = load_cached(run_dir)
+            _figure_step(run_dir, cfg, log)  # figures asked for now and not drawn for it before
         else:
             todo.append(i)
     if not todo:
@@ -222,16 +223,20 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
         metrics_doc = metrics_document(idatas, metrics, TARGET_SE)
         write_json(tmp / "metrics.json", metrics_doc)
         write_json(tmp / RESULT_FILE, result)
-        if cfg.save_plots:
-            _save_figures(tmp, idatas, metrics, log)
         write_run_records(tmp, manifest, to_dict(cfg), metrics_doc)  # manifest.txt, README_snippet.md, gallery.md
         write_json(tmp / cache.COMPLETE_MARKER, manifest)  # last: marks the run complete
     log(f"run {rid} saved to {run_dir}")
+    _figure_step(run_dir, cfg, log)
     return result
 
 
-def _save_figures(run_dir: Path, idatas: dict[str, Any], metrics: dict[str, Any],
-                  log: Callable[[str], None]) -> None:
-    from llc.posthoc import plots
+def _figure_step(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -> None:
+    """Figures come after the run is complete, from its saved files: queued on a background pool
+    when the caller opened one (``llc run``, ``llc sweep``), else drawn here (llc.posthoc.figures)."""
+    from llc.posthoc import figures
 
-    plots.make_figures(idatas, metrics, run_dir, plots.PLOT_KEYS, log=log)
+    keys = figures.plot_keys(figures.resolve_mode(cfg.figures, save_plots=cfg.save_plots))
+    try:
+        figures.after_save(run_dir, keys, log=log)
+    except Exception as exc:  # noqa: BLE001 - the run is saved; a figure problem must not fail it
+        log(f"figures not drawn ({type(exc).__name__}: {exc}); `llc analyze {run_dir}` draws them")

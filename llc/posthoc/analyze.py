@@ -10,7 +10,9 @@ reproduces a run's ``metrics.json`` exactly.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -187,6 +189,20 @@ def _fmt_value(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Temp file + rename: these records are rewritten in complete run directories (after figures)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent, text=True)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def figure_files(out_dir: Path) -> list[str]:
     """PNG figures in a directory, grouped by sampler (in sampler order), then the cross-sampler ones."""
     from llc.posthoc.plots import figure_info
@@ -207,11 +223,12 @@ def write_gallery(out_dir: Path, title: str) -> Path:
     lines = [f"# {title}", ""]
     figures = figure_files(out_dir)
     if not figures:
-        lines.append("No figures (the run was made with `--no-save-plots`; `llc analyze` draws them).")
+        lines.append("No figures yet: they are drawn after the run is saved, unless it was made with "
+                     "`--figures none`; `llc analyze` draws them on demand.")
     for name in figures:
         lines += [f"## {_figure_title(name)}", "", f"![{name}]({name})", ""]
     path = out_dir / GALLERY_FILE
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    write_text_atomic(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 
@@ -248,7 +265,7 @@ def _snippet(doc: dict[str, Any], out_dir: Path) -> str:
 
 def write_snippet(out_dir: Path, doc: dict[str, Any]) -> Path:
     path = Path(out_dir) / SNIPPET_FILE
-    path.write_text(_snippet(doc, Path(out_dir)))
+    write_text_atomic(path, _snippet(doc, Path(out_dir)))
     return path
 
 
