@@ -191,11 +191,15 @@ def recommend(p: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not line:  # the base values are not on the grid: use the first line
         first = {k: rows[0][k] for k in others}
         line = [i for i, r in enumerate(rows) if all(r[k] == first[k] for k in others)]
-    if step not in p.axes:
-        good = [i for i in line if healthy(rows[i])]
-        if not good:
-            return {"index": None, "line": line, "why": "no grid point is healthy (flags, R-hat or acceptance)"}
-        return {"index": good[0], "line": line, "why": "first healthy point (no step-size axis on the grid)"}
+    if step not in p.axes:  # nothing to choose: say whether the base setting's point is healthy
+        i = line[0]
+        r = rows[i]
+        state = "healthy" if healthy(r) else (
+            "not healthy: " + ("; ".join(r["flags"]) or f"R-hat {r['rhat']:.3f}" +
+                               (f", MALA acceptance {r['mala_acceptance']:.3f}" if r.get("mala_acceptance") else "")))
+        where = ", ".join(f"{k}={r[k]:g}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in others)
+        return {"index": i if healthy(r) else None, "line": line,
+                "why": f"no step-size axis on the grid; the base setting's point ({where}) is {state}"}
     line.sort(key=lambda i: rows[i][step])
     good = [i for i in line if healthy(rows[i])]
     if not good:
