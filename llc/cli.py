@@ -256,17 +256,25 @@ def trajectory(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the runs and of the target.")] = None,
     set_: SetOpt = None,
     max_batch: Annotated[int, typer.Option(help="Checkpoints per batched program (memory).", min=1)] = 16,
+    axis: Annotated[Optional[list[str]], typer.Option(
+        help="Vary a training or target setting: dotted.field=v1,v2 (repeatable), e.g. training.weight_decay=0.3,1; "
+             "one trajectory per combination, overlaid.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
     artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
 ) -> None:
     """Lambda-hat (and curvature) at every training checkpoint of a target trained with checkpoints."""
     from llc import console as report
     from llc.config import build_config
-    from llc.pipeline.trajectory import run_trajectory
+    from llc.pipeline.calibrate import parse_grid
+    from llc.pipeline.trajectory import run_trajectory, run_trajectory_sweep
 
     overrides = _override_flags(chains=chains, draws=draws, seed=seed)
     try:
         cfg = build_config(preset, [*overrides, *(set_ or [])])
+        axes = parse_grid(axis or [], "--axis")
+        for k, values in axes.items():  # every value checked before anything is trained
+            for v in values:
+                build_config(preset, [*overrides, *(set_ or []), f"{k}={v}"])
         name = sampler or cfg.samplers[0]
         if name not in registry.SAMPLERS or name == "vi":
             raise ConfigError(f"--sampler: {name!r} is not allowed; choose one of "
@@ -275,8 +283,19 @@ def trajectory(
         fail(str(exc))
     try:
         with err.status("trajectory: training or loading the target") as status:
-            summary = run_trajectory(cfg, artifacts, sampler=name, max_batch=max_batch, log=lambda msg: err.log(msg),
-                                     progress=lambda done, total, phase: status.update(f"trajectory: {phase}"))
+            kwargs = dict(sampler=name, max_batch=max_batch, log=lambda msg: err.log(msg),
+                          progress=lambda done, total, phase: status.update(f"trajectory: {phase}"))
+            if axes:
+                overlay = run_trajectory_sweep(cfg, axes, artifacts, **kwargs)
+                if json_out:
+                    from llc.store.artifacts import dumps
+
+                    sys.stdout.write(dumps(overlay, indent=None) + "\n")
+                else:
+                    Console().print(f"{len(overlay['members'])} trajectories overlaid: {overlay['artifacts']}/overlay.png",
+                                    highlight=False)
+                return
+            summary = run_trajectory(cfg, artifacts, **kwargs)
     except ValueError as exc:  # e.g. a target trained without checkpoints
         fail(str(exc), code=1)
     if json_out:

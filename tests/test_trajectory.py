@@ -127,3 +127,23 @@ def test_api_on_a_users_own_checkpoints(tmp_path):
         assert ra["llc_mean"] == pytest.approx(rb["llc_mean"], rel=1e-6)
     # At the true solution the gradient vanishes; far from it, it does not.
     assert b["rows"][-1]["grad_norm"] < 1e-3 < b["rows"][0]["grad_norm"]
+
+
+def test_trajectories_over_training_settings_are_overlaid(first_run):
+    root, cfg, summary = first_run
+    out = runner.invoke(app, ["trajectory", "--preset", "grok-tiny", "--artifacts", str(root), "--max-batch", "4",
+                              "--axis", "training.weight_decay=0.5,1.0", "--json", *sum((["--set", o] for o in SMALL), [])])
+    assert out.exit_code == 0, out.output
+    overlay = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [m["setting"]["training.weight_decay"] for m in overlay["members"]] == [0.5, 1.0]
+    assert overlay["members"][1]["artifacts"] == summary["artifacts"]  # weight decay 1.0 is the preset's: reused
+    import pandas as pd
+
+    table = pd.read_csv(f"{overlay['artifacts']}/overlay.csv")
+    assert set(table["training.weight_decay"]) == {0.5, 1.0} and len(table) == 2 * summary["checkpoints"]
+    from pathlib import Path
+
+    assert Path(overlay["artifacts"], "overlay.png").stat().st_size > 10_000
+    bad = runner.invoke(app, ["trajectory", "--preset", "grok-tiny", "--artifacts", str(root),
+                              "--axis", "training.weight_decay=-1"])
+    assert bad.exit_code == 2 and "training.weight_decay" in bad.output

@@ -65,13 +65,13 @@ def default_axes(base: RunConfig, sampler: str) -> dict[str, tuple]:
     return axes
 
 
-def parse_grid(items: list[str]) -> dict[str, tuple]:
+def parse_grid(items: list[str], flag: str = "--grid") -> dict[str, tuple]:
     axes: dict[str, tuple] = {}
     for item in items:
         key, sep, values = item.partition("=")
         parts = [v.strip() for v in values.split(",") if v.strip()]
         if not sep or not key.strip() or not parts:
-            raise ConfigError(f"--grid {item!r}: expected dotted.field=v1,v2,...")
+            raise ConfigError(f"{flag} {item!r}: expected dotted.field=v1,v2,...")
         axes[key.strip()] = tuple(parts)
     return axes
 

@@ -219,6 +219,45 @@ def run_trajectory(cfg: Any, root: Path | str, *, sampler: str | None = None, ma
     ck = load_checkpoints(target)
     data = Checkpointed(target.loss_fn, np.asarray(ck.steps), ck.params, target.x, target.y, dict(ck.metrics))
     out_dir = root / TRAJ_DIR / trajectory_id(cfg, sampler)
-    return compute(data, out_dir, sampler=sampler, sampler_cfg=getattr(cfg, sampler), posterior_cfg=cfg.posterior,
-                   seed=cfg.seed, proj_dim=cfg.theta_proj_dim, max_batch=max_batch, progress=progress, log=log,
-                   target={"id": target.id, "kind": target.kind, "n": target.n, "d": target.d})
+    summary = compute(data, out_dir, sampler=sampler, sampler_cfg=getattr(cfg, sampler), posterior_cfg=cfg.posterior,
+                      seed=cfg.seed, proj_dim=cfg.theta_proj_dim, max_batch=max_batch, progress=progress, log=log,
+                      target={"id": target.id, "kind": target.kind, "n": target.n, "d": target.d})
+    from llc.config import to_dict
+
+    summary["config"] = to_dict(cfg)
+    _atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=float)))
+    return summary
+
+
+def run_trajectory_sweep(cfg: Any, axes: dict[str, tuple], root: Path | str, *, sampler: str | None = None,
+                         max_batch: int = 16, log: Callable[[str], None] = lambda msg: None,
+                         progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """One trajectory per combination of ``axes`` (e.g. training.weight_decay, target.modular.train_frac,
+    target.seed: each trains its own target), then their lambda-hat curves overlaid:
+    ``<root>/trajectories/overlay_<hash>/`` with overlay.csv (every checkpoint row with the axis
+    columns), overlay.png and summary.json (the members)."""
+    import itertools
+
+    import pandas as pd
+
+    from llc.config import apply_overrides, get_field, validate
+
+    root = Path(root)
+    members = []
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values))
+        member_cfg = validate(apply_overrides(cfg, [f"{k}={v}" for k, v in point.items()]))
+        log("trajectory " + ", ".join(f"{k}={v}" for k, v in point.items()))
+        summary = run_trajectory(member_cfg, root, sampler=sampler, max_batch=max_batch, log=log, progress=progress)
+        members.append({"setting": {k: get_field(member_cfg, k) for k in axes}, "summary": summary})
+    out_dir = root / TRAJ_DIR / ("overlay_" + cache.stable_hash([m["summary"]["artifacts"] for m in members]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame([{**m["setting"], **row} for m in members for row in m["summary"]["rows"]])
+    _atomic_write(out_dir / "overlay.csv", lambda p: table.to_csv(p, index=False))
+    overlay = {"axes": {k: list(v) for k, v in axes.items()}, "artifacts": str(out_dir),
+               "members": [{"setting": m["setting"], "artifacts": m["summary"]["artifacts"]} for m in members]}
+    from llc.posthoc.trajectory_plot import draw_overlay
+
+    draw_overlay(out_dir / "overlay.png", [(m["setting"], m["summary"]) for m in members])
+    _atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(overlay, indent=2, default=float)))
+    return overlay

@@ -66,3 +66,39 @@ def draw(path: Path, summary: dict[str, Any]) -> Path:
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
     return path
+
+
+def draw_overlay(path: Path, members: list[tuple[dict[str, Any], dict[str, Any]]]) -> Path:
+    """Several trajectories (one per training setting): lambda-hat (± 2 SE) and test accuracy
+    against the step, one colour per setting."""
+    fig = Figure(figsize=(9.5, 6.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax_llc, ax_acc = fig.subplots(2, 1, sharex=True)
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    positive = []
+    for i, (setting, summary) in enumerate(members):
+        rows, color = summary["rows"], colors[i % len(colors)]
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                          for k, v in setting.items())
+        step, llc, se = _col(rows, "step"), _col(rows, "llc_mean"), _col(rows, "llc_se")
+        positive += list(step[step > 0])
+        ax_llc.fill_between(step, llc - 2 * se, llc + 2 * se, color=color, alpha=0.15, lw=0)
+        ax_llc.plot(step, llc, "o-", color=color, ms=3, lw=1.3, label=label)
+        if np.isfinite(_col(rows, "test_acc")).any():
+            ax_acc.plot(step, _col(rows, "test_acc"), "-", color=color, lw=1.4, label=f"test acc, {label}")
+            ax_acc.plot(step, _col(rows, "train_acc"), ":", color=color, lw=1.0)
+    ax_llc.set_ylabel("λ̂ (± 2 SE)")
+    ax_llc.legend(fontsize=8)
+    ax_acc.set_ylabel("accuracy (train dotted)")
+    ax_acc.set_xscale("symlog", linthresh=max(1.0, min(positive)) if positive else 1.0)
+    ax_acc.set_xlim(left=-0.3)
+    ax_acc.set_xlabel("training step (log scale; 0 = initialisation)")
+    for ax in (ax_llc, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"LLC across training — {len(members)} settings", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
