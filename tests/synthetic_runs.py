@@ -33,18 +33,23 @@ NBETA = 100.0
 
 def make_idata(sampler: str, rng: np.random.Generator, chains: int = 4, draws: int = 200, rho: float = 0.3,
                stats: dict[str, np.ndarray] | None = None, work: dict[str, float] | None = None,
-               warmup: int = 20, extra_attrs: dict | None = None):
-    """An llc InferenceData whose lambda-hat draws are 3 + AR(1) noise (so lambda-hat is about 3)."""
-    llc = 3.0 + ar1(rng, chains, draws, rho, sigma=1.0)
+               warmup: int = 20, extra_attrs: dict | None = None, info: dict | None = None,
+               llc: np.ndarray | None = None):
+    """An llc InferenceData whose lambda-hat draws are 3 + AR(1) noise (so lambda-hat is about 3),
+    or the given ``llc`` draws (chains, draws)."""
+    if llc is None:
+        llc = 3.0 + ar1(rng, chains, draws, rho, sigma=1.0)
+    chains, draws = llc.shape
     Ln = L0 + llc / NBETA
     Ln_warm = L0 + (3.0 + rng.standard_normal((chains, warmup)) * 2) / NBETA
     theta = rng.standard_normal((chains, draws, 4)) * 0.1
     work = work or {"n_grad_evals": 4000.0, "fde": 1000.0, "wall_s": 2.0, "compile_s": 1.0, "warmup_s": 0.5}
     attrs = dict(ATTRS)
-    attrs.update({f"work_{k}": v for k, v in work.items()})
-    attrs.update({"info_step_size": 0.01, "info_note": "synthetic", "info_per_chain": [0.1, 0.2]})
     attrs.update(extra_attrs or {})
-    return to_inference_data(sampler, Ln, Ln_warm, theta, stats or {}, L0=L0, nbeta=NBETA, attrs=attrs)
+    if info is None:
+        info = {"step_size": 0.01, "note": "synthetic", "step_size_per_chain": [0.01 * (i + 1) for i in range(chains)]}
+    return to_inference_data(sampler, Ln, Ln_warm, theta, stats or {}, L0=L0, nbeta=NBETA, attrs=attrs,
+                             work=work, info=info)
 
 
 def hmc_stats(rng: np.random.Generator, chains: int, draws: int) -> dict[str, np.ndarray]:
@@ -74,10 +79,10 @@ def write_run(run_dir: Path, idatas: dict, *, created: str = "2025-01-01T00:00:0
     """A run directory laid out as ``llc run`` writes it (NetCDFs, config, metrics, manifest)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {name: sampler_metrics(idata) for name, idata in idatas.items()}
     for name, idata in idatas.items():
         save_netcdf(idata, run_dir / f"{name}.nc")
     write_json(run_dir / "config.json", {"samplers": list(idatas)})
-    metrics = {name: sampler_metrics(idata) for name, idata in idatas.items()}
     write_json(run_dir / "metrics.json", metrics_document(idatas, metrics))
     write_json(run_dir / "manifest.json", {"run_id": run_dir.name, "created": created})
     return run_dir

@@ -121,7 +121,7 @@ def test_sampler_metrics_from_inference_data():
     assert m["wall_s"] == 2.0 and m["fde"] == 1000.0
     assert m["time_to_se1"] == pytest.approx(2.0 * (m["llc_se"] / 0.1) ** 2)
     assert m["ess_per_sec"] == pytest.approx(m["ess"] / 2.0)
-    assert m["info"] == {"step_size": 0.01, "note": "synthetic", "per_chain": [0.1, 0.2]}
+    assert m["info"] == {"step_size": 0.01, "note": "synthetic", "step_size_per_chain": [0.01, 0.02, 0.03, 0.04]}
 
 
 def test_sampler_metrics_without_stats_or_work():

@@ -115,7 +115,7 @@ def test_vi_optimisation_trace_figure(tmp_path):
     steps = np.arange(1, 31) * 10
     trace = {"step": steps, "elbo": -5 - np.exp(-steps / 100)[None], "llc": 3 + 0.1 * rng.standard_normal((1, 30)),
              "grad_norm": np.exp(-steps / 50)[None], "pi": np.ones((1, 30, 2)) / 2}
-    vi = make_idata("vi", rng, 1, 60, extra_attrs={"info_trace": trace})
+    vi = make_idata("vi", rng, 1, 60, info={"trace": trace})
     written = P.make_figures({"vi": vi}, {"vi": sampler_metrics(vi)}, tmp_path, ("optimisation",))
     assert [p.name for p in written] == ["vi_opt_trace.png"]
     fig = P.fig_optimisation(vi, sampler_metrics(vi), "vi")

@@ -8,7 +8,7 @@ from typing import Any
 import arviz as az
 import numpy as np
 
-from llc.store.artifacts import llc_draws, nc_attrs, running_llc  # noqa: F401  (re-exported)
+from llc.store.artifacts import llc_draws, nc_attrs, running_llc, sampler_info  # noqa: F401  (re-exported)
 
 
 def diverged_chains(*arrays: np.ndarray) -> np.ndarray:
@@ -234,7 +234,7 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
             vals = vals[np.isfinite(vals)]
             means[name] = float(vals.mean()) if vals.size else None
     m["stats_mean"] = means
-    m["info"] = {k[len("info_"):]: v for k, v in attrs.items() if k.startswith("info_")}
+    m["info"] = sampler_info(idata)
     return m
 
 

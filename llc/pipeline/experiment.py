@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llc.store import cache
-from llc.store.artifacts import read_json, save_netcdf, to_inference_data, write_json, write_tensorboard
+from llc.store.artifacts import (optimisation_trace, read_json, save_netcdf, to_inference_data, write_json,
+                                 write_tensorboard)
 from llc import registry
 from llc.config import RunConfig, to_dict
 from llc.posthoc.analyze import DEFAULT_TARGET_SE as TARGET_SE
@@ -181,11 +182,8 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
     idatas = {}
     metrics: dict[str, Any] = {}
     for name, out in outputs.items():
-        attrs = dict(attrs_common)
-        attrs.update({f"work_{k}": v for k, v in out.work.items()})
-        attrs.update({f"info_{k}": v for k, v in out.info.items()})
         idata = to_inference_data(name, out.Ln, out.Ln_warmup, out.theta_proj, out.stats,
-                                  L0=post.L0, nbeta=post.nbeta, attrs=attrs)
+                                  L0=post.L0, nbeta=post.nbeta, attrs=attrs_common, work=out.work, info=out.info)
         # Metrics from exactly what the NetCDF will hold, so `llc analyze` reproduces them.
         m = sampler_metrics(idata, TARGET_SE)
         idatas[name] = idata
@@ -218,7 +216,7 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
         for name, idata in idatas.items():
             save_netcdf(idata, tmp / f"{name}.nc")
         if "vi" in outputs and cfg.vi.tensorboard:
-            write_tensorboard(outputs["vi"].info["trace"], tmp / "tensorboard" / "vi")
+            write_tensorboard(optimisation_trace(idatas["vi"]), tmp / "tensorboard" / "vi")
         write_json(tmp / "config.json", to_dict(cfg))
         metrics_doc = metrics_document(idatas, metrics, TARGET_SE)
         write_json(tmp / "metrics.json", metrics_doc)

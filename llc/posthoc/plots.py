@@ -495,10 +495,12 @@ def fig_energy_hist(idata, metrics, sampler) -> Figure | None:
 
 
 def fig_optimisation(idata, metrics, sampler) -> Figure | None:
-    """Optimisation trace of a variational run (``info_trace`` with a "step" axis): ELBO, the LLC
-    estimate along the way and the gradient norm, whichever the trace holds."""
-    trace = _attrs(idata).get("info_trace")
-    if not isinstance(trace, dict) or "step" not in trace:
+    """Optimisation trace of a variational run (the file's ``optimisation_trace`` group): ELBO, the
+    LLC estimate along the way and the gradient norm, whichever the trace holds."""
+    from llc.store.artifacts import optimisation_trace
+
+    trace = optimisation_trace(idata)
+    if trace is None:
         return None
     step = np.asarray(trace["step"], dtype=np.float64)
     panels = [(k, lab) for k, lab in (("elbo", "ELBO  [nats]"), ("llc", "λ̂ estimate  [dimensionless]"),
