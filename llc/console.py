@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from llc.analysis import flags
 from llc.config import RunConfig
 
 
@@ -40,14 +41,18 @@ def result_table(result: dict[str, Any]) -> Table:
     title = (f"LLC estimates — run {result['run_id']}{' (cached)' if result.get('cached') else ''}\n"
              f"target {t['id']} ({t['kind']}, d={t['d']}, n={t['n']}), nβ={p['nbeta']:.4g}, γ={p['gamma']:.4g}")
     table = Table(title=title)
-    for col in ("sampler", "λ̂ ± SE", "ESS", "R̂", "wall s", "FDE", "diverged"):
-        table.add_column(col, justify="right" if col != "sampler" else "left")
+    for col in ("sampler", "λ̂ ± SE", "ESS", "R̂", "wall s", "FDE", "diverged", "flags"):
+        table.add_column(col, justify="left" if col in ("sampler", "flags") else "right")
     for name, s in result["samplers"].items():
         llc = "—" if s["llc_mean"] is None else f"{s['llc_mean']:.3f} ± {_fmt(s['llc_se'], '.3f')}"
+        cell, style = flags.table_cells(s.get("flags"))
         table.add_row(name, llc, _fmt(s["ess"], ".0f"), _fmt(s["rhat"], ".3f"), _fmt(s["wall_s"], ".2f"),
-                      _fmt(s["fde"], ".3g"), str(s["diverged_chains"]))
-    if t.get("analytic_llc") is not None:
-        table.caption = f"analytic λ = {t['analytic_llc']:.4f}"
+                      _fmt(s["fde"], ".3g"), str(s["diverged_chains"]), cell, style=style)
+    notes = [f"analytic λ = {t['analytic_llc']:.4f}"] if t.get("analytic_llc") is not None else []
+    notes += flags.table_notes(result["samplers"])
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     return table
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from llc.posthoc.analyze import metrics_document
-from llc.store.artifacts import save_netcdf, to_inference_data, write_json
+from llc.store.artifacts import save_netcdf, set_flags, to_inference_data, write_json
 from llc.analysis.diagnostics import sampler_metrics
+from llc.analysis.flags import add_cross_sampler_flags
 
 
 def ar1(rng: np.random.Generator, chains: int, draws: int, rho: float, sigma: float = 1.0) -> np.ndarray:
@@ -80,7 +81,9 @@ def write_run(run_dir: Path, idatas: dict, *, created: str = "2025-01-01T00:00:0
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics = {name: sampler_metrics(idata) for name, idata in idatas.items()}
+    add_cross_sampler_flags(metrics)
     for name, idata in idatas.items():
+        set_flags(idata, metrics[name]["flags"])
         save_netcdf(idata, run_dir / f"{name}.nc")
     write_json(run_dir / "config.json", {"samplers": list(idatas)})
     write_json(run_dir / "metrics.json", metrics_document(idatas, metrics))

@@ -8,6 +8,7 @@ from typing import Any
 import arviz as az
 import numpy as np
 
+from llc.analysis import flags
 from llc.store.artifacts import llc_draws, nc_attrs, running_llc, sampler_info  # noqa: F401  (re-exported)
 
 
@@ -199,6 +200,8 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
 
     Used by ``llc run`` on the data it is about to save and by ``llc analyze`` on the saved file:
     the NetCDF round trip is exact (float64 values and attributes), so both give the same numbers.
+    ``flags`` holds this sampler's failure flags (llc.analysis.flags); the cross-sampler ones are
+    added by ``flags.add_cross_sampler_flags`` over a run's samplers.
     """
 
     attrs = nc_attrs(idata)
@@ -235,6 +238,8 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
             means[name] = float(vals.mean()) if vals.size else None
     m["stats_mean"] = means
     m["info"] = sampler_info(idata)
+    kept = [i for i, v in enumerate(m["llc_per_chain"]) if v is not None]
+    m["flags"] = flags.sampler_flags(llc_draws(Ln[kept], L0, nbeta), m, attrs, m["info"])
     return m
 
 

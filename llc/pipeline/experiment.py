@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llc.store import cache
-from llc.store.artifacts import (optimisation_trace, read_json, save_netcdf, to_inference_data, write_json,
-                                 write_tensorboard)
+from llc.store.artifacts import (optimisation_trace, read_json, save_netcdf, set_flags, to_inference_data,
+                                 write_json, write_tensorboard)
 from llc import registry
 from llc.config import RunConfig, to_dict
 from llc.posthoc.analyze import DEFAULT_TARGET_SE as TARGET_SE
 from llc.posthoc.analyze import metrics_document, write_run_records
 from llc.analysis.diagnostics import sampler_metrics
+from llc.analysis.flags import add_cross_sampler_flags
 
 DEFAULT_ROOT = Path(os.environ.get("LLC_ARTIFACTS", "artifacts"))
 RESULT_FILE = "result.json"
-SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "compile_s", "fde", "diverged_chains")
+SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "compile_s", "fde", "diverged_chains", "flags")
 
 
 def enable_x64() -> None:
@@ -191,6 +192,9 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
         if m["diverged_chains"]:
             log(f"{name}: {m['diverged_chains']} of {m['chains']} chains diverged (NaN/inf); excluded from lambda-hat")
 
+    add_cross_sampler_flags(metrics)
+    for name, idata in idatas.items():
+        set_flags(idata, metrics[name]["flags"])
     result = {
         "run_id": rid,
         "artifacts": str(run_dir),

@@ -291,6 +291,7 @@ def result_rows(point: SweepPoint, outcome: Outcome) -> list[dict[str, Any]]:
     for name, summary in rec.get("samplers", {}).items():
         m = metrics.get(name, {})
         row = {**base, **run_cols, "sampler": name, **summary}
+        row["flags"] = "; ".join(summary.get("flags") or m.get("flags") or [])  # "" = clean (messages hold commas)
         row.update({k: m[k] for k in METRIC_KEYS if k in m and not isinstance(m[k], (list, dict))})
         row.update(efficiency(summary, m))
         row.update(tail)

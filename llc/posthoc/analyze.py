@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 from llc import registry
 from llc.store.artifacts import ArtifactError, load_netcdf, nc_attrs, read_json, write_json
 from llc.analysis.diagnostics import sampler_metrics
+from llc.analysis.flags import add_cross_sampler_flags, table_cells, table_notes
 
 SAMPLER_ORDER = registry.SAMPLER_NAMES
 METRICS_FILE = "metrics.json"
@@ -97,6 +98,7 @@ def metrics_document(idatas: dict[str, Any], metrics: dict[str, dict[str, Any]],
 
 def run_metrics(idatas: dict[str, Any], target_se: float = DEFAULT_TARGET_SE) -> dict[str, Any]:
     metrics = {name: sampler_metrics(idata, target_se) for name, idata in idatas.items()}
+    add_cross_sampler_flags(metrics)
     return metrics_document(idatas, metrics, target_se)
 
 
@@ -151,8 +153,8 @@ def metrics_tables(doc: dict[str, Any]):
     if p.get("nbeta") is not None:
         head += f", nβ={p['nbeta']:.4g}, γ={_fmt(p.get('gamma'), '.4g')}"
     est = Table(title=f"LLC estimates — {head}")
-    for col in ("sampler", "λ̂ ± SE", "MCSE", "ESS bulk", "ESS tail", "R̂", "accept", "|ΔE| mean", "diverged"):
-        est.add_column(col, justify="left" if col == "sampler" else "right")
+    for col in ("sampler", "λ̂ ± SE", "MCSE", "ESS bulk", "ESS tail", "R̂", "accept", "|ΔE| mean", "diverged", "flags"):
+        est.add_column(col, justify="left" if col in ("sampler", "flags") else "right")
     eff = Table(title=f"Efficiency (target SE = {doc.get('target_se')})")
     for col in ("sampler", "wall s", "FDE", "ESS/s", "ESS/FDE", "WNV·s", "WNV·FDE", "time→SE", "FDE→SE"):
         eff.add_column(col, justify="left" if col == "sampler" else "right")
@@ -161,14 +163,19 @@ def metrics_tables(doc: dict[str, Any]):
         div = str(m.get("diverged_chains", 0))
         if m.get("divergent_transitions") is not None:
             div += f" ch / {m['divergent_transitions']} tr"
+        cell, style = table_cells(m.get("flags"))
         est.add_row(name, llc, _fmt(m.get("mcse"), ".3f"), _fmt(m.get("ess_bulk"), ".0f"),
                     _fmt(m.get("ess_tail"), ".0f"), _fmt(m.get("rhat"), ".3f"),
-                    _fmt(m.get("acceptance_mean"), ".3f"), _fmt(m.get("energy_change_abs_mean"), ".3g"), div)
+                    _fmt(m.get("acceptance_mean"), ".3f"), _fmt(m.get("energy_change_abs_mean"), ".3g"), div,
+                    cell, style=style)
         eff.add_row(name, _fmt(m.get("wall_s"), ".2f"), _fmt(m.get("fde"), ".3g"), _fmt(m.get("ess_per_sec"), ".3g"),
                     _fmt(m.get("ess_per_fde"), ".3g"), _fmt(m.get("wnv_time"), ".3g"), _fmt(m.get("wnv_fde"), ".3g"),
                     _fmt(m.get("time_to_se1"), ".3g"), _fmt(m.get("fde_to_se1"), ".3g"))
-    if (doc.get("analytic") or {}).get("value") is not None:
-        est.caption = f"analytic λ = {doc['analytic']['value']:.4f}"
+    notes = [f"analytic λ = {doc['analytic']['value']:.4f}"] if (doc.get("analytic") or {}).get("value") is not None else []
+    notes += table_notes(doc.get("samplers") or {})
+    if notes:
+        est.caption = "\n".join(notes)
+        est.caption_justify = "left"
     return est, eff
 
 
@@ -242,15 +249,18 @@ def _snippet(doc: dict[str, Any], out_dir: Path) -> str:
     if (doc.get("analytic") or {}).get("value") is not None:
         lines.append(f"Analytic λ = {doc['analytic']['value']:.4f} ({doc['analytic'].get('formula')}).")
     lines += ["", "| sampler | λ̂ ± SE | ESS bulk | ESS tail | R̂ | accept | ESS/s | ESS/FDE | WNV·s | "
-              f"time to SE={doc.get('target_se')} (s) | diverged chains |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"time to SE={doc.get('target_se')} (s) | diverged chains | flags |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in (doc.get("samplers") or {}).items():
         llc = "—" if m.get("llc_mean") is None else f"{m['llc_mean']:.3f} ± {_fmt(m.get('llc_se'), '.3f')}"
         lines.append(f"| {name} | {llc} | {_fmt(m.get('ess_bulk'), '.0f')} | {_fmt(m.get('ess_tail'), '.0f')} | "
                      f"{_fmt(m.get('rhat'), '.3f')} | {_fmt(m.get('acceptance_mean'), '.3f')} | "
                      f"{_fmt(m.get('ess_per_sec'), '.3g')} | {_fmt(m.get('ess_per_fde'), '.3g')} | "
                      f"{_fmt(m.get('wnv_time'), '.3g')} | {_fmt(m.get('time_to_se1'), '.3g')} | "
-                     f"{m.get('diverged_chains', 0)} |")
+                     f"{m.get('diverged_chains', 0)} | {table_cells(m.get('flags'))[0]} |")
+    notes = table_notes(doc.get("samplers") or {})
+    if notes:
+        lines += ["", "Flags:", *[f"- {note}" for note in notes]]
     figures = figure_files(out_dir)
     if figures:
         from llc.posthoc.plots import COMBINED_FILE
@@ -292,6 +302,7 @@ def write_manifest_txt(run_dir: Path, manifest: dict[str, Any], config: dict[str
             est.append(f"acceptance {m['acceptance_mean']:.3f}")
         lines.append(f"{name:<15} " + ", ".join(parts))
         lines.append(f"{'':<15} " + ", ".join(est))
+        lines += [f"{'':<15} FLAG {flag}" for flag in m.get("flags") or []]
         info = m.get("info") or {}
         if info:
             shown = {k: v for k, v in info.items() if not isinstance(v, (list, dict))}

@@ -1,0 +1,234 @@
+"""Failure flags: results that are wrong although nothing is NaN and R-hat looks fine (no JAX).
+
+A flag is one line, ``"<code>: <what and why>"``; a sampler's ``flags`` list (metrics.json, the
+``--json`` record, the NetCDF ``flags`` attribute, the sweep CSV) is empty only for a clean result.
+
+Per sampler, from its kept draws of lambda-hat (diverged chains excluded):
+
+- ``diverged``: chains failed (non-finite state, frozen, unusable tuned parameters).
+- ``above_d_half``: lambda-hat more than 3 SE above d/2. The learning coefficient never exceeds
+  d/2 (a regular model's value), and the localizer only lowers the estimate.
+- ``negative``: lambda-hat more than 3 SE below 0: w* is not a local minimum of L_n.
+- ``excess_variance``: Var[n*beta (L_n - L0)] > 3 lambda-hat. At a tempered posterior
+  d/d(beta) E_beta[n L_n] = -Var_beta[n L_n] and E_beta[n L_n] ~ n L0 + lambda/beta give
+  Var[n*beta L_n] ~ lambda (a Gamma(lambda, 1) law: variance = mean); the localizer only lowers it.
+  Correct runs measured 0.33-0.40 (quick MLP: SGLD, HMC, MCLMC), 0.70-0.78 (quadratic d = 4),
+  0.77-0.83 (DLN); a too-large SGLD step, whose rare huge excursions dominate the mean, gave
+  147-163 (issue 11's two reproductions).
+- ``drift``: L_n trends over the kept draws. The last third of every chain against its first
+  third, two ways: (a) z = (mean_last - mean_first) / SE with each third's SE from ArviZ's
+  multi-chain ESS of the mean, used when both thirds have ESS >= 10 per chain, flagged at |z| > 4;
+  (b) with >= 3 chains, a t-test on the per-chain differences (needs no ESS, so it still works
+  when a strong trend makes the ESS tiny), flagged at two-sided p < 0.001. On stationary AR(1) and
+  chi-square-type chains (4 and 8 chains, rho 0 to 0.99, 150 to 2,000 draws, 400 replicates per
+  case) the two together fired in at most 0.5 % of runs; a trend of one marginal sd over the run
+  was found in > 98 % of runs with ESS >= 50 per chain.
+- ``outlier_chain``: with >= 3 chains, a chain whose mean is more than 5 scales from the mean of
+  the others, the scale being sqrt(SE_c^2 + max(variance of the others' means, their mean SE^2))
+  (so chains that all disagree are R-hat's business, not an outlier). Skipped when the median
+  per-chain ESS is below 10. Same simulations: at most 0.5 % false positives with ESS >= 1 per
+  chain; a chain shifted by 10 SE found in 80-100 % of runs.
+- ``analytic``: for targets with an analytic value, |lambda-hat - lambda| > 3 SE and > 5 % of
+  lambda. The message says which regime the value assumes: exact for the quadratic (any gap is the
+  sampler's bias); asymptotic for deep linear networks (finite n*beta and the localizer read low).
+
+Across samplers of one run (``add_cross_sampler_flags``):
+
+- ``disagree``: two samplers' lambda-hat more than 3 combined SE apart, sqrt(SE_a^2 + SE_b^2);
+  both are flagged, each naming the other (which one is wrong is not known from the numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import arviz as az
+import numpy as np
+from scipy import stats as st
+
+Z_SE = 3.0  # SEs for above_d_half, negative, analytic, disagree
+VARIANCE_RATIO_MAX = 3.0
+DRIFT_Z = 4.0
+DRIFT_T_P = 1e-3
+DRIFT_MIN_ESS_PER_CHAIN = 10.0
+OUTLIER_Z = 5.0
+OUTLIER_MIN_ESS = 10.0
+ANALYTIC_REL = 0.05
+MIN_DRAWS = 30  # fewer kept draws: no drift / outlier / variance test
+REGIMES = {
+    "quadratic": "exact at this nβ and γ: the gap is the sampler's bias",
+    "dln": "asymptotic (nβ → ∞, small γ): at finite nβ with the localizer, estimates read below it",
+}
+FLAG_CODES = ("diverged", "above_d_half", "negative", "excess_variance", "drift", "outlier_chain",
+              "analytic", "disagree")
+
+
+def _g(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def code(flag: str) -> str:
+    """The code word of a flag (``"drift: ..."`` -> ``"drift"``)."""
+    return flag.split(":", 1)[0]
+
+
+# --------------------------------------------------------------------------- single checks
+
+def diverged(n_diverged: int, chains: int, reasons: dict[str, str] | None = None) -> str | None:
+    if not n_diverged:
+        return None
+    why = "; ".join(f"chain {c}: {r}" for c, r in sorted((reasons or {}).items(), key=lambda kv: int(kv[0])))
+    return f"diverged: {n_diverged} of {chains} chains failed{f' ({why})' if why else ''}; excluded from λ̂"
+
+
+def above_half_dim(mean: float, se: float, dim: int | None) -> str | None:
+    if dim is None or mean - Z_SE * se <= dim / 2:
+        return None
+    return (f"above_d_half: λ̂ = {_g(mean)} ± {_g(se)} exceeds d/2 = {_g(dim / 2)}, impossible for a learning "
+            "coefficient: the sampler is not sampling the tempered posterior (step size too large?)")
+
+
+def negative(mean: float, se: float) -> str | None:
+    if mean + Z_SE * se >= 0:
+        return None
+    return f"negative: λ̂ = {_g(mean)} ± {_g(se)} < 0: w* is not a local minimum of L_n (or L0 is wrong)"
+
+
+def excess_variance(llc: np.ndarray, se: float) -> str | None:
+    """Var of the lambda-hat draws against lambda-hat (see the module docstring)."""
+    llc = np.asarray(llc, dtype=np.float64)
+    mean = float(llc.mean())
+    if llc.shape[1] < MIN_DRAWS or mean - Z_SE * se <= 0:
+        return None
+    ratio = float(llc.var(ddof=1)) / mean
+    if ratio <= VARIANCE_RATIO_MAX:
+        return None
+    return (f"excess_variance: Var of the λ̂ draws is {ratio:.3g}× λ̂ (≲ 1× at a tempered posterior): rare "
+            "huge excursions dominate λ̂ (step size too large?)")
+
+
+def drift(llc: np.ndarray) -> str | None:
+    """First vs last third of every chain (see the module docstring for the two tests)."""
+    x = np.asarray(llc, dtype=np.float64)
+    chains, draws = x.shape
+    third = draws // 3
+    if draws < MIN_DRAWS:
+        return None
+    first, last = x[:, :third], x[:, -third:]
+    diff = float(last.mean() - first.mean())
+    found = []
+    ess_first, ess_last = float(az.ess(first, method="mean")), float(az.ess(last, method="mean"))
+    if min(ess_first, ess_last) >= DRIFT_MIN_ESS_PER_CHAIN * chains:
+        se = math.sqrt(first.var(ddof=1) / ess_first + last.var(ddof=1) / ess_last)
+        z = diff / se if se > 0 else 0.0
+        if abs(z) > DRIFT_Z:
+            found.append(f"z = {z:.1f}")
+    if chains >= 3:
+        d = last.mean(axis=1) - first.mean(axis=1)
+        sd = float(d.std(ddof=1))
+        t = float(d.mean()) / (sd / math.sqrt(chains)) if sd > 0 else 0.0
+        if abs(t) > st.t.ppf(1 - DRIFT_T_P / 2, chains - 1):
+            found.append(f"all {chains} chains move the same way, t = {t:.1f}")
+    if not found:
+        return None
+    return (f"drift: λ̂ moves from {_g(float(first.mean()))} (first third of the kept draws) to "
+            f"{_g(float(last.mean()))} (last third); {', '.join(found)}: not stationary yet (more burn-in?)")
+
+
+def _chain_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ess = np.array([float(az.ess(row[None], method="mean")) for row in x])
+    return x.std(axis=1, ddof=1) / np.sqrt(ess), ess
+
+
+def outlier_chains(llc: np.ndarray, chain_ids: list[int] | None = None) -> str | None:
+    """Chains far outside the spread of the others (see the module docstring)."""
+    x = np.asarray(llc, dtype=np.float64)
+    chains, draws = x.shape
+    if chains < 3 or draws < MIN_DRAWS:
+        return None
+    ids = chain_ids if chain_ids is not None else list(range(chains))
+    means = x.mean(axis=1)
+    se, ess = _chain_se(x)
+    if np.median(ess) < OUTLIER_MIN_ESS:
+        return None
+    found = []
+    for c in range(chains):
+        others = np.delete(np.arange(chains), c)
+        spread2 = max(float(means[others].var(ddof=1)), float(np.mean(se[others] ** 2)))
+        z = (means[c] - means[others].mean()) / math.sqrt(se[c] ** 2 + spread2)
+        if abs(z) > OUTLIER_Z:
+            found.append(f"chain {ids[c]} at {_g(float(means[c]))} ({abs(z):.1f} scales from the others' "
+                         f"{_g(float(means[others].mean()))})")
+    return f"outlier_chain: {'; '.join(found)}" if found else None
+
+
+def far_from_analytic(mean: float, se: float, attrs: dict[str, Any]) -> str | None:
+    value = attrs.get("analytic_llc")
+    if value is None:
+        return None
+    gap = mean - float(value)
+    if abs(gap) <= Z_SE * se or abs(gap) <= ANALYTIC_REL * abs(float(value)):
+        return None
+    regime = attrs.get("analytic_regime") or REGIMES.get(str(attrs.get("target_kind")), "valid only in its regime")
+    where = f" at nβ = {_g(float(attrs['nbeta']))}, γ = {_g(float(attrs['gamma']))}" \
+        if attrs.get("nbeta") is not None and attrs.get("gamma") is not None else ""
+    ratio = abs(gap) / abs(float(value)) if value else math.inf
+    off = f"{ratio:.0%} {'above' if gap > 0 else 'below'}" if ratio < 1 else f"{mean / float(value):.3g}×"
+    return (f"analytic: λ̂ = {_g(mean)} ± {_g(se)}{where} is {off} the analytic λ = {_g(float(value))} "
+            f"({abs(gap) / se:.1f} SE) of {attrs.get('analytic_formula') or 'the target'}, which is {regime}")
+
+
+# --------------------------------------------------------------------------- per sampler / per run
+
+def sampler_flags(llc: np.ndarray, metrics: dict[str, Any], attrs: dict[str, Any],
+                  info: dict[str, Any] | None = None) -> list[str]:
+    """Every per-sampler flag, from the kept lambda-hat draws of the non-diverged chains
+    (``llc``, (chains, draws)), the sampler's metrics (llc_mean, llc_se, diverged_chains, chains,
+    llc_per_chain) and the file's attributes (dim, analytic_llc, target_kind, nbeta, gamma)."""
+    out = [diverged(metrics.get("diverged_chains", 0), metrics.get("chains", 0),
+                    (info or {}).get("failure_reasons"))]
+    mean, se = metrics.get("llc_mean"), metrics.get("llc_se")
+    if mean is not None:
+        se = se if se is not None and math.isfinite(se) else 0.0
+        ids = [i for i, v in enumerate(metrics.get("llc_per_chain") or []) if v is not None] or None
+        out += [above_half_dim(mean, se, attrs.get("dim")), negative(mean, se), excess_variance(llc, se),
+                drift(llc), outlier_chains(llc, ids), far_from_analytic(mean, se, attrs)]
+    return [f for f in out if f]
+
+
+def cross_sampler_flags(metrics: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """``disagree`` flags: samplers whose lambda-hat differ by more than 3 combined SE."""
+    usable = {n: m for n, m in metrics.items() if m.get("llc_mean") is not None and m.get("llc_se") is not None}
+    found: dict[str, list[str]] = {n: [] for n in metrics}
+    names = list(usable)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ma, mb = usable[a], usable[b]
+            se = math.hypot(ma["llc_se"], mb["llc_se"])
+            z = abs(ma["llc_mean"] - mb["llc_mean"]) / se if se > 0 else math.inf
+            if z > Z_SE:
+                found[a].append(f"{b} {_g(mb['llc_mean'])} ± {_g(mb['llc_se'])} ({z:.1f} SE)")
+                found[b].append(f"{a} {_g(ma['llc_mean'])} ± {_g(ma['llc_se'])} ({z:.1f} SE)")
+    return {n: [f"disagree: λ̂ = {_g(metrics[n]['llc_mean'])} ± {_g(metrics[n]['llc_se'])} but "
+                f"{', '.join(parts)}, more than {Z_SE:g} combined SE apart"] if parts else []
+            for n, parts in found.items()}
+
+
+def add_cross_sampler_flags(metrics: dict[str, dict[str, Any]]) -> None:
+    """Append the ``disagree`` flags to each sampler's ``flags`` (in place; calling again replaces them)."""
+    cross = cross_sampler_flags(metrics)
+    for name, m in metrics.items():
+        m["flags"] = [f for f in m.get("flags", []) if code(f) != "disagree"] + cross[name]
+
+
+def table_cells(flags: list[str] | None) -> tuple[str, str | None]:
+    """(flags cell, row style) for a result table: the codes in red, or "ok" for a clean row."""
+    if not flags:
+        return "ok", None
+    return "⚠ " + ", ".join(dict.fromkeys(code(f) for f in flags)), "red"
+
+
+def table_notes(samplers: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per flag, "sampler: flag", for under a table."""
+    return [f"{name}: {flag}" for name, m in samplers.items() for flag in (m.get("flags") or [])]

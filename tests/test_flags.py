@@ -1,0 +1,207 @@
+"""Failure flags on synthetic lambda-hat draws: each fires when it should and stays quiet on healthy chains."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+from synthetic_runs import ATTRS, ar1, make_idata, write_run
+
+from llc.analysis import flags as F
+from llc.analysis.diagnostics import sampler_metrics
+from llc.store.artifacts import load_netcdf, stored_flags
+
+
+def _codes(fl: list[str]) -> list[str]:
+    return [F.code(f) for f in fl]
+
+
+def _flags(llc: np.ndarray, seed: int = 0, **attrs) -> list[str]:
+    """Flags of a synthetic run whose lambda-hat draws are ``llc`` (chains, draws)."""
+    idata = make_idata("hmc", np.random.default_rng(seed), llc=llc, extra_attrs=attrs)
+    return sampler_metrics(idata)["flags"]
+
+
+def _healthy(seed: int, chains: int = 4, draws: int = 400, rho: float = 0.5, mean: float = 3.0) -> np.ndarray:
+    # Gamma-like draws (variance ~ mean, as at a tempered posterior): sum of squared AR(1)s.
+    rng = np.random.default_rng(seed)
+    k = int(2 * mean)
+    return sum(ar1(rng, chains, draws, rho) ** 2 for _ in range(k)) / 2
+
+
+def test_healthy_runs_are_not_flagged():
+    # 60 healthy runs over mixing speeds and lengths: no flag at all (the tests' false-positive
+    # rates, measured on 400 replicates per case, are in llc/analysis/flags.py).
+    for seed in range(60):
+        rho = (0.0, 0.5, 0.9)[seed % 3]
+        draws = (150, 400, 1000)[(seed // 3) % 3]
+        assert _flags(_healthy(seed, draws=draws, rho=rho), seed, analytic_llc=None) == [], (seed, rho, draws)
+    # Near its analytic value (ATTRS: 3.0, quadratic target): quiet too.
+    assert _flags(_healthy(1)) == []
+
+
+def test_above_half_dim():
+    # Issue 11's quadratic: d = 4, lambda-hat 310.
+    fl = F.above_half_dim(310.0, 10.0, 4)
+    assert fl.startswith("above_d_half:") and "d/2 = 2" in fl
+    assert F.above_half_dim(2.1, 0.05, 4) is None  # within 3 SE of d/2
+    assert F.above_half_dim(1.9, 0.01, 4) is None
+    assert "above_d_half" in _codes(_flags(_healthy(2, mean=6.0), dim=6, analytic_llc=None))
+
+
+def test_negative():
+    assert F.negative(-1.0, 0.1).startswith("negative:")
+    assert F.negative(-0.2, 0.1) is None
+    x = _healthy(3) - 10.0
+    assert "negative" in _codes(_flags(x, analytic_llc=None))
+
+
+def test_excess_variance_fires_on_rare_huge_excursions():
+    x = _healthy(4, draws=500)
+    assert F.excess_variance(x, 0.05) is None
+    spiky = x.copy()
+    spiky[:, ::50] += 300.0  # 2 % of draws far out: the mean is dominated by them
+    fl = F.excess_variance(spiky, 0.5)
+    assert fl is not None and fl.startswith("excess_variance:")
+    assert "excess_variance" in _codes(_flags(spiky, analytic_llc=None))
+
+
+def test_drift_fires_on_a_trend_and_not_on_stationary_chains():
+    x = _healthy(5, draws=600)
+    assert F.drift(x) is None
+    trending = x + np.linspace(0.0, 2.0, 600)  # ~1.3 marginal sd over the run
+    fl = F.drift(trending)
+    assert fl is not None and fl.startswith("drift:") and "z =" in fl
+    # A strong climb (too little burn-in) makes the ESS of each third tiny; the across-chain t-test
+    # still sees every chain moving the same way.
+    rng = np.random.default_rng(6)
+    climb = 3.0 * (1 - np.exp(-np.arange(300) / 150.0)) + 0.05 * ar1(rng, 4, 300, 0.99)
+    fl = F.drift(climb)
+    assert fl is not None and "chains move the same way" in fl
+    assert "drift" in _codes(_flags(trending, analytic_llc=None))
+
+
+def test_outlier_chain_is_named():
+    x = _healthy(7, draws=500)
+    assert F.outlier_chains(x) is None
+    shifted = x.copy()
+    shifted[2] += 3.0  # ~15 SE of a chain mean
+    fl = F.outlier_chains(shifted)
+    assert fl is not None and fl.startswith("outlier_chain: chain 2 ")
+    assert "chain 0" not in fl and "chain 1" not in fl
+    assert F.outlier_chains(shifted[:2]) is None  # two chains: which one is off is unknowable
+    # Chains that all disagree are R-hat's business, not an outlier.
+    spread = x + np.array([0.0, 3.0, 6.0, 9.0])[:, None]
+    assert F.outlier_chains(spread) is None
+    assert "outlier_chain" in _codes(_flags(shifted, analytic_llc=None))
+
+
+def test_analytic_tolerance_and_regime():
+    attrs = {"analytic_llc": 1.457, "analytic_formula": "(d/2) * n*beta / (n*beta + gamma)",
+             "target_kind": "quadratic", "nbeta": 268.6, "gamma": 100.0}
+    fl = F.far_from_analytic(310.0, 10.0, attrs)
+    assert fl.startswith("analytic:") and "exact at this nβ and γ" in fl
+    assert F.far_from_analytic(1.50, 0.04, attrs) is None  # 1.1 SE
+    assert F.far_from_analytic(1.48, 0.001, attrs) is None  # 23 SE but only 1.6 % off
+    dln = {**attrs, "analytic_llc": 13.0, "analytic_formula": "Aoyagi", "target_kind": "dln"}
+    fl = F.far_from_analytic(8.37, 0.07, dln)
+    assert "36% below" in fl and "asymptotic" in fl
+    assert "valid in the large-n limit" in F.far_from_analytic(8.37, 0.07, {**dln, "analytic_regime":
+                                                                             "valid in the large-n limit"})
+    assert F.far_from_analytic(8.37, 0.07, {"analytic_llc": None}) is None
+
+
+def test_diverged_chains_are_a_flag():
+    x = _healthy(8)
+    idata = make_idata("hmc", np.random.default_rng(8), llc=x,
+                       info={"failed_chains": 1, "failure_reasons": {"1": "frozen chain"}})
+    Ln = idata.posterior["Ln"].values.copy()
+    Ln[1] = np.nan
+    idata.posterior["Ln"] = (("chain", "draw"), Ln)
+    fl = sampler_metrics(idata)["flags"]
+    assert fl == ["diverged: 1 of 4 chains failed (chain 1: frozen chain); excluded from λ̂"]
+
+
+def test_samplers_that_disagree_name_each_other():
+    # Issue 11's full preset on the H100: SGLD 28.17 +- 0.10, HMC 27.67 +- 0.06.
+    metrics = {"sgld": {"llc_mean": 28.17, "llc_se": 0.10, "flags": []},
+               "hmc": {"llc_mean": 27.67, "llc_se": 0.06, "flags": ["drift: x"]},
+               "mclmc": {"llc_mean": 27.70, "llc_se": 0.05, "flags": []},
+               "vi": {"llc_mean": None, "llc_se": None, "flags": []}}
+    F.add_cross_sampler_flags(metrics)
+    F.add_cross_sampler_flags(metrics)  # idempotent
+    assert _codes(metrics["sgld"]["flags"]) == ["disagree"]
+    assert "hmc 27.67 ± 0.06 (4.3 SE)" in metrics["sgld"]["flags"][0] and "mclmc" in metrics["sgld"]["flags"][0]
+    assert _codes(metrics["hmc"]["flags"]) == ["drift", "disagree"] and "sgld" in metrics["hmc"]["flags"][1]
+    assert "mclmc" not in metrics["hmc"]["flags"][1]
+    assert metrics["vi"]["flags"] == []
+    # The quick preset's default run: 9.93 +- 0.117, 9.84 +- 0.089, 9.78 +- 0.044 agree.
+    quiet = {"sgld": {"llc_mean": 9.933, "llc_se": 0.117}, "hmc": {"llc_mean": 9.838, "llc_se": 0.089},
+             "mclmc": {"llc_mean": 9.777, "llc_se": 0.044}}
+    assert F.cross_sampler_flags(quiet) == {"sgld": [], "hmc": [], "mclmc": []}
+
+
+def test_flags_stored_in_netcdf_and_reproduced_by_analyze(tmp_path):
+    from llc.posthoc.analyze import analyze_run
+
+    rng = np.random.default_rng(9)
+    spiky = _healthy(9)
+    spiky[:, ::40] += 300.0
+    idatas = {"sgld": make_idata("sgld", rng, llc=spiky), "hmc": make_idata("hmc", rng, llc=_healthy(10))}
+    run = write_run(tmp_path / "run", idatas)
+    saved = json.loads((run / "metrics.json").read_text())["samplers"]
+    assert "excess_variance" in _codes(saved["sgld"]["flags"]) and "disagree" in _codes(saved["hmc"]["flags"])
+    assert stored_flags(load_netcdf(run / "sgld.nc")) == saved["sgld"]["flags"]
+    res = analyze_run(run, plots=["running_llc"], out=tmp_path / "out")
+    assert res["differences"] == []
+    assert res["metrics"]["samplers"]["hmc"]["flags"] == saved["hmc"]["flags"]
+    snippet = (tmp_path / "out" / "README_snippet.md").read_text()
+    sgld_row = next(line for line in snippet.splitlines() if line.startswith("| sgld |"))
+    assert "| ⚠ " in sgld_row and "excess_variance" in sgld_row and "- sgld: excess_variance:" in snippet
+
+
+def _render(table) -> str:
+    console = Console(record=True, width=250)
+    console.print(table)
+    return console.export_text()
+
+
+def test_tables_never_show_a_flagged_row_clean():
+    from llc.console import result_table
+    from llc.posthoc.analyze import metrics_tables
+
+    fl = ["excess_variance: Var of the λ̂ draws is 163× λ̂"]
+    record = {"run_id": "r1", "target": {"id": "t", "kind": "mlp", "d": 967, "n": 1024, "analytic_llc": None},
+              "posterior": {"nbeta": 147.7, "gamma": 100.0},
+              "samplers": {"sgld": {"llc_mean": 74.2, "llc_se": 3.3, "ess": 1084.0, "rhat": 1.001, "wall_s": 3.7,
+                                    "fde": 6000.0, "diverged_chains": 0, "flags": fl},
+                           "hmc": {"llc_mean": 9.8, "llc_se": 0.09, "ess": 418.0, "rhat": 1.003, "wall_s": 9.6,
+                                   "fde": 32000.0, "diverged_chains": 0, "flags": []}}}
+    table = result_table(record)
+    text = _render(table)
+    sgld_row = next(line for line in text.splitlines() if "sgld" in line and "74.2" in line)
+    hmc_row = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("hmc"))
+    assert "⚠ excess_variance" in sgld_row and "ok" in hmc_row and "⚠" not in hmc_row
+    assert "sgld: excess_variance: Var of the λ̂ draws is 163× λ̂" in text
+    assert table.rows[0].style == "red" and table.rows[1].style is None
+    est, _ = metrics_tables({"run_id": "r1", "samplers": record["samplers"]})
+    text = _render(est)
+    assert "⚠ excess_variance" in text and "sgld: excess_variance" in text and est.rows[0].style == "red"
+
+
+def test_sweep_csv_has_a_flags_column():
+    from llc.pipeline import sweep
+    from llc.pipeline.backends import DONE, Outcome
+
+    point = sweep.plan_sweep(sweep.space_from_dict({"samplers": ["sgld", "hmc"], "base": {"target.kind": "quadratic"},
+                                                    "grid": [{"target.quad_dim": [4]}]}))[0]
+    summary = {"llc_mean": 1.0, "llc_se": 0.1, "ess": 50.0, "rhat": 1.0, "wall_s": 2.0, "fde": 100.0,
+               "diverged_chains": 0}
+    record = {"run_id": point.run_id, "artifacts": "", "target": {"d": 4}, "posterior": {},
+              "samplers": {"sgld": {**summary, "flags": ["above_d_half: a, b", "drift: c"]},
+                           "hmc": {**summary, "flags": []}}}
+    rows = sweep.result_rows(point, Outcome(0, point.run_id, DONE, record))
+    assert [r["flags"] for r in rows] == ["above_d_half: a, b; drift: c", ""]
+    assert ATTRS["dim"] == 6  # the synthetic runs' d (used by test_above_half_dim)
