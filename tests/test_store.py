@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -127,3 +128,37 @@ def test_metrics_info_reads_the_new_layout(tmp_path):
     assert before["info"]["llc_cv_per_chain"] == [3.0, 3.1, 2.9] and "trace" not in before["info"]
     after = sampler_metrics(_round_trip(idata, tmp_path))
     assert json.loads(A.dumps(before)) == json.loads(A.dumps(after))
+
+
+def _run_and_analyze(tmp_path, samplers: list[str], extra: list[str]) -> tuple[dict, dict]:
+    from llc.config import build_config
+    from llc.pipeline.experiment import run_experiment
+    from llc.posthoc.analyze import analyze_run
+
+    cfg = build_config(None, ["target.kind=quadratic", f"samplers={','.join(samplers)}", "save_plots=false",
+                              *[f"{s}.chains=2" for s in samplers], *extra])
+    result = run_experiment(cfg, tmp_path)
+    return result, analyze_run(Path(result["artifacts"]), plots=["optimisation"] if "vi" in samplers else [])
+
+
+def test_real_vi_and_sgld_runs_store_and_reproduce(tmp_path):
+    result, res = _run_and_analyze(tmp_path, ["sgld", "vi"], ["sgld.draws=100", "vi.steps=200"])
+    assert res["differences"] == []  # metrics.json (info and flags included) reproduced from the files
+    assert [p.name for p in res["figures"]] == ["vi_opt_trace.png"]
+    vi = A.load_netcdf(Path(result["artifacts"]) / "vi.nc")
+    assert vi[A.TRACE_GROUP]["elbo"].dims == ("chain", "step") and vi[A.TRACE_GROUP].sizes["chain"] == 2
+    assert vi[A.INFO_GROUP]["final_elbo"].dims == ("chain",)
+
+
+@pytest.mark.slow
+def test_every_sampler_stores_and_reproduces(tmp_path):
+    # ~75 s cold on 2 CPU cores (the MCLMC tuners' compilation), ~15 s with the XLA cache warm.
+    from llc import registry
+
+    samplers = list(registry.SAMPLER_NAMES)
+    short = ["sgld.draws=100", "hmc.draws=100", "hmc.warmup=100", "mclmc.draws=100", "mclmc.warmup=200",
+             "mclmc_adjusted.draws=100", "mclmc_adjusted.warmup=200", "vi.steps=200", "sghmc.draws=100",
+             "sgnht.draws=100"]
+    result, res = _run_and_analyze(tmp_path, samplers, [o for o in short if o.split(".")[0] in samplers])
+    assert res["differences"] == []
+    assert set(result["samplers"]) == set(samplers)
