@@ -77,7 +77,8 @@ def calibration_table(summary: dict[str, Any]) -> Table:
         table.add_row(*[f"{row[a]:g}" if isinstance(row[a], float) else str(row[a]) for a in axes],
                       f"{row['nbeta']:.4g}", llc, *([_fmt(row["analytic_llc"], ".4g")] if exact else []),
                       _fmt(row["rhat"], ".3f"), _fmt(row["ess"], ".0f"),
-                      _fmt(row["mala_acceptance"], ".3f"), f"[red]{row['flags']}[/]" if row["flags"] else "", mark)
+                      _fmt(row["mala_acceptance"], ".3f"),
+                      f"[red]⚠ {', '.join(flags.codes_in(row['flags']))}[/]" if row["flags"] else "", mark)
     ref = summary.get("reference")
     if ref:
         table.caption = f"reference ({ref['kind']}): λ = {ref['llc_mean']:.4g}" + (

@@ -100,16 +100,16 @@ def test_outlier_chain_is_named():
 
 def test_analytic_tolerance_and_regime():
     attrs = {"analytic_llc": 1.457, "analytic_formula": "(d/2) * n*beta / (n*beta + gamma)",
-             "target_kind": "quadratic", "nbeta": 268.6, "gamma": 100.0}
+             "analytic_regime": "exact for the localized tempered posterior", "nbeta": 268.6, "gamma": 100.0}
     fl = F.far_from_analytic(310.0, 10.0, attrs)
-    assert fl.startswith("analytic:") and "exact at this nβ and γ" in fl
+    assert fl.startswith("analytic:") and "is for: exact for the localized tempered posterior" in fl
+    assert "at nβ = 268.6, γ = 100" in fl
     assert F.far_from_analytic(1.50, 0.04, attrs) is None  # 1.1 SE
     assert F.far_from_analytic(1.48, 0.001, attrs) is None  # 23 SE but only 1.6 % off
-    dln = {**attrs, "analytic_llc": 13.0, "analytic_formula": "Aoyagi", "target_kind": "dln"}
+    dln = {**attrs, "analytic_llc": 13.0, "analytic_formula": "Aoyagi", "analytic_regime": "n -> infinity"}
     fl = F.far_from_analytic(8.37, 0.07, dln)
-    assert "36% below" in fl and "asymptotic" in fl
-    assert "valid in the large-n limit" in F.far_from_analytic(8.37, 0.07, {**dln, "analytic_regime":
-                                                                             "valid in the large-n limit"})
+    assert "36% below" in fl and "is for: n -> infinity" in fl
+    assert "regime not recorded" in F.far_from_analytic(8.37, 0.07, {"analytic_llc": 13.0})
     assert F.far_from_analytic(8.37, 0.07, {"analytic_llc": None}) is None
 
 
@@ -137,6 +137,8 @@ def test_samplers_that_disagree_name_each_other():
     assert _codes(metrics["hmc"]["flags"]) == ["drift", "disagree"] and "sgld" in metrics["hmc"]["flags"][1]
     assert "mclmc" not in metrics["hmc"]["flags"][1]
     assert metrics["vi"]["flags"] == []
+    joined = "; ".join(metrics["hmc"]["flags"] + ["outlier_chain: chain 1 at 3 (6 scales); chain 2 at 4 (7 scales)"])
+    assert F.codes_in(joined) == ["drift", "disagree", "outlier_chain"]
     # The quick preset's default run: 9.93 +- 0.117, 9.84 +- 0.089, 9.78 +- 0.044 agree.
     quiet = {"sgld": {"llc_mean": 9.933, "llc_se": 0.117}, "hmc": {"llc_mean": 9.838, "llc_se": 0.089},
              "mclmc": {"llc_mean": 9.777, "llc_se": 0.044}}

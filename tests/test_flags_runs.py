@@ -29,7 +29,7 @@ def _codes(result: dict, sampler: str) -> list[str]:
 def test_quadratic_sgld_too_large_step_is_flagged(root):
     # `llc run --target quadratic --quad-dim 4 --samplers sgld --set sgld.step_size=0.0108`:
     # lambda-hat ~310 where d/2 = 2 and the exact value is 1.457, with R-hat 1.008 and no divergence.
-    result = _run(root, None, ["target.kind=quadratic", "target.quad_dim=4", "samplers=sgld", "sgld.step_size=0.0108"])
+    result = _run(root, None, ["target.kind=quadratic", "target.quadratic.dim=4", "samplers=sgld", "sgld.step_size=0.0108"])
     s = result["samplers"]["sgld"]
     assert s["llc_mean"] > 100 and s["diverged_chains"] == 0 and s["rhat"] < 1.02  # clean by the old diagnostics
     assert {"above_d_half", "excess_variance", "analytic"} <= set(_codes(result, "sgld"))
@@ -39,7 +39,7 @@ def test_quadratic_sgld_too_large_step_is_flagged(root):
 
 
 def test_quadratic_good_run_is_clean(root):
-    result = _run(root, None, ["target.kind=quadratic", "target.quad_dim=4", "samplers=sgld,hmc"])
+    result = _run(root, None, ["target.kind=quadratic", "target.quadratic.dim=4", "samplers=sgld,hmc"])
     assert result["samplers"]["sgld"]["flags"] == [] and result["samplers"]["hmc"]["flags"] == []
 
 
@@ -57,3 +57,18 @@ def test_quick_preset_sgld_default_is_clean(root):
     result = _run(root, "quick", ["samplers=sgld"])
     assert 8 < result["samplers"]["sgld"]["llc_mean"] < 12
     assert result["samplers"]["sgld"]["flags"] == []
+
+
+def test_calibrate_points_carry_the_same_flags(root):
+    import xarray as xr
+
+    from llc.pipeline import calibrate as cal
+
+    plan = cal.plan(build_config(None, ["target.kind=quadratic", "target.quadratic.dim=4"]), "sgld",
+                    ["sgld.step_size=1e-4,0.0108"])
+    summary = cal.calibrate(plan, root)
+    good, big = sorted(summary["rows"], key=lambda r: r["sgld.step_size"])
+    assert good["flags"] == "" and {"above_d_half", "excess_variance"} <= set(code(f) for f in big["flags"].split("; "))
+    ds = xr.open_dataset(Path(summary["artifacts"]) / "calibration.nc", engine="h5netcdf")
+    stored = {float(s): str(f) for s, f in zip(ds["sgld__step_size"].values, ds["flags"].values)}
+    assert stored[1e-4] == "" and stored[0.0108].split("\n")[0].startswith("above_d_half:")

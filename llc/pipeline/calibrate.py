@@ -106,19 +106,15 @@ def calibration_id(p: Plan) -> str:
 
 # --------------------------------------------------------------------------- running
 
-def _point_flags(m: dict[str, Any], dim: int, analytic: float | None) -> list[str]:
-    flags = []
-    if m.get("diverged_chains"):
-        flags.append(f"{m['diverged_chains']} diverged chain(s)")
-    mean, se = m.get("llc_mean"), m.get("llc_se")
-    if mean is None or not math.isfinite(mean):
-        flags.append("no finite lambda-hat")
-        return flags
-    if mean > dim / 2:
-        flags.append(f"lambda-hat {mean:.4g} above d/2 = {dim / 2:g} (impossible)")
-    if analytic is not None and se and abs(mean - analytic) > 4 * se + 0.1 * abs(analytic):
-        flags.append(f"lambda-hat far from the analytic value {analytic:.4g}")
-    return flags
+def _point_flags(m: dict[str, Any], out: Any, post: Any, analytic: dict[str, Any] | None, kind: str) -> list[str]:
+    """The failure flags of ``llc run`` (llc.analysis.flags) for one grid point."""
+    from llc.analysis.diagnostics import llc_draws
+    from llc.analysis.flags import sampler_flags
+
+    kept = [i for i, v in enumerate(m["llc_per_chain"]) if v is not None]
+    attrs = {"dim": post.dim, "nbeta": post.nbeta, "gamma": post.gamma, "target_kind": kind,
+             **({f"analytic_{k}" if k != "value" else "analytic_llc": v for k, v in analytic.items()} if analytic else {})}
+    return sampler_flags(llc_draws(out.Ln[kept], post.L0, post.nbeta), m, attrs, out.info)
 
 
 def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None] | None = None,
@@ -165,7 +161,7 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
         row = {**point, "nbeta": post.nbeta, "gamma": post.gamma, "llc_mean": m["llc_mean"], "llc_se": m["llc_se"],
                "rhat": m["rhat"], "ess": m["ess"], "mala_acceptance": float(np.nanmean(acc)) if acc is not None else None,
                "analytic_llc": analytic["value"] if analytic else None, "run_id": cache.run_id(cfg)}
-        row["flags"] = _point_flags(m, post.dim, row["analytic_llc"])
+        row["flags"] = _point_flags(m, out, post, analytic, cfg.target.kind)
         rows.append(row)
     compile_s = sum(o.info.get("batch_compile_s", o.work["compile_s"]) for o in
                     (outputs[idx[0]] for idx in groups.values()))
@@ -237,6 +233,7 @@ def _write_netcdf(path: Path, p: Plan, result: dict[str, Any]) -> None:
     data = {"Ln": (("point", "chain", "draw"), np.stack([o.Ln for o in outs])),
             "llc": (("point", "chain", "draw"),
                     np.stack([post.nbeta * (o.Ln - post.L0) for o, post in zip(outs, result["posts"])]))}
+    data["flags"] = (("point",), np.array(["\n".join(r["flags"]) for r in result["rows"]], dtype=str))  # one per line
     for stat in outs[0].stats:
         data[stat] = (("point", "chain", "draw"), np.stack([np.asarray(o.stats[stat], np.float64) for o in outs]))
     coords = {k.replace(".", "__"): ("point", [r[k] for r in result["rows"]]) for k in p.axes}
