@@ -28,7 +28,8 @@ def _vi_like_info(points: int = 5, M: int = 2) -> dict:
     rng = np.random.default_rng(0)
     pi = rng.dirichlet(np.ones(M), (CHAINS, points))
     trace = {"step": ((np.arange(points) + 1) * 10).tolist(), "elbo": rng.normal(size=(CHAINS, points)).tolist(),
-             "llc": rng.normal(size=(CHAINS, points)).tolist(), "pi": pi.tolist()}
+             "llc": rng.normal(size=(CHAINS, points)).tolist(), "pi": pi.tolist(),
+             "learning_rate": [0.1] * points}  # one series for all chains
     return {"components": M, "ranks": [1, 2], "mixture_weights": pi[:, -1].tolist(),
             "final_elbo": [-1.0, -2.0, -3.0], "llc_cv_per_chain": [3.0, 3.1, 2.9], "trace": trace}
 
@@ -76,7 +77,8 @@ def test_vi_trace_is_its_own_group_with_chain_and_step_dims(tmp_path):
     assert loaded[A.INFO_GROUP]["ranks"].dims == ("component",)
     assert loaded[A.INFO_GROUP]["mixture_weights"].dims == ("chain", "component")
     read = A.optimisation_trace(loaded)
-    assert set(read) == {"step", "elbo", "llc", "pi"}
+    assert set(read) == {"step", "elbo", "llc", "pi", "learning_rate"}
+    assert read["learning_rate"].shape == (CHAINS, 5)
     np.testing.assert_array_equal(read["pi"], np.asarray(info["trace"]["pi"]))
     got = A.sampler_info(loaded)
     assert "trace" not in got and got["ranks"] == [1, 2] and got["final_elbo"] == [-1.0, -2.0, -3.0]

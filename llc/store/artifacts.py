@@ -98,7 +98,7 @@ def info_datasets(info: dict[str, Any], chains: int) -> tuple[dict[str, Any], xr
             for chain, reason in dict(value).items():
                 reasons[int(chain)] = str(reason)
         elif key == "trace":
-            trace = trace_dataset(value)
+            trace = trace_dataset(value, chains)
         elif isinstance(value, dict):
             raise TypeError(f"info {key!r}: nested dicts are not stored (give it its own variables)")
         elif _is_scalar(value):
@@ -112,7 +112,7 @@ def info_datasets(info: dict[str, Any], chains: int) -> tuple[dict[str, Any], xr
     return scalars, group, trace
 
 
-def trace_dataset(trace: dict[str, Any]) -> xr.Dataset:
+def trace_dataset(trace: dict[str, Any], chains: int) -> xr.Dataset:
     """An optimisation trace as a Dataset with (chain, step[, component]) dimensions."""
     step = np.asarray(trace["step"])
     variables = {}
@@ -121,10 +121,9 @@ def trace_dataset(trace: dict[str, Any]) -> xr.Dataset:
             continue
         arr = np.asarray(values, dtype=np.float64)
         if arr.ndim == 1:  # one series shared by the chains
-            arr = arr[None]
+            arr = np.broadcast_to(arr, (chains, arr.size))
         dims = TRACE_DIMS.get(key) if key in TRACE_DIMS and len(TRACE_DIMS[key]) == arr.ndim else None
         variables[key] = (dims or ("chain", "step", *(f"{key}_dim_{i}" for i in range(2, arr.ndim))), arr)
-    chains = max((v[1].shape[0] for v in variables.values()), default=1)
     return xr.Dataset(variables, coords={"chain": np.arange(chains), "step": step})
 
 
