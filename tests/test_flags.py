@@ -207,3 +207,14 @@ def test_sweep_csv_has_a_flags_column():
     rows = sweep.result_rows(point, Outcome(0, point.run_id, DONE, record))
     assert [r["flags"] for r in rows] == ["above_d_half: a, b; drift: c", ""]
     assert ATTRS["dim"] == 6  # the synthetic runs' d (used by test_above_half_dim)
+
+
+def test_cli_tables_do_not_import_arviz():
+    # `llc run --backend modal` fails in one line before any work; importing the tables' helpers
+    # must not pull in ArviZ (whose import prints a FutureWarning).
+    import subprocess
+    import sys
+
+    code_ = "import sys, llc.console; print('arviz' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code_], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

@@ -45,9 +45,7 @@ import math
 import re
 from typing import Any
 
-import arviz as az
 import numpy as np
-from scipy import stats as st
 
 Z_SE = 3.0  # SEs for above_d_half, negative, analytic, disagree
 VARIANCE_RATIO_MAX = 3.0
@@ -113,6 +111,9 @@ def excess_variance(llc: np.ndarray, se: float) -> str | None:
 
 def drift(llc: np.ndarray) -> str | None:
     """First vs last third of every chain (see the module docstring for the two tests)."""
+    import arviz as az  # here, not at import: the CLI's tables use this module's helpers
+    from scipy import stats as st
+
     x = np.asarray(llc, dtype=np.float64)
     chains, draws = x.shape
     third = draws // 3
@@ -140,6 +141,8 @@ def drift(llc: np.ndarray) -> str | None:
 
 
 def _chain_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import arviz as az
+
     ess = np.array([float(az.ess(row[None], method="mean")) for row in x])
     return x.std(axis=1, ddof=1) / np.sqrt(ess), ess
 
