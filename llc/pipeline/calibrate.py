@@ -106,7 +106,8 @@ def calibration_id(p: Plan) -> str:
 
 # --------------------------------------------------------------------------- running
 
-def _point_flags(m: dict[str, Any], out: Any, post: Any, analytic: dict[str, Any] | None, kind: str) -> list[str]:
+def _point_flags(m: dict[str, Any], out: Any, post: Any, analytic: dict[str, Any] | None = None,
+                 kind: str | None = None) -> list[str]:
     """The failure flags of ``llc run`` (llc.analysis.flags) for one grid point."""
     from llc.analysis.diagnostics import llc_draws
     from llc.analysis.flags import sampler_flags

@@ -145,7 +145,7 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
             row = {"step": steps[i], "llc_mean": m["llc_mean"], "llc_se": m["llc_se"], "rhat": m["rhat"],
                    "ess": m["ess"], "L0": post.L0, "nbeta": post.nbeta, "gamma": post.gamma, **c,
                    **{k: float(np.asarray(v)[i]) for k, v in data.metrics.items()}}
-            row["flags"] = _point_flags(m, post.dim, None)
+            row["flags"] = _point_flags(m, out, post)
             _atomic_write(_point_file(out_dir, steps[i]), lambda p, r=row, o=out: _save_npz(
                 p, row=json.dumps(r, default=float), Ln=o.Ln, theta=o.theta_proj))
         log(f"trajectory: checkpoints {start + 1}-{start + len(idx)} of {len(todo)} done")
