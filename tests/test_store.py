@@ -164,3 +164,11 @@ def test_every_sampler_stores_and_reproduces(tmp_path):
     result, res = _run_and_analyze(tmp_path, samplers, [o for o in short if o.split(".")[0] in samplers])
     assert res["differences"] == []
     assert set(result["samplers"]) == set(samplers)
+
+
+def test_report_info_table_shows_per_chain_values():
+    from llc.posthoc.report import _info_table
+
+    idata = _idata(_hmc_like_info())
+    html = _info_table({"hmc": idata})
+    assert "step_size_per_chain" in html and "0.04, 0.05, 0.06" in html and "failure_reasons" in html

@@ -603,13 +603,13 @@ def combined_figure(idatas: dict[str, Any], metrics: dict[str, Any], analytic: f
 
 
 def _info_table(idatas: dict[str, Any]) -> str:
+    from llc.store.artifacts import sampler_info
+
     rows = []
     for name, idata in idatas.items():
-        a = _attrs(idata)
-        for key, value in a.items():
-            if key.startswith("info_") and key != "info_trace":
-                shown = value if not isinstance(value, (list, dict)) else json.dumps(value)[:160]
-                rows.append([registry.label(name), key[5:], shown])
+        for key, value in sampler_info(idata).items():  # scalars and per-chain values (the trace is not info)
+            shown = value if not isinstance(value, (list, dict)) else json.dumps(value)[:160]
+            rows.append([registry.label(name), key, shown])
     if not rows:
         return ""
     return table(["sampler", "tuned parameter / info", "value"], rows, cls="compact")
