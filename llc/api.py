@@ -95,6 +95,10 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     key = jax.random.key(seed)
     out = get_runner(sampler)(post, scfg, key, proj_dim=proj_dim)
     metrics = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
+    from llc.analysis.flags import sampler_flags
+
+    ok = ~diverged_chains(out.Ln, out.theta_proj)
+    metrics["flags"] = sampler_flags(llc_draws(out.Ln[ok], post.L0, post.nbeta), metrics, {"dim": post.dim}, out.info)
     metrics.update(out.work)
     return Estimate(sampler, metrics["llc_mean"], metrics["llc_se"], metrics, out,
                     post.n, post.beta, post.gamma, post.L0)

@@ -24,6 +24,16 @@ def test_estimate_pure_loss_matches_quadratic_theory():
     sgld_exact = exact / (1 - eps * precision / 4)  # Euler bias of SGLD on a Gaussian
     assert abs(est.llc_mean - sgld_exact) < 4 * est.llc_se
     assert est.llc_running.shape == (2000,)
+    assert est.metrics["flags"] == []
+
+
+def test_estimate_flags_an_impossible_answer():
+    """A step far too large on a d = 4 quadratic reads above d/2: the estimate says so."""
+    x = np.zeros((2048, 1))
+    loss = lambda params, batch: 0.5 * jnp.sum(params["w"] ** 2)  # noqa: E731
+    est = llc.estimate(loss, {"w": np.zeros(4)}, x, x, sampler="sgld",
+                       sampler_config={"draws": 1000, "step_size": 0.0108, "dtype": "float64"})
+    assert any(f.startswith("above_d_half") or "d/2" in f for f in est.metrics["flags"]), est.metrics["flags"]
 
 
 def test_estimate_flax_module():
