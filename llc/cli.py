@@ -47,7 +47,7 @@ def _override_flags(**flags) -> list[str]:
     return out
 
 
-PresetOpt = Annotated[Optional[str], typer.Option(help="Preset name in presets/ (quick, full) or a .toml path.")]
+PresetOpt = Annotated[Optional[str], typer.Option(help="Preset name in llc/presets/ (quick, full) or a .toml path.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any field: dotted.field=value (repeatable).")]
 # Execution backends (llc/backends): shared by `run` and `sweep`.
 BackendOpt = Annotated[str, typer.Option(help="Where runs execute: local, joblib, submitit (SLURM), modal.")]
@@ -370,7 +370,7 @@ app.command("promote-readme-images", help="Alias of `llc promote`.")(promote)
 @app.command()
 def sweep(
     space: Annotated[Optional[Path], typer.Option(
-        help="Sweep space TOML (or a name: smoke -> presets/sweep_smoke.toml) (default: presets/sweep_default.toml).")] = None,
+        help="Sweep space TOML (or a name: smoke -> llc/presets/sweep_smoke.toml) (default: llc/presets/sweep_default.toml).")] = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     axis: Annotated[Optional[list[str]], typer.Option(

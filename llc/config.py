@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 from llc import registry
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# Shipped as package data (pyproject [tool.setuptools.package-data]) so any install finds them.
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "identity")
 X_DISTS = ("gauss_iso", "gauss_aniso", "mixture", "lowdim", "heavy_tail")

@@ -1,6 +1,6 @@
 """Sweeps: a cartesian product over a sweep space, run on any backend, streamed into a CSV.
 
-A sweep space is a TOML file (``presets/sweep_default.toml``; ``presets/sweep_smoke.toml`` is a
+A sweep space is a TOML file (``llc/presets/sweep_default.toml``; ``llc/presets/sweep_smoke.toml`` is a
 tiny one for tests)::
 
     preset = "quick"              # base config (``--preset`` overrides)
@@ -95,13 +95,13 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_space(path: str | os.PathLike | None = None) -> SweepSpace:
-    """Read a sweep-space TOML file (a name like ``smoke`` means ``presets/sweep_smoke.toml``)."""
+    """Read a sweep-space TOML file (a name like ``smoke`` means ``llc/presets/sweep_smoke.toml``)."""
     path = Path(path) if path else DEFAULT_SPACE
     if not path.suffix and not path.exists():
         path = PRESETS_DIR / f"sweep_{path}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem.removeprefix("sweep_") for p in PRESETS_DIR.glob("sweep_*.toml")))
-        raise ConfigError(f"--space: {str(path)!r} not found; available in presets/: {known}")
+        raise ConfigError(f"--space: {str(path)!r} not found; available: {known}")
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
