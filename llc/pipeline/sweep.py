@@ -26,6 +26,7 @@ again only runs what is missing; a failing run is reported and the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -405,10 +406,19 @@ def run_sweep(points: Sequence[SweepPoint], backend: Backend, root: Path | str, 
                       f"running {backend.running()}")
     columns = (TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
                TimeElapsedColumn())
-    progress = Progress(*columns, console=console, transient=False, disable=console is None)
-    with progress:
+    # In a log (stderr not a terminal) a Rich bar prints nothing until the end: plain lines instead.
+    plain = None
+    if console is not None and not console.is_terminal:
+        from llc.console import PlainProgress, stderr_line_writer
+
+        plain = PlainProgress(stderr_line_writer(console.file))
+    progress = Progress(*columns, console=console, transient=False, disable=console is None or plain is not None)
+    note = (lambda msg: console.print(msg, highlight=False, soft_wrap=True)) if console is not None else (lambda msg: None)
+    with progress, (plain or contextlib.nullcontext()):
         task = progress.add_task("sweep", total=len(points), counts=counts())
-        outcomes = execute(backend, [p.cfg for p in points], root, skip=skip, batch=batch)
+        outcomes = execute(backend, [p.cfg for p in points], root, skip=skip, batch=batch, log=note)
+        if plain is not None:
+            plain.log(f"sweep: 0/{len(points)} runs, {counts()}")
         try:
             for out in outcomes:
                 if out is not None:
@@ -425,6 +435,8 @@ def run_sweep(points: Sequence[SweepPoint], backend: Backend, root: Path | str, 
                         summary.done += 1
                     table.update(out.index, result_rows(point, out))
                     progress.advance(task)
+                    if plain is not None:
+                        plain.log(f"sweep: {summary.finished}/{len(points)} runs, {counts()}, {plain.elapsed_text()}")
                 progress.update(task, counts=counts())
         finally:
             outcomes.close()  # on Ctrl-C: the backend cancels what is still queued or running, now
