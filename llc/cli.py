@@ -548,10 +548,11 @@ def clean(
     console = Console()
     sizes = {i.path: i.size() for i in stale}
     for item in stale:
-        console.print(f"  {item.kind:<9} {item.path}  ({_size(sizes[item.path])}; {item.why})", highlight=False)
+        console.print(f"  {item.kind:<9} {item.path}  ({_size(sizes[item.path])}; {item.why})", highlight=False,
+                      soft_wrap=True)
     for item in items:
         if not item.stale:
-            console.print(f"  kept      {item.path}  ({item.why})", highlight=False)
+            console.print(f"  kept      {item.path}  ({item.why})", highlight=False, soft_wrap=True)
     if not stale:
         console.print(f"nothing to remove under {artifacts}", highlight=False)
         return
