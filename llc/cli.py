@@ -131,7 +131,7 @@ def _write_report(path: Path, console: Console) -> None:
 def _check_root(artifacts: Path) -> None:
     from llc.store.cache import check_root
 
-    check_root(artifacts)
+    check_root(artifacts, create=False)  # nothing created yet: the backend may still refuse
 
 
 def _check_root_of_file(path: Path) -> None:
@@ -139,7 +139,7 @@ def _check_root_of_file(path: Path) -> None:
 
     if path.is_dir():
         raise ConfigError(f"--out: {path} is a directory; give a CSV file name")
-    check_root(path.parent if str(path.parent) else Path("."), flag="--out")
+    check_root(path.parent if str(path.parent) else Path("."), flag="--out", create=False)
 
 
 def _make_backend(name: str, **flags):
@@ -543,7 +543,7 @@ def clean(
 
     if not artifacts.is_dir():
         fail(f"--artifacts: {artifacts} is not a directory")
-    items = [*cache.find_litter(artifacts), *cache.find_litter(artifacts / "targets")]
+    items = [item for where in cache.cache_dirs(artifacts) for item in cache.find_litter(where)]
     stale = [i for i in items if i.stale]
     console = Console()
     sizes = {i.path: i.size() for i in stale}

@@ -85,12 +85,13 @@ class PlainProgress:
             return
         key = f"{sampler}/{phase}"
         frac = done / total
-        self._now = f"{label}: {done}/{total} draws ({frac:.0%})"
+        unit = "steps" if phase == "training" else "draws"
+        self._now = f"{label}: {done}/{total} {unit} ({frac:.0%})"
         bucket = int(frac / self.step + 1e-9)  # which step of the phase this is in
         if (bucket > self._bucket.get(key, -1) or done >= total
                 or time.monotonic() - self._last_line >= self.every_s):
             self._bucket[key] = bucket
-            self.line(f"{label}: {done}/{total} draws ({frac:.0%}), {self.elapsed_text()}")
+            self.line(f"{label}: {done}/{total} {unit} ({frac:.0%}), {self.elapsed_text()}")
 
     def _beat(self) -> None:
         while not self._stop.wait(min(self.every_s, 5.0)):

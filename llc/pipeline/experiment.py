@@ -118,7 +118,7 @@ def run_experiments(cfgs: list[RunConfig], root: Path | str = DEFAULT_ROOT, *, s
         return records  # type: ignore[return-value]
     # Before taking our own locks: a leftover of one of these very runs (killed earlier) is judged
     # by its lock, which nobody holds now.
-    for where in (root, root / "targets"):
+    for where in cache.cache_dirs(root):
         cache.remove_stale(where, log)
     with contextlib.ExitStack() as locks:
         for rid in sorted({rids[i] for i in todo}):  # one order for every process: no deadlock

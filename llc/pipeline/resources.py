@@ -8,10 +8,11 @@ RESOURCE_EXHAUSTED or the kernel's OOM killer. Runs near the limit are let throu
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
-from llc.config import ConfigError, RunConfig
+from llc.config import ConfigError, RunConfig, target_n
 
 # Copies of a chain's parameter vector alive at once: position, momentum, gradient, mass matrix,
 # proposal, optimiser moments, plus vmap/scan temporaries.
@@ -24,29 +25,30 @@ RECORD_COPIES = 3
 ACTIVATION_COPIES = 3
 
 
+def _shapes(cfg: RunConfig) -> list[tuple[int, ...]]:
+    """Shapes of w*'s leaves, from the target kind's template (no data, no training)."""
+    import jax
+    import numpy as np
+
+    from llc.engine.targets import target_module
+
+    return [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(target_module(cfg.target.kind).template(cfg))]
+
+
 def n_params(cfg: RunConfig) -> int:
-    """Parameter count d of the target, from the config alone (no JAX)."""
-    kind = cfg.target.kind
-    if kind == "quadratic":
-        return cfg.target.quad_dim
-    if kind == "dln":
-        w = cfg.target.dln_widths
-        return sum(a * b for a, b in zip(w[:-1], w[1:]))
-    from llc.engine.targets.mlp import count_params, student_sizes
-
-    return count_params(student_sizes(cfg), cfg.model.bias)
+    """Parameter count d of the target."""
+    return int(sum(math.prod(s) for s in _shapes(cfg)))
 
 
-def _layer_widths(cfg: RunConfig) -> int:
-    """Sum of layer widths: the activations one data point keeps in a forward pass."""
-    kind = cfg.target.kind
-    if kind == "quadratic":
-        return 0
-    if kind == "dln":
-        return sum(cfg.target.dln_widths)
-    from llc.engine.targets.mlp import student_sizes
-
-    return sum(student_sizes(cfg))
+def _layer_widths(cfg: RunConfig) -> tuple[int, int]:
+    """(activations one data point keeps in a forward pass, floats of one data point), roughly:
+    the fan-outs of the weight matrices, and the first fan-in plus the last fan-out."""
+    mats = [s for s in _shapes(cfg) if len(s) >= 2]
+    if not mats:
+        return 0, 2
+    t = cfg.target
+    tokens = 4 if t.kind == "modular" and t.modular.model == "transformer" else 1  # [a, op, b, =]
+    return tokens * sum(s[-1] for s in mats), mats[0][-2] + mats[-1][-1]
 
 
 def _gb(x: float) -> str:
@@ -57,9 +59,9 @@ def estimate(cfg: RunConfig) -> dict[str, Any]:
     """Bytes the run needs: {"device": peak of one sampler's chains, "host": recorded draws of all
     samplers plus data, "total", "worst": (sampler, description) of the largest part}."""
     d = n_params(cfg)
-    n = cfg.data.n_data
-    widths = _layer_widths(cfg)
-    data = n * (cfg.model.in_dim + cfg.model.out_dim if cfg.target.kind == "mlp" else max(widths, 2)) * 8
+    n = target_n(cfg)
+    widths, point = _layer_widths(cfg)
+    data = n * point * 8
     device_peak, host, worst, worst_bytes = 0, 2 * data, ("", ""), -1
     for name in cfg.samplers:
         sc = getattr(cfg, name)
@@ -115,9 +117,14 @@ def available_device_memory() -> int | None:
     return int(limit) - int(stats.get("bytes_in_use", 0)) if limit else None
 
 
-def check_memory(cfg: RunConfig, host_available: int | None = None, device_available: int | None = -1) -> dict:
-    """ConfigError (one line with the estimate) when the run cannot fit; returns the estimate."""
-    est = estimate(cfg)
+def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None = None,
+                 device_available: int | None = -1) -> dict:
+    """ConfigError (one line with the estimate) when the run (or the batch of runs, which execute
+    as one program) cannot fit; returns the estimate."""
+    ests = [estimate(c) for c in (cfgs if isinstance(cfgs, list) else [cfgs])]
+    est = max(ests, key=lambda e: e["total"])
+    est = {**est, "device": sum(e["device"] for e in ests), "host": sum(e["host"] for e in ests)}
+    est["total"] = est["device"] + est["host"]
     host_available = available_host_memory() if host_available is None else host_available
     if device_available == -1:
         device_available = available_device_memory()

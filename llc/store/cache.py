@@ -323,6 +323,14 @@ def remove_litter(item: Litter) -> None:
         item.path.unlink(missing_ok=True)
 
 
+# Directories of an artifacts root that hold cache entries (each may hold temporary ones).
+CACHE_SUBDIRS = ("", "targets", "calibrations")
+
+
+def cache_dirs(root: Path) -> list[Path]:
+    return [Path(root) / sub if sub else Path(root) for sub in CACHE_SUBDIRS]
+
+
 def remove_stale(directory: Path, log: Log = lambda msg: None) -> list[Path]:
     """Remove stale temporary/swap directories under ``directory``; one line per removal."""
     removed = []
@@ -361,8 +369,24 @@ def lock_path(parent: Path, name: str) -> Path:
 
 
 def _open_lock(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the empty lock directory was just removed by its last user
+            continue
+
+
+def _release(fd: int, path: Path) -> None:
+    """Unlink a held lock file, then its directory if that is now empty, then unlock.
+
+    Unlinked while still held, so lock files do not pile up; a waiter that opened this file sees
+    it is gone (``_same_file``) and opens a fresh one."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):  # not empty: another key is locked there
+        os.rmdir(path.parent)
+    os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -438,11 +462,7 @@ def key_lock(final: Path, what: str, log: Log = lambda msg: None) -> Iterator[No
         os.write(fd, f"pid {os.getpid()} on {HOST}\n".encode())
         yield
     finally:
-        # Unlinked while still held, so lock files do not pile up; a waiter that opened this file
-        # sees it is gone (_same_file) and re-opens a fresh one.
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.close(fd)
+        _release(fd, path)
 
 
 def _read_owner(path: Path) -> str:
@@ -482,20 +502,30 @@ def file_lock(path: Path) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- the artifacts root
 
-def check_root(root: Path, flag: str = "--artifacts") -> Path:
-    """The artifacts root exists (or is created) and is a writable directory; else ConfigError, one line."""
+def check_root(root: Path, flag: str = "--artifacts", create: bool = True) -> Path:
+    """The artifacts root is a writable directory, or can be created as one; else ConfigError, one
+    line. ``create=False`` checks without leaving anything behind (before a backend is known to work)."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{flag}: {root} is a file, not a directory")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{flag}: cannot create {root} ({exc.strerror or exc})") from None
-    probe = root / f".write-test-{_tag()}"
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag}: cannot create {root}: {existing} is a file")
+    where = root if create else existing
+    if create:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{flag}: cannot create {root} ({exc.strerror or exc})") from None
+    probe = where / f".write-test-{_tag()}"
     try:
         # Try for real: os.access is wrong for root on read-only mounts and for ACLs.
         probe.mkdir()
         probe.rmdir()
     except OSError as exc:
-        raise ConfigError(f"{flag}: {root} is not writable ({exc.strerror or exc})") from None
+        if where == root:
+            raise ConfigError(f"{flag}: {root} is not writable ({exc.strerror or exc})") from None
+        raise ConfigError(f"{flag}: cannot create {root} ({where} is not writable: {exc.strerror or exc})") from None
     return root
