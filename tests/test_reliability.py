@@ -192,21 +192,12 @@ KILLABLE = textwrap.dedent(r"""
             save(idata, path)
             pause()
         E.save_netcdf = patched
-    elif point == "figures":  # two figures written, more to come
-        import matplotlib.figure as F
-        savefig, count = F.Figure.savefig, [0]
-        def patched(self, *a, **k):
-            savefig(self, *a, **k)
-            count[0] += 1
-            if count[0] == 2:
-                pause()
-        F.Figure.savefig = patched
     elif point in ("manifest", "target"):  # every file written but the manifest (of a run / a target)
         seal = cache.seal
-        def patched(directory, manifest):
+        def patched(directory, manifest, **kw):
             if directory.name.startswith(".tgt_") == (point == "target"):
                 pause()
-            return seal(directory, manifest)
+            return seal(directory, manifest, **kw)
         cache.seal = patched
     from llc.cli import main
     sys.argv = ["llc", *sys.argv[2:]]
@@ -214,11 +205,10 @@ KILLABLE = textwrap.dedent(r"""
 """)
 
 
-@pytest.mark.parametrize("point", ["sampling", "target", "netcdf", "figures", "manifest"])
+@pytest.mark.parametrize("point", ["sampling", "target", "netcdf", "manifest"])
 def test_kill_9_leaves_nothing_the_cache_takes_and_the_rerun_cleans_up(tmp_path, point):
     art = tmp_path / "A"
-    args = [a for a in REPRO if a != "--no-save-plots"] if point == "figures" else REPRO
-    overrides = REPRO_OVERRIDES[:-1] if point == "figures" else REPRO_OVERRIDES
+    args, overrides = REPRO, REPRO_OVERRIDES
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE, point, *args, "--artifacts", str(art)], env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -233,7 +223,7 @@ def test_kill_9_leaves_nothing_the_cache_takes_and_the_rerun_cleans_up(tmp_path,
     left = temp_names(art)
     if point != "sampling":
         assert len(left) == 1, left
-    if point in ("netcdf", "figures", "manifest"):
+    if point in ("netcdf", "manifest"):
         (tmp,) = [p for p in art.iterdir() if ".tmp-" in p.name]
         assert (tmp / "sgld.nc").is_file()
         res = invoke("analyze", str(tmp), "--plots", "none")  # before: analysed without a word
@@ -250,6 +240,38 @@ def test_kill_9_leaves_nothing_the_cache_takes_and_the_rerun_cleans_up(tmp_path,
     assert run_experiment(cfg, art)["cached"] is True
 
 
+def test_kill_9_while_figures_are_drawn_costs_only_figures(tmp_path):
+    """Figures are drawn (by background processes) once the run is complete: killing the whole
+    process group then leaves a complete, verified run; the rerun draws what is missing and
+    removes half-written PNGs."""
+    art = tmp_path / "A"
+    args = [a for a in REPRO if a != "--no-save-plots"]
+    cfg = build_config(None, REPRO_OVERRIDES[:-1])
+    run_dir = art / cache.run_id(cfg)
+    proc = subprocess.Popen(llc_cmd(*args, "--artifacts", str(art)), env=env(LLC_FIGURE_WORKERS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not list(run_dir.glob("*.png")):  # the first figure is out, more are being drawn
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its figure workers
+        proc.wait(timeout=60)
+    assert cache.is_complete(run_dir)  # every file the manifest lists is intact
+    assert json.loads((run_dir / "figures.json").read_text())["keys"] == []  # the figure step did not finish
+    (run_dir / f".sgld_L_trace.png.tmp-999999999-0a0b0c@{cache.HOST}").write_bytes(b"half a PNG")
+
+    from llc.pipeline.experiment import run_experiment
+
+    result = run_experiment(cfg, art)
+    assert result["cached"] is True  # the complete run is reused: figures are not the run
+    assert (run_dir / "figures.json").is_file() and (run_dir / "sgld_llc_running.png").is_file()
+    assert [p.name for p in run_dir.iterdir() if ".tmp" in p.name] == []
+    assert cache.is_complete(run_dir)  # rewritten figure records do not break verification
+    assert temp_names(art) == []
+
+
 def test_llc_clean_lists_then_removes_only_stale_litter(tmp_path):
     art = tmp_path / "A"
     art.mkdir()
@@ -261,15 +283,18 @@ def test_llc_clean_lists_then_removes_only_stale_litter(tmp_path):
     mine = art / f".ghi789.tmp-{os.getpid()}-0a0b0c@{cache.HOST}"  # a live process: kept
     mine.mkdir()
     (art / cache.BROKEN_DIR / "abc.20250101").mkdir(parents=True)
+    (art / "0123456789ab").mkdir()  # a run directory with a half-written figure of a killed writer
+    half = art / "0123456789ab" / f".sgld_L_trace.png.tmp-999999999-0a0b0c@{cache.HOST}"
+    half.write_bytes(b"x")
     listed = invoke("clean", "--artifacts", str(art), "--dry-run")
-    assert listed.exit_code == 0 and "would remove 2 item(s)" in listed.output
+    assert listed.exit_code == 0 and "would remove 3 item(s)" in listed.output
     assert str(gone) in listed.output and "pid 999999999" in listed.output and "kept" in listed.output
     assert gone.exists()
     refused = invoke("clean", "--artifacts", str(art))  # not a terminal, no --yes: nothing removed
     assert refused.exit_code == 1 and "--yes" in refused.output and gone.exists()
     done = invoke("clean", "--artifacts", str(art), "--yes")
-    assert done.exit_code == 0 and "removed 2 item(s)" in done.output
-    assert not gone.exists() and dead.exists() and mine.exists()
+    assert done.exit_code == 0 and "removed 3 item(s)" in done.output
+    assert not gone.exists() and not half.exists() and dead.exists() and mine.exists()
     assert not list((art / cache.BROKEN_DIR).iterdir())
     assert "nothing to remove" in invoke("clean", "--artifacts", str(art)).output
 

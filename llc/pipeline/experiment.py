@@ -22,12 +22,15 @@ from llc.store.artifacts import (optimisation_trace, read_json, save_netcdf, set
 from llc import registry
 from llc.config import RunConfig, to_dict
 from llc.posthoc.analyze import DEFAULT_TARGET_SE as TARGET_SE
-from llc.posthoc.analyze import metrics_document, write_run_records
+from llc.posthoc.analyze import GALLERY_FILE, SNIPPET_FILE, metrics_document, write_run_records
+from llc.posthoc.figures import RECORD_FILE as FIGURE_RECORD
 from llc.analysis.diagnostics import sampler_metrics
 from llc.analysis.flags import add_cross_sampler_flags
 
 DEFAULT_ROOT = Path(os.environ.get("LLC_ARTIFACTS", "artifacts"))
 RESULT_FILE = "result.json"
+# Records rewritten in a complete run directory once its figures are drawn (llc.posthoc.figures).
+REWRITTEN_RECORDS = (GALLERY_FILE, SNIPPET_FILE, FIGURE_RECORD)
 SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "compile_s", "fde", "diverged_chains", "flags")
 
 
@@ -271,7 +274,12 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
         write_json(tmp / "metrics.json", metrics_doc)
         write_json(tmp / RESULT_FILE, result)
         write_run_records(tmp, manifest, to_dict(cfg), metrics_doc)  # manifest.txt, README_snippet.md, gallery.md
-        cache.seal(tmp, manifest)  # last: lists every file with its checksum, marks the run complete
+        # No figure drawn yet, said explicitly: a figure step killed after its first PNGs then
+        # still draws the rest on the next request (without it, PNGs would count as all drawn).
+        write_json(tmp / FIGURE_RECORD, {"keys": [], "files": [], "errors": [], "seconds": 0.0})
+        # Last: every file with its checksum, marks the run complete. The figure step rewrites the
+        # records that list figures in the complete directory, so the cache does not pin those.
+        cache.seal(tmp, manifest, exclude=REWRITTEN_RECORDS)
     log(f"run {rid} saved to {run_dir}")
     _figure_step(run_dir, cfg, log)
     return result
@@ -282,6 +290,7 @@ def _figure_step(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -> N
     when the caller opened one (``llc run``, ``llc sweep``), else drawn here (llc.posthoc.figures)."""
     from llc.posthoc import figures
 
+    cache.remove_stale_files(run_dir)  # half-written PNGs of a figure step killed earlier
     keys = figures.plot_keys(figures.resolve_mode(cfg.figures, save_plots=cfg.save_plots))
     try:
         figures.after_save(run_dir, keys, log=log)

@@ -355,18 +355,10 @@ class ResultsCSV:
             existing = read_results(self.path) if self.path.is_file() else []
             rows = self.merged(existing)
             cols = self.columns(rows)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{cache.owner_tag()}")
-            try:
-                # os.open with 0o666: the user's umask decides (mkstemp would force 0600).
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                with os.fdopen(fd, "w", newline="") as fh:
-                    writer = csv.DictWriter(fh, fieldnames=cols, restval="")
-                    writer.writeheader()
-                    writer.writerows(rows)
-                os.replace(tmp, self.path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            with cache.atomic_file(self.path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=cols, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------- running

@@ -121,10 +121,14 @@ def file_records(directory: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def seal(directory: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` (``manifest`` plus the file list) last into a directory being built."""
+def seal(directory: Path, manifest: dict[str, Any], exclude: tuple[str, ...] = ()) -> Path:
+    """Write ``manifest.json`` (``manifest`` plus the file list) last into a directory being built.
+
+    ``exclude``: files that are legitimately rewritten in the complete directory later (records
+    that list its figures); they are not part of what the cache verifies."""
     directory = Path(directory)
-    doc = {**manifest, "files": file_records(directory)}
+    files = {rel: rec for rel, rec in file_records(directory).items() if rel not in exclude}
+    doc = {**manifest, "files": files}
     path = directory / MANIFEST
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return path
@@ -186,7 +190,7 @@ def usable(directory: Path, what: str, log: Log = lambda msg: None) -> bool:
     return False
 
 
-# --------------------------------------------------------------------------- temporary directories
+# --------------------------------------------------------------------------- temporary directories and files
 
 HOST = socket.gethostname()
 # .<name>.tmp-<pid>-<rand>@<host> and .<name>.old-<pid>-<rand>@<host>: the owner is in the name.
@@ -241,6 +245,24 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
+    """Open ``.<name>.tmp-<pid>-<rand>@<host>`` beside ``path`` for writing and rename it over
+    ``path`` when the block ends without error: readers never meet half a file. Created with
+    the user's umask (0644 by default; ``tempfile.mkstemp`` would force 0600). A leftover of a
+    killed writer is named with its owner and removed by ``remove_stale_files``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{owner_tag()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _pid_alive(pid: int) -> bool:
@@ -299,6 +321,9 @@ def find_litter(directory: Path, *, everything: bool = True) -> list[Litter]:
             out.append(Litter(path, "temporary" if m["kind"] == "tmp" else "swap", why, stale))
     if not everything:
         return out
+    for entry in sorted(directory.iterdir()):  # half-written figures or records inside complete entries
+        if entry.is_dir() and not entry.name.startswith("."):
+            out.extend(stale_files(entry))
     broken = directory / BROKEN_DIR
     if broken.is_dir():
         out.extend(Litter(p, "damaged", "moved aside after failing verification", True) for p in sorted(broken.iterdir()))
@@ -342,17 +367,27 @@ def remove_stale(directory: Path, log: Log = lambda msg: None) -> list[Path]:
     return removed
 
 
-def remove_stale_files(directory: Path, name: str) -> list[Path]:
-    """Remove stale ``.<name>.tmp-<owner>`` files of a file written by rename (a sweep CSV)."""
-    removed = []
+def stale_files(directory: Path, name: str | None = None) -> list[Litter]:
+    """Stale ``.<name>.tmp-<owner>`` files left by ``atomic_file`` writers (of ``name``, or any)."""
     directory = Path(directory)
     if not directory.is_dir():
-        return removed
-    for path in directory.glob(f".{glob.escape(name)}.tmp-*"):
+        return []
+    out = []
+    for path in directory.glob(f".{glob.escape(name) if name else '*'}.tmp-*"):
         m = _TEMP_RE.match(path.name)
-        if m and m["name"] == name and _temp_status(path, m, locked=False)[0]:
-            path.unlink(missing_ok=True)
-            removed.append(path)
+        if m and path.is_file() and (name is None or m["name"] == name):
+            stale, why = _temp_status(path, m, locked=False)
+            if stale:
+                out.append(Litter(path, "temporary", why, True))
+    return out
+
+
+def remove_stale_files(directory: Path, name: str | None = None) -> list[Path]:
+    """Remove stale temporary files of ``atomic_file`` writers (a sweep CSV, a run's figures)."""
+    removed = []
+    for item in stale_files(directory, name):
+        item.path.unlink(missing_ok=True)
+        removed.append(item.path)
     return removed
 
 
