@@ -40,7 +40,7 @@ ALL_SECTIONS = ("overhead", "devinterp", "efficiency", "scaling", "goals")
 DEFAULT_SECTIONS = {"cpu": ("overhead", "devinterp", "efficiency", "scaling"),
                     "gpu": ("overhead", "efficiency", "scaling", "goals")}
 
-# The benchmark target: presets/full.toml's teacher-student ReLU MLP (~10k parameters, n = 2048),
+# The benchmark target: llc/presets/full.toml's teacher-student ReLU MLP (~10k parameters, n = 2048),
 # SGLD with batch 256 and 4 chains. Sampler lengths shrink with --size.
 MAIN_TARGET = {"data": {"n_data": 2048}, "model": {"in_dim": 32, "depth": 2, "target_params": 10_000},
                "training": {"steps": 5000}}

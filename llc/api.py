@@ -59,6 +59,50 @@ def _as_loss_fn(model: Any) -> Callable:
     raise TypeError("model: pass a Flax linen Module or a pure loss_fn(params, (x, y)) -> scalar mean loss")
 
 
+class NotAMinimumWarning(UserWarning):
+    """The gradient at w* is large enough to bias lambda-hat: w* is not a (local) minimum."""
+
+
+# Warn when the gradient's first-order term alone moves lambda-hat by more than this.
+GRADIENT_SHIFT_WARN = 0.5
+
+
+def _check_inputs(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any, pcfg: C.PosteriorConfig) -> None:
+    """Shapes of x, y and the model output agree; w* is near a minimum (else a warning)."""
+    import warnings
+
+    from llc.engine.posterior import resolve_beta_gamma
+
+    n = int(np.shape(x)[0])
+    if np.ndim(y) == 0 or int(np.shape(y)[0]) != n:
+        raise C.ConfigError(f"y: {np.shape(y)[0] if np.ndim(y) else 'a scalar'} rows, x has {n}; "
+                         "give one target row per input row")
+    if hasattr(model, "apply") and callable(model.apply):
+        out = jax.eval_shape(model.apply, params, x)
+        if tuple(out.shape) != tuple(np.shape(y)):
+            hint = " (e.g. y[:, None])" if tuple(out.shape) == (*np.shape(y), 1) else ""
+            raise C.ConfigError(f"y: shape {tuple(np.shape(y))} does not match the model output shape "
+                             f"{tuple(out.shape)}; reshape y{hint}: the loss would broadcast them silently")
+    else:
+        out = jax.eval_shape(loss_fn, params, x, y)
+        if tuple(out.shape) != ():
+            raise C.ConfigError(f"model: the loss function returned shape {tuple(out.shape)}; it must return "
+                             "the scalar mean loss over the batch")
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, x, y)
+    d = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
+    beta, gamma = resolve_beta_gamma(pcfg, n, d)
+    gnorm = float(np.sqrt(sum(float(jnp.sum(jnp.square(g))) for g in jax.tree.leaves(grads))))
+    if not (np.isfinite(float(loss)) and np.isfinite(gnorm)):
+        raise C.ConfigError(f"params: the loss at w* is {float(loss)} (gradient norm {gnorm}); nothing to sample around")
+    # With the localizer, a gradient g tilts the posterior mean by -n*beta*g/gamma, which lowers
+    # lambda-hat by about (n*beta*|g|)^2 / gamma before any curvature enters.
+    shift = (n * beta * gnorm) ** 2 / gamma if gamma > 0 else 0.0
+    if shift > GRADIENT_SHIFT_WARN:
+        warnings.warn(f"params: the gradient norm at w* is {gnorm:.3g}, so w* is not a minimum: that alone "
+                      f"lowers lambda-hat by about {shift:.3g} = (n*beta*|grad|)^2/gamma; train w* to "
+                      "convergence (or raise posterior gamma)", NotAMinimumWarning, stacklevel=3)
+
+
 def _build(cls: type, values: dict[str, Any] | Any | None, section: str):
     if values is None:
         return cls()
@@ -91,10 +135,12 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     if hasattr(scfg, "batch_size") and scfg.batch_size > np.shape(x)[0]:
         scfg = dataclasses.replace(scfg, batch_size=int(np.shape(x)[0]))
     loss_fn = _as_loss_fn(model)
+    _check_inputs(model, loss_fn, params, x, y, pcfg)
     post = make_posterior(loss_fn, params, x, y, pcfg)
     key = jax.random.key(seed)
     out = get_runner(sampler)(post, scfg, key, proj_dim=proj_dim)
-    metrics = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
+    metrics = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj,
+                          independent=registry.sampler(sampler).independent_draws)
     from llc.analysis.flags import sampler_flags
 
     ok = ~diverged_chains(out.Ln, out.theta_proj)

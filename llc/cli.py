@@ -9,18 +9,55 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from llc import registry
 from llc.config import ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+def _flags_as_flags(params) -> None:
+    # Typer prints the type of every option, so on/off flags showed "<bool>" as if they took a value.
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _flags_as_flags(params)
+        return params
+
+
+class _Group(TyperGroup):
+    command_class = _Command
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _flags_as_flags(params)
+        return params
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
                   help="Estimate Local Learning Coefficients (LLC) with SGLD, HMC, MCLMC and VI.")
 err = Console(stderr=True)
+
+
+def _command(*args, **kwargs):
+    """``app.command`` with on/off flags shown without a type in --help."""
+    return app.command(*args, cls=_Command, **kwargs)
 
 
 @app.callback()
 def _root() -> None:
     """Estimate Local Learning Coefficients (LLC) with SGLD, HMC, MCLMC and VI."""
+
+
+def _log(msg: str) -> None:
+    """A timestamped progress line on stderr (no source path, unlike Console.log)."""
+    from llc.console import clock
+
+    err.print(f"{clock()} {msg}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -47,7 +84,7 @@ def _override_flags(**flags) -> list[str]:
     return out
 
 
-PresetOpt = Annotated[Optional[str], typer.Option(help="Preset name in presets/ (quick, full) or a .toml path.")]
+PresetOpt = Annotated[Optional[str], typer.Option(help="Preset name in llc/presets/ (quick, full) or a .toml path.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any field: dotted.field=value (repeatable).")]
 # Execution backends (llc/backends): shared by `run` and `sweep`.
 BackendOpt = Annotated[str, typer.Option(help="Where runs execute: local, joblib, submitit (SLURM), modal.")]
@@ -91,6 +128,20 @@ def _write_report(path: Path, console: Console) -> None:
     console.print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
+def _check_root(artifacts: Path) -> None:
+    from llc.store.cache import check_root
+
+    check_root(artifacts, create=False)  # nothing created yet: the backend may still refuse
+
+
+def _check_root_of_file(path: Path) -> None:
+    from llc.store.cache import check_root
+
+    if path.is_dir():
+        raise ConfigError(f"--out: {path} is a directory; give a CSV file name")
+    check_root(path.parent if str(path.parent) else Path("."), flag="--out", create=False)
+
+
 def _make_backend(name: str, **flags):
     from llc.pipeline.backends import BackendUnavailable, make_backend
 
@@ -100,7 +151,7 @@ def _make_backend(name: str, **flags):
         fail(str(exc))
 
 
-@app.command()
+@_command()
 def run(
     preset: PresetOpt = None,
     target: Annotated[Optional[str], typer.Option(help=f"Target kind: {', '.join(registry.TARGET_NAMES)}.")] = None,
@@ -147,12 +198,14 @@ def run(
     overrides += _figures_override(figures, no_save_plots)
     try:
         cfg = build_config(preset, [*overrides, *(set_ or [])])
+        _check_root(artifacts)
     except ConfigError as exc:
         fail(str(exc))
     if backend == "local" and (workers or 1) == 1:
         from llc.store.artifacts import ArtifactError
         from llc.engine.targets import PrecisionError, TrainingDiverged
         from llc.posthoc import figures as figure_step
+        from llc.pipeline.experiment import TargetError
 
         # Figures are drawn by background processes once the run is saved; the result prints first.
         with figure_step.background(log=lambda msg: err.print(msg, highlight=False)) as drawing:
@@ -160,7 +213,7 @@ def run(
                 result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
             except ConfigError as exc:
                 fail(str(exc))
-            except (PrecisionError, TrainingDiverged, ArtifactError, NotImplementedError) as exc:
+            except (PrecisionError, TrainingDiverged, TargetError, ArtifactError, NotImplementedError) as exc:
                 fail(str(exc), code=1)
             _print_run(result, json_out)
             if drawing.pending:
@@ -199,7 +252,7 @@ def _print_run(result: dict, json_out: bool) -> None:
         report.print_result(result, Console())
 
 
-@app.command()
+@_command()
 def calibrate(
     preset: PresetOpt = None,
     target: Annotated[Optional[str], typer.Option(help=f"Target kind: {', '.join(registry.TARGET_NAMES)}.")] = None,
@@ -237,7 +290,7 @@ def calibrate(
         fail(str(exc))
     with err.status(f"calibrating {sampler}: {len(plan.points)} points"):
         summary = cal.calibrate(plan, artifacts, reference=reference, skip=not no_skip,
-                                log=lambda msg: err.log(msg))
+                                log=_log)
     if json_out:
         from llc.store.artifacts import dumps
 
@@ -246,7 +299,7 @@ def calibrate(
         report.print_calibration(summary, Console())
 
 
-@app.command()
+@_command()
 def trajectory(
     preset: PresetOpt = None,
     sampler: Annotated[Optional[str], typer.Option(help="Sampler (default: the config's first, SGLD in grok presets); "
@@ -283,7 +336,7 @@ def trajectory(
         fail(str(exc))
     try:
         with err.status("trajectory: training or loading the target") as status:
-            kwargs = dict(sampler=name, max_batch=max_batch, log=lambda msg: err.log(msg),
+            kwargs = dict(sampler=name, max_batch=max_batch, log=_log,
                           progress=lambda done, total, phase: status.update(f"trajectory: {phase}"))
             if axes:
                 overlay = run_trajectory_sweep(cfg, axes, artifacts, **kwargs)
@@ -306,7 +359,7 @@ def trajectory(
         report.print_trajectory(summary, Console())
 
 
-@app.command()
+@_command()
 def analyze(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding <sampler>.nc files (artifacts/<run_id>).")],
     which: Annotated[str, typer.Option(help="Samplers to analyse, comma-separated, or 'all'.")] = "all",
@@ -320,7 +373,14 @@ def analyze(
 ) -> None:
     """Re-derive metrics and figures of a saved run from its NetCDF files (no JAX, no sampling)."""
     from llc.posthoc.analyze import analyze_run, metrics_tables
+    from llc.store import cache
     from llc.store.artifacts import ArtifactError, dumps
+
+    # A run without its manifest was interrupted (or is being written): its files may be partial.
+    # (A damaged file of a complete run is named by the analysis itself when it reads it.)
+    if run_dir.is_dir() and not (run_dir / cache.MANIFEST).is_file():
+        fail(f"{run_dir}: incomplete run (no {cache.MANIFEST}: interrupted or still being written); "
+             "run it again to complete it, or `llc clean` to remove leftovers")
 
     try:
         res = analyze_run(run_dir, which=which, plots=[] if plots.strip() == "none" else plots, out=out,
@@ -342,7 +402,7 @@ def analyze(
             console.print(f"identical to saved {res['saved']}", highlight=False)
 
 
-@app.command()
+@_command()
 def promote(
     run: Annotated[Optional[str], typer.Option(
         help="Run id or directory (default: the latest complete run under --artifacts).")] = None,
@@ -364,13 +424,13 @@ def promote(
         console.print(f"  {src.name} -> {dst}", highlight=False)
 
 
-app.command("promote-readme-images", help="Alias of `llc promote`.")(promote)
+_command("promote-readme-images", help="Alias of `llc promote`.")(promote)
 
 
-@app.command()
+@_command()
 def sweep(
     space: Annotated[Optional[Path], typer.Option(
-        help="Sweep space TOML (or a name: smoke -> presets/sweep_smoke.toml) (default: presets/sweep_default.toml).")] = None,
+        help="Sweep space TOML (or a name: smoke -> llc/presets/sweep_smoke.toml) (default: llc/presets/sweep_default.toml).")] = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     axis: Annotated[Optional[list[str]], typer.Option(
@@ -419,6 +479,11 @@ def sweep(
             console.print(f"{p.run_id}  [{p.grid}] {sw.describe_point(p)}", highlight=False)
         console.print(f"{len(points)} runs ({groups})", highlight=False)
         return
+    try:
+        _check_root(artifacts)
+        _check_root_of_file(out)
+    except ConfigError as exc:
+        fail(str(exc))
     # The backend is checked (credentials, cluster) before anything is written.
     runner = _make_backend(backend, workers=workers, partition=partition, gpus=gpus, cpus=cpus,
                            timeout_min=timeout_min, mem_gb=mem_gb, account=slurm_account,
@@ -450,7 +515,7 @@ def sweep(
         raise typer.Exit(1)
 
 
-@app.command("report")
+@_command("report")
 def report_cmd(
     path: Annotated[Path, typer.Argument(help="A run directory, a sweep results CSV, or an artifacts root.")],
     out: Annotated[Optional[Path], typer.Option(
@@ -466,7 +531,54 @@ def report_cmd(
     Console().print(f"wrote the {kind} page {page} ({page.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
-@app.command("plot-sweep")
+@_command()
+def clean(
+    artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
+) -> None:
+    """Remove what interrupted runs left behind: stale temporary directories, damaged cache entries
+    moved aside, unused lock files. Lists everything first; directories still in use are kept."""
+    from llc.store import cache
+
+    if not artifacts.is_dir():
+        fail(f"--artifacts: {artifacts} is not a directory")
+    items = [item for where in cache.cache_dirs(artifacts) for item in cache.find_litter(where)]
+    stale = [i for i in items if i.stale]
+    console = Console()
+    sizes = {i.path: i.size() for i in stale}
+    for item in stale:
+        console.print(f"  {item.kind:<9} {item.path}  ({_size(sizes[item.path])}; {item.why})", highlight=False,
+                      soft_wrap=True)
+    for item in items:
+        if not item.stale:
+            console.print(f"  kept      {item.path}  ({item.why})", highlight=False, soft_wrap=True)
+    if not stale:
+        console.print(f"nothing to remove under {artifacts}", highlight=False)
+        return
+    total = f"{len(stale)} item(s), {_size(sum(sizes.values()))}"
+    if dry_run:
+        console.print(f"would remove {total}; run without --dry-run to remove them", highlight=False)
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"not removing {total} without confirmation: pass --yes (or --dry-run to only list)", code=1)
+        if not typer.confirm(f"remove {total}?", default=False):
+            raise typer.Exit(1)
+    for item in stale:
+        cache.remove_litter(item)
+    console.print(f"removed {total}", highlight=False)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@_command("plot-sweep")
 def plot_sweep(
     csv_path: Annotated[Path, typer.Option("--csv", help="Sweep results CSV.")] = Path("llc_sweep_results.csv"),
     out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: llc_sweep_<size-col>.png).")] = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import tomllib
 import types
 import typing
@@ -19,7 +20,8 @@ from typing import Any, ClassVar
 
 from llc import registry
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# Shipped as package data (pyproject [tool.setuptools.package-data]) so any install finds them.
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "identity")
 X_DISTS = ("gauss_iso", "gauss_aniso", "mixture", "lowdim", "heavy_tail")
@@ -501,9 +503,25 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
 
 # --------------------------------------------------------------------------- validation
 
+# Integers become JAX int32 scalars, loop lengths and array sizes; beyond this they overflow (or,
+# past int64, fail with a TypeError deep inside JAX). Floats must be finite numbers.
+INT_MAX = 2**31 - 1
+
+
+def _check_number(value: Any, path: str) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -INT_MAX <= value <= INT_MAX:
+        raise ConfigError(f"{path}: must be within ±{INT_MAX} (int32), got {value}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: must be a finite number, got {value}")
+
+
 def _check_constraints(value: Any, meta: typing.Mapping[str, Any], path: str) -> None:
     if value is None:
         return
+    for item in value if isinstance(value, tuple) else (value,):
+        _check_number(item, path)
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {', '.join(meta['choices'])}")
     bounds = (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
@@ -571,6 +589,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     n = target_n(cfg)
     if "vi" in cfg.samplers:
         check_vi(cfg.vi, n)
+    for name in cfg.samplers:
+        sc = getattr(cfg, name)
+        steps = (getattr(sc, "burnin", 0) + getattr(sc, "draws", 0)) * getattr(sc, "eval_every", 1)
+        if steps > INT_MAX:
+            raise ConfigError(f"{name}.draws: (burnin + draws) x eval_every = {steps} steps per chain exceeds "
+                              f"{INT_MAX}; lower {name}.draws")
     if "sgld" in cfg.samplers and cfg.sgld.batch_size > n:
         raise ConfigError(f"sgld.batch_size: must be <= the target's n = {n} training examples, "
                           f"got {cfg.sgld.batch_size}")

@@ -20,6 +20,7 @@ class SamplerSpec:
     color: str  # matplotlib colour, stable across figures
     stream: int  # random-stream id: fold_in(key(seed), stream); never change an existing one
     minibatch: bool  # uses minibatch gradients (calibration grids over epsilon make sense)
+    independent_draws: bool = False  # draws are i.i.d. (VI's draws from q): ESS is at most their number
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("mclmc", "llc.engine.samplers.mclmc", "MCLMCConfig", "MCLMC", "#2ca02c", 2, False),
     SamplerSpec("mclmc_adjusted", "llc.engine.samplers.mclmc_adjusted", "MCLMCAdjustedConfig",
                 "adjusted MCLMC", "#d62728", 3, False),
-    SamplerSpec("vi", "llc.engine.samplers.vi", "VIConfig", "VI", "#9467bd", 4, True),
+    SamplerSpec("vi", "llc.engine.samplers.vi", "VIConfig", "VI", "#9467bd", 4, True, independent_draws=True),
     SamplerSpec("sgnht", "llc.engine.samplers.sgnht", "SGNHTConfig", "SGNHT", "#8c564b", 5, True),
     SamplerSpec("sghmc", "llc.engine.samplers.sghmc", "SGHMCConfig", "SGHMC", "#e377c2", 6, True),
 )}

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from llc.posthoc.analyze import metrics_document
+from llc.store import cache
 from llc.store.artifacts import save_netcdf, set_flags, to_inference_data, write_json
 from llc.analysis.diagnostics import sampler_metrics
 from llc.analysis.flags import add_cross_sampler_flags
@@ -87,7 +88,7 @@ def write_run(run_dir: Path, idatas: dict, *, created: str = "2025-01-01T00:00:0
         save_netcdf(idata, run_dir / f"{name}.nc")
     write_json(run_dir / "config.json", {"samplers": list(idatas)})
     write_json(run_dir / "metrics.json", metrics_document(idatas, metrics))
-    write_json(run_dir / "manifest.json", {"run_id": run_dir.name, "created": created})
+    cache.seal(run_dir, {"run_id": run_dir.name, "created": created})  # last, as llc run does
     return run_dir
 
 

@@ -39,7 +39,7 @@ def corrupt_target(root: Path, cfg) -> None:
     tdir = root / "targets" / target_id(cfg)
     tdir.mkdir(parents=True)
     (tdir / "meta.json").write_text(json.dumps({"id": target_id(cfg), "dtype": "float32"}))
-    (tdir / cache.COMPLETE_MARKER).write_text("{}")
+    cache.seal(tdir, {})
 
 
 def test_serial_runs_complete_and_are_cached(reference, points):
@@ -161,16 +161,21 @@ def test_light_cache_reader_matches_the_experiment_one(reference):
         assert load_cached_record(root / o.run_id) == experiment.load_cached(root / o.run_id)
 
 
-def test_damaged_cached_run_is_reported_not_crashing(reference, points, tmp_path):
+def test_damaged_cached_run_is_moved_aside_and_recomputed(reference, points, tmp_path):
     import shutil
 
     root, outs = reference
-    shutil.copytree(root / outs[0].run_id, tmp_path / outs[0].run_id)
-    (tmp_path / outs[0].run_id / "result.json").write_text("{truncated")
-    spy = SpyBackend()
-    (out,) = [o for o in execute(spy, [points[0].cfg], tmp_path) if o is not None]
-    assert out.status == FAILED and "unreadable" in out.error and "--no-skip" in out.error
-    assert spy.submitted == []
+    rid = outs[0].run_id
+    shutil.copytree(root / rid, tmp_path / rid)
+    (tmp_path / rid / "result.json").write_text("{truncated")
+    spy, said = SpyBackend(), []
+    (out,) = [o for o in execute(spy, [points[0].cfg], tmp_path, log=said.append) if o is not None]
+    assert spy.submitted == [rid]  # not served from the damaged copy
+    assert out.status == DONE and out.result["samplers"]["sgld"]["llc_mean"] is not None
+    assert len(said) == 1 and f"run {rid} is damaged (result.json has" in said[0] and "recomputing" in said[0]
+    assert cache.is_complete(tmp_path / rid)
+    (moved,) = (tmp_path / cache.BROKEN_DIR).iterdir()
+    assert moved.name.startswith(rid) and (moved / "result.json").read_text() == "{truncated"
 
 
 def _die_first_time(cfg_dict, root, skip=True, echo=True):

@@ -101,15 +101,15 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
 def test_atomic_dir_replaces_only_when_complete(tmp_path):
     final = tmp_path / "run"
     with cache.atomic_dir(final) as tmp:
-        (tmp / cache.COMPLETE_MARKER).write_text(json.dumps({"v": 1}))
+        cache.seal(tmp, {"v": 1})
     assert cache.is_complete(final)
     with pytest.raises(KeyboardInterrupt):
         with cache.atomic_dir(final) as tmp:
             raise KeyboardInterrupt
-    assert json.loads((final / cache.COMPLETE_MARKER).read_text()) == {"v": 1}
+    assert json.loads((final / cache.COMPLETE_MARKER).read_text())["v"] == 1
     with cache.atomic_dir(final) as tmp:
-        (tmp / cache.COMPLETE_MARKER).write_text(json.dumps({"v": 2}))
-    assert json.loads((final / cache.COMPLETE_MARKER).read_text()) == {"v": 2}
+        cache.seal(tmp, {"v": 2})
+    assert json.loads((final / cache.COMPLETE_MARKER).read_text())["v"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 

@@ -50,7 +50,7 @@ def corrupt_target(root: Path, cfg) -> None:
     tdir = root / "targets" / target_id(cfg)
     tdir.mkdir(parents=True)
     (tdir / "meta.json").write_text(json.dumps({"id": target_id(cfg), "dtype": "float32"}))
-    (tdir / cache.COMPLETE_MARKER).write_text("{}")
+    cache.seal(tdir, {})
 
 
 class FakeVolume:

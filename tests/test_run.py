@@ -94,7 +94,7 @@ def test_failed_run_leaves_nothing_cache_would_reuse(tmp_path, monkeypatch):
     run_dir = tmp_path / cache.run_id(cfg)
     assert not run_dir.exists() and not cache.is_complete(run_dir)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "targets"]
-    assert leftovers == []
+    assert leftovers == []  # the run's lock is released and removed with its directory
     monkeypatch.undo()
     result = run_experiment(cfg, tmp_path)
     assert result["cached"] is False and cache.is_complete(run_dir)

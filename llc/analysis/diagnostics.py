@@ -8,6 +8,7 @@ from typing import Any
 import arviz as az
 import numpy as np
 
+from llc import registry
 from llc.analysis import flags
 from llc.store.artifacts import llc_draws, nc_attrs, running_llc, sampler_info  # noqa: F401  (re-exported)
 
@@ -42,8 +43,14 @@ def ess_rhat(x: np.ndarray) -> dict[str, float | None]:
     return out
 
 
-def llc_metrics(Ln: np.ndarray, L0: float, nbeta: float, theta_proj: np.ndarray | None = None) -> dict[str, Any]:
-    """lambda-hat and its uncertainty from kept draws, excluding diverged chains."""
+def llc_metrics(Ln: np.ndarray, L0: float, nbeta: float, theta_proj: np.ndarray | None = None,
+                independent: bool = False) -> dict[str, Any]:
+    """lambda-hat and its uncertainty from kept draws, excluding diverged chains.
+
+    ``independent``: the draws are i.i.d. (VI), so no ESS may exceed their number; ArviZ's
+    autocorrelation estimate can put it above (negative lag correlations are noise here), which
+    would make the SE too small.
+    """
     Ln = np.asarray(Ln, dtype=np.float64)
     arrays = [Ln] if theta_proj is None else [Ln, theta_proj]
     bad = diverged_chains(*arrays)
@@ -60,6 +67,12 @@ def llc_metrics(Ln: np.ndarray, L0: float, nbeta: float, theta_proj: np.ndarray 
                         "ess_tail": None, "rhat": None, "mcse": None, "llc_per_chain": [None] * chains})
         return metrics
     diag = ess_rhat(good)
+    if independent:
+        for key in ("ess_bulk", "ess_tail"):
+            if diag[key] is not None:
+                diag[key] = min(diag[key], float(good.size))
+        if diag["mcse"] is not None and diag["ess_bulk"]:
+            diag["mcse"] = max(diag["mcse"], float(good.std(ddof=1)) / math.sqrt(diag["ess_bulk"]))
     ess = diag["ess_bulk"]
     std = float(good.std(ddof=1)) if good.size > 1 else 0.0
     per_chain: list[float | None] = [None] * chains
@@ -209,7 +222,8 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
     Ln = post["Ln"].values
     theta = post["theta_proj"].values if "theta_proj" in post else None
     L0, nbeta = float(attrs["L0"]), float(attrs["nbeta"])
-    m = llc_metrics(Ln, L0, nbeta, theta)
+    spec = registry.SAMPLERS.get(str(attrs.get("sampler")))
+    m = llc_metrics(Ln, L0, nbeta, theta, independent=bool(spec and spec.independent_draws))
     m["sampler"] = attrs.get("sampler")
     work = {k[len("work_"):]: float(v) for k, v in attrs.items() if k.startswith("work_")}
     m.update(work)
@@ -263,6 +277,8 @@ def rhat_evolution(x: np.ndarray, n_points: int = 20) -> dict[str, np.ndarray]:
     """Rank-normalised split R-hat of the first k draws of every chain, at ``n_points`` values of k."""
     x = np.asarray(x, dtype=np.float64)
     ks = _evolution_points(x.shape[1], n_points, max(x.shape[1] // n_points, 10))
+    if x.shape[0] < 2:  # R-hat compares chains: undefined for one (ArviZ would warn at every k)
+        return {"draws": ks, "rhat": np.full(ks.shape, np.nan)}
     rhat = np.array([az.rhat(x[:, :k]) for k in ks], dtype=np.float64)
     return {"draws": ks, "rhat": rhat}
 

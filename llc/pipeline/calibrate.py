@@ -306,7 +306,7 @@ def calibrate(p: Plan, root: Path | str, *, reference: str = "none", skip: bool 
 
         draw(tmp / "calibration.png", summary, _step_field(p.sampler))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-        (tmp / cache.COMPLETE_MARKER).write_text(json.dumps({"calibration_id": cid, "created": time.time()}))
+        cache.seal(tmp, {"calibration_id": cid, "created": time.time()})  # last: every file + checksum
     return summary
 
 

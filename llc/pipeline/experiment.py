@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import platform
 import socket
@@ -20,12 +22,15 @@ from llc.store.artifacts import (optimisation_trace, read_json, save_netcdf, set
 from llc import registry
 from llc.config import RunConfig, to_dict
 from llc.posthoc.analyze import DEFAULT_TARGET_SE as TARGET_SE
-from llc.posthoc.analyze import metrics_document, write_run_records
+from llc.posthoc.analyze import GALLERY_FILE, SNIPPET_FILE, metrics_document, write_run_records
+from llc.posthoc.figures import RECORD_FILE as FIGURE_RECORD
 from llc.analysis.diagnostics import sampler_metrics
 from llc.analysis.flags import add_cross_sampler_flags
 
 DEFAULT_ROOT = Path(os.environ.get("LLC_ARTIFACTS", "artifacts"))
 RESULT_FILE = "result.json"
+# Records rewritten in a complete run directory once its figures are drawn (llc.posthoc.figures).
+REWRITTEN_RECORDS = (GALLERY_FILE, SNIPPET_FILE, FIGURE_RECORD)
 SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "compile_s", "fde", "diverged_chains", "flags")
 
 
@@ -84,7 +89,9 @@ def run_experiment(cfg: RunConfig, root: Path | str = DEFAULT_ROOT, *, skip: boo
                    log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Run (or fetch from the cache) one experiment; returns the result record.
 
-    ``progress(sampler, done, total, phase)`` is called between chunks of draws.
+    ``progress(sampler, done, total, phase)`` is called between chunks of draws. The run's key is
+    locked while it computes: a second process asking for the same run waits, then reads the
+    cache. A cached run is used only if every file its manifest lists is intact.
     """
     return run_experiments([cfg], root, skip=skip, progress=progress, log=log)[0]
 
@@ -97,38 +104,79 @@ def run_experiments(cfgs: list[RunConfig], root: Path | str = DEFAULT_ROOT, *, s
     (``llc.engine.driver.run_batch``); every run keeps its run_id, directory and record, and
     gets the numbers it would get alone. Returns the records in the order of ``cfgs``.
     """
-    root = Path(root)
+    root = cache.check_root(Path(root))
     records: list[dict[str, Any] | None] = [None] * len(cfgs)
-    todo = []
-    for i, cfg in enumerate(cfgs):
-        run_dir = root / cache.run_id(cfg)
-        if skip and cache.is_complete(run_dir):
-            log(f"run {run_dir.name} found in cache: {run_dir}")
-            records[i] = load_cached(run_dir)
-            _figure_step(run_dir, cfg, log)  # figures asked for now and not drawn for it before
-        else:
-            todo.append(i)
+    rids = [cache.run_id(cfg) for cfg in cfgs]
+
+    def cached(i: int, usable: Callable[[Path], bool]) -> bool:
+        if skip and usable(root / rids[i]):
+            log(f"run {rids[i]} found in cache: {root / rids[i]}")
+            records[i] = load_cached(root / rids[i])
+            _figure_step(root / rids[i], cfgs[i], log)  # figures asked for now and not drawn for it before
+            return True
+        return False
+
+    todo = [i for i in range(len(cfgs)) if not cached(i, cache.is_complete)]
     if not todo:
         return records  # type: ignore[return-value]
+    # Before taking our own locks: a leftover of one of these very runs (killed earlier) is judged
+    # by its lock, which nobody holds now.
+    for where in cache.cache_dirs(root):
+        cache.remove_stale(where, log)
+    with contextlib.ExitStack() as locks:
+        for rid in sorted({rids[i] for i in todo}):  # one order for every process: no deadlock
+            locks.enter_context(cache.key_lock(root / rid, "run", log))
+        # Finished by a process we waited for; a damaged entry is moved aside and recomputed.
+        todo = [i for i in todo if not cached(i, lambda d: cache.usable(d, "run", log))]
+        if todo:
+            _compute(cfgs, todo, records, root, progress, log)
+    return records  # type: ignore[return-value]
 
+
+class TargetError(RuntimeError):
+    """A target that cannot be sampled (non-finite L0 or w*); one line."""
+
+
+def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any] | None], root: Path,
+             progress: Callable[[str, int, int, str], None] | None, log: Callable[[str], None]) -> None:
     enable_x64()
     enable_compilation_cache()
     from llc.engine.posterior import make_posterior
     from llc.engine.targets import get_target, target_id
+    from llc.pipeline.resources import backend_line, check_memory
 
     if len({target_id(cfgs[i]) for i in todo}) > 1:
         raise ValueError("run_experiments: the runs of one batch must share their target")
+    check_memory([cfgs[i] for i in todo])  # before the header: a refused run is one line
+    first = cfgs[todo[0]]
+    runs = f"run {cache.run_id(first)}" if len(todo) == 1 else f"{len(todo)} runs"
+    log(f"{runs}: {', '.join(first.samplers)} on {first.target.kind}; {backend_line()}")
     t_start = time.time()
     train_progress = (lambda done, total: progress("target", done, total, "training")) if progress else None
-    target = get_target(cfgs[todo[0]], root, progress=train_progress)
+    target = get_target(first, root, progress=train_progress, log=log)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): "
         f"kind={target.kind} n={target.n} d={target.d} L0={target.L0:.6g}")
+    _require_finite(target, first)
     posts = {i: make_posterior(target.loss_fn, target.params, target.x, target.y, cfgs[i].posterior, L0=target.L0)
              for i in todo}
     outputs = _sample(cfgs, todo, posts, progress)
     for i in todo:
         records[i] = _save_run(cfgs[i], root, target, posts[i], outputs[i], t_start, log)
-    return records  # type: ignore[return-value]
+
+
+def _require_finite(target: Any, cfg: RunConfig) -> None:
+    """Sampling around a non-finite L0 or w* only produces NaN chains: stop before it starts."""
+    import jax
+    import numpy as np
+
+    bad_leaf = any(not np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(target.params))
+    if math.isfinite(target.L0) and not bad_leaf:
+        return
+    what = f"L0 = {target.L0}" if not math.isfinite(target.L0) else "w* has non-finite entries"
+    t = cfg.training
+    raise TargetError(f"target {target.id}: {what}, nothing to sample around (training: optimizer={t.optimizer}, "
+                      f"learning_rate={t.learning_rate:g}, steps={t.steps}); lower training.learning_rate "
+                      f"or use training.optimizer=adam")
 
 
 def _sample(cfgs: list[RunConfig], todo: list[int], posts: dict[int, Any],
@@ -226,7 +274,12 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
         write_json(tmp / "metrics.json", metrics_doc)
         write_json(tmp / RESULT_FILE, result)
         write_run_records(tmp, manifest, to_dict(cfg), metrics_doc)  # manifest.txt, README_snippet.md, gallery.md
-        write_json(tmp / cache.COMPLETE_MARKER, manifest)  # last: marks the run complete
+        # No figure drawn yet, said explicitly: a figure step killed after its first PNGs then
+        # still draws the rest on the next request (without it, PNGs would count as all drawn).
+        write_json(tmp / FIGURE_RECORD, {"keys": [], "files": [], "errors": [], "seconds": 0.0})
+        # Last: every file with its checksum, marks the run complete. The figure step rewrites the
+        # records that list figures in the complete directory, so the cache does not pin those.
+        cache.seal(tmp, manifest, exclude=REWRITTEN_RECORDS)
     log(f"run {rid} saved to {run_dir}")
     _figure_step(run_dir, cfg, log)
     return result
@@ -237,6 +290,7 @@ def _figure_step(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -> N
     when the caller opened one (``llc run``, ``llc sweep``), else drawn here (llc.posthoc.figures)."""
     from llc.posthoc import figures
 
+    cache.remove_stale_files(run_dir)  # half-written PNGs of a figure step killed earlier
     keys = figures.plot_keys(figures.resolve_mode(cfg.figures, save_plots=cfg.save_plots))
     try:
         figures.after_save(run_dir, keys, log=log)

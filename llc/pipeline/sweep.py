@@ -1,6 +1,6 @@
 """Sweeps: a cartesian product over a sweep space, run on any backend, streamed into a CSV.
 
-A sweep space is a TOML file (``presets/sweep_default.toml``; ``presets/sweep_smoke.toml`` is a
+A sweep space is a TOML file (``llc/presets/sweep_default.toml``; ``llc/presets/sweep_smoke.toml`` is a
 tiny one for tests)::
 
     preset = "quick"              # base config (``--preset`` overrides)
@@ -17,21 +17,22 @@ tiny one for tests)::
 Precedence: preset < [base] < grid values < ``--set`` < seed. A ``--set`` of a field that is
 also an axis pins that axis (the axis is dropped); ``--axis field=v1,v2`` replaces or adds an axis.
 
-Results stream into the CSV (rewritten atomically after every finished run, rows in plan order):
-config columns, λ̂, SE, ESS, R̂, work, WNV and efficiency metrics per sampler, run_id, status and
-error. Finished runs are cached under the artifacts root, so a sweep interrupted and started
+Results stream into the CSV (rewritten atomically after every finished run): config columns,
+λ̂, SE, ESS, R̂, work, WNV and efficiency metrics per sampler, run_id, status and error. Rows
+are merged by run_id under a lock, so sweeps writing to one CSV at once keep every row, and rows
+of runs from earlier sweeps into the same file stay. Finished runs are cached under the artifacts root, so a sweep interrupted and started
 again only runs what is missing; a failing run is reported and the others go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import itertools
 import math
 import os
-import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -95,13 +96,13 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_space(path: str | os.PathLike | None = None) -> SweepSpace:
-    """Read a sweep-space TOML file (a name like ``smoke`` means ``presets/sweep_smoke.toml``)."""
+    """Read a sweep-space TOML file (a name like ``smoke`` means ``llc/presets/sweep_smoke.toml``)."""
     path = Path(path) if path else DEFAULT_SPACE
     if not path.suffix and not path.exists():
         path = PRESETS_DIR / f"sweep_{path}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem.removeprefix("sweep_") for p in PRESETS_DIR.glob("sweep_*.toml")))
-        raise ConfigError(f"--space: {str(path)!r} not found; available in presets/: {known}")
+        raise ConfigError(f"--space: {str(path)!r} not found; available: {known}")
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -300,40 +301,64 @@ def result_rows(point: SweepPoint, outcome: Outcome) -> list[dict[str, Any]]:
 
 
 class ResultsCSV:
-    """Rows per plan index, rewritten atomically (temp file + rename) after every update."""
+    """This sweep's rows per plan index, merged into the CSV by run_id under a lock.
+
+    Every write locks ``.<name>.lock`` beside the CSV, reads the rows already there, replaces
+    those of this sweep's run ids (in place) and appends the new ones, then renames a temporary
+    file over it. Concurrent sweeps into one file therefore keep every row; rows of other runs
+    (an earlier or a parallel sweep) are kept, and a run's row is never duplicated.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.rows: dict[int, list[dict[str, Any]]] = {}
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.lock")
+
     def update(self, index: int, rows: list[dict[str, Any]]) -> None:
         self.rows[index] = rows
         self.write()
 
-    def columns(self) -> list[str]:
+    @staticmethod
+    def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
         seen: dict[str, None] = {}
-        for index in sorted(self.rows):
-            for row in self.rows[index]:
-                seen.update(dict.fromkeys(row))
+        for row in rows:
+            seen.update(dict.fromkeys(row))
         lead = [c for c in LEADING if c in seen]
         tail = [c for c in TRAILING if c in seen]
         middle = [c for c in seen if c not in lead and c not in tail]
         return lead + middle + tail
 
+    def merged(self, existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ours: dict[str, list[dict[str, Any]]] = {}
+        for index in sorted(self.rows):
+            for row in self.rows[index]:
+                ours.setdefault(str(row.get("run_id", "")), []).append(row)
+        out: list[dict[str, Any]] = []
+        placed: set[str] = set()
+        for row in existing:
+            rid = row.get("run_id", "")
+            if rid in ours:
+                if rid not in placed:
+                    out.extend(ours[rid])
+                    placed.add(rid)
+            else:
+                out.append(row)
+        out.extend(row for rid, rows in ours.items() if rid not in placed for row in rows)
+        return out
+
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        cols = self.columns()
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent, text=True)
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
+        with cache.file_lock(self.lock_file):
+            existing = read_results(self.path) if self.path.is_file() else []
+            rows = self.merged(existing)
+            cols = self.columns(rows)
+            with cache.atomic_file(self.path, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=cols, restval="")
                 writer.writeheader()
-                for index in sorted(self.rows):
-                    writer.writerows(self.rows[index])
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------- running
@@ -366,16 +391,26 @@ def run_sweep(points: Sequence[SweepPoint], backend: Backend, root: Path | str, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     table = ResultsCSV(Path(out_csv))
+    cache.remove_stale_files(table.path.parent, table.path.name)
     summary = SweepSummary(total=len(points), csv=str(out_csv))
     t0 = time.perf_counter()
     counts = lambda: (f"done {summary.done} · cached {summary.cached} · failed {summary.failed} · "  # noqa: E731
                       f"running {backend.running()}")
     columns = (TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
                TimeElapsedColumn())
-    progress = Progress(*columns, console=console, transient=False, disable=console is None)
-    with progress:
+    # In a log (stderr not a terminal) a Rich bar prints nothing until the end: plain lines instead.
+    plain = None
+    if console is not None and not console.is_terminal:
+        from llc.console import PlainProgress, stderr_line_writer
+
+        plain = PlainProgress(stderr_line_writer(console.file))
+    progress = Progress(*columns, console=console, transient=False, disable=console is None or plain is not None)
+    note = (lambda msg: console.print(msg, highlight=False, soft_wrap=True)) if console is not None else (lambda msg: None)
+    with progress, (plain or contextlib.nullcontext()):
         task = progress.add_task("sweep", total=len(points), counts=counts())
-        outcomes = execute(backend, [p.cfg for p in points], root, skip=skip, batch=batch)
+        outcomes = execute(backend, [p.cfg for p in points], root, skip=skip, batch=batch, log=note)
+        if plain is not None:
+            plain.log(f"sweep: 0/{len(points)} runs, {counts()}")
         try:
             for out in outcomes:
                 if out is not None:
@@ -392,6 +427,8 @@ def run_sweep(points: Sequence[SweepPoint], backend: Backend, root: Path | str, 
                         summary.done += 1
                     table.update(out.index, result_rows(point, out))
                     progress.advance(task)
+                    if plain is not None:
+                        plain.log(f"sweep: {summary.finished}/{len(points)} runs, {counts()}, {plain.elapsed_text()}")
                 progress.update(task, counts=counts())
         finally:
             outcomes.close()  # on Ctrl-C: the backend cancels what is still queued or running, now

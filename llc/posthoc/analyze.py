@@ -10,14 +10,13 @@ reproduces a run's ``metrics.json`` exactly.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from llc import registry
+from llc.store import cache
 from llc.store.artifacts import ArtifactError, load_netcdf, nc_attrs, read_json, write_json
 from llc.analysis.diagnostics import sampler_metrics
 from llc.analysis.flags import add_cross_sampler_flags, table_cells, table_notes
@@ -199,14 +198,8 @@ def _fmt_value(v: Any) -> str:
 def write_text_atomic(path: Path, text: str) -> Path:
     """Temp file + rename: these records are rewritten in complete run directories (after figures)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent, text=True)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with cache.atomic_file(path, "w") as fh:  # the umask's permissions (mkstemp would force 0600)
+        fh.write(text)
     return path
 
 

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1144,12 +1143,8 @@ def write_report(path: Path, out: Path | None = None, *, kind: str | None = None
             break
         budget //= 2
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from llc.store.cache import atomic_file
+
+    with atomic_file(out, "w", encoding="utf-8") as fh:  # the umask's permissions (mkstemp: 0600)
+        fh.write(text)
     return out, kind

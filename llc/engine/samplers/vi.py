@@ -30,8 +30,9 @@ curvature proxy h = sqrt(v)/sigma0 sets the coordinate scale c = 1/sqrt(h + gamm
 
 Estimate. lambda_hat = n*beta*(E_q[L_n] - L0) from ``eval_samples`` draws per chain: ``Ln`` holds the
 full-batch L_n at the draws (chains, eval_samples), so the common diagnostics compute the plain
-Monte Carlo estimate; ``info`` carries the HVP control-variate estimate (``llc_cv``, its standard
-error ``llc_cv_se``, per-draw std ``llc_cv_std``, ``ess_like``), see ``llc.engine.samplers.vi_eval``.
+Monte Carlo estimate; ``info`` carries the HVP control-variate estimate (``llc_cv``, its Monte
+Carlo error ``llc_cv_mc_se``, per-draw std ``llc_cv_std``, ``ess_like``; no SE against the LLC, see
+``llc_cv_se_reason``), see ``llc.engine.samplers.vi_eval``.
 
 Work. ``n_grad_evals`` = minibatch gradients (optimisation, all chains, plus the pre-pass) + full-batch
 gradients of the control variate (one at w* per chain, each HVP counted as 2). ``fde`` counts
@@ -350,10 +351,12 @@ def _info(cfg: VIConfig, post: Posterior, fam: fam_mod.Family, trace: dict[str, 
                                          float(ev["cv_mean_var"][i]), post.L0, post.nbeta)
                      for i in range(cfg.chains)]
         k = len(per_chain)
-        se = math.sqrt(sum(p["llc_cv_se"] ** 2 for p in per_chain)) / k
+        se = math.sqrt(sum(p["llc_cv_mc_se"] ** 2 for p in per_chain)) / k  # Monte Carlo part only
         info.update({
             "llc_cv": float(np.mean([p["llc_cv"] for p in per_chain])),
-            "llc_cv_se": se,
+            "llc_cv_mc_se": se,
+            "llc_cv_se": None,
+            "llc_cv_se_reason": vi_eval.CV_SE_REASON,
             "llc_cv_std": float(np.sqrt(np.mean([p["llc_cv_std"] ** 2 for p in per_chain]))),
             "llc_cv_per_chain": [p["llc_cv"] for p in per_chain],
             "ess_like": float(sum(p["ess_like"] for p in per_chain)),

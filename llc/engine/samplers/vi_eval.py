@@ -19,6 +19,12 @@ The corrected per-draw values are L_i - b (c_i - E_q[c]), b = Cov(L, c) / Var(c)
 draws; the identity E[L - b(c - E c)] = E[L] holds for any symmetric H (indefinite included), so
 the CV only changes the variance. On an exactly quadratic loss L - c is constant and the corrected
 estimate is E_q[L_n] to rounding.
+
+Its uncertainty. The corrected mean estimates E_q[L_n], not E_posterior[L_n]: its Monte Carlo
+error (``llc_cv_mc_se``) can be ~1e-7 while q's misfit moves the estimate by percents, which
+draws from q cannot reveal. So no standard error of llc_cv against the LLC is reported
+(``llc_cv_se`` is None, ``llc_cv_se_reason`` says why); the plain estimate's SE (from the draws'
+ESS) carries the same caveat.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from llc.engine.samplers import vi_family as fam_mod
 
 MAP_BATCH = 16  # draws (or HVP directions) evaluated together on the full data
 MAX_REDUCTION = 1e12  # cap on the reported variance reduction of the control variate
+CV_SE_REASON = ("not reported: the control variate removes only the Monte Carlo noise of E_q[L_n] "
+                "(llc_cv_mc_se); the error of q against the posterior, usually larger, is not "
+                "estimable from draws of q")
 
 
 def _hvp_terms(g, hv, v):
@@ -148,7 +157,9 @@ def cv_estimate(Ln: np.ndarray, cv: np.ndarray, cv_mean: float, cv_mean_var: flo
     reduction = var_L / var_y_eff if var_L > 0 else 1.0
     return {
         "llc_cv": nbeta * (float(np.mean(corrected)) - L0),
-        "llc_cv_se": nbeta * se_mean,
+        "llc_cv_mc_se": nbeta * se_mean,  # Monte Carlo error of the E_q[L_n] estimate only
+        "llc_cv_se": None,
+        "llc_cv_se_reason": CV_SE_REASON,
         "llc_cv_std": nbeta * math.sqrt(var_y),
         "cv_coef": b,
         "cv_variance_reduction": reduction,

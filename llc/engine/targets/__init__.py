@@ -205,10 +205,9 @@ def save_target(target: Target, root: Path) -> Path:
                 writer.writerow(list(target.log))
                 writer.writerows(zip(*(np.asarray(v).tolist() for v in target.log.values())))
         (tmp / "meta.json").write_text(json.dumps(target.meta, indent=2))
-        # manifest.json marks completeness for the shared atomic-dir convention
-        (tmp / cache.COMPLETE_MARKER).write_text(json.dumps({"id": target.id}))
+        cache.seal(tmp, {"id": target.id})  # last: every file with its checksum, marks it complete
     catalog = Path(root) / "targets" / "_catalog.jsonl"
-    with catalog.open("a") as fh:
+    with cache.file_lock(catalog.with_name(".catalog.lock")), catalog.open("a") as fh:
         fh.write(json.dumps({"id": target.id, "kind": target.kind, "n": target.n, "d": target.d,
                              "L0": target.L0, "created": target.meta["created"]}) + "\n")
     return final
@@ -236,15 +235,18 @@ def load_target(cfg: RunConfig, path: Path) -> Target:
                   cached=True, x_test=data.get("x_test"), y_test=data.get("y_test"), path=Path(path))
 
 
-def get_target(cfg: RunConfig, root: Path, progress: Callable[[int, int], None] | None = None) -> Target:
-    """Load the target for ``cfg`` from ``root/targets`` if built before, else build and store it.
+def get_target(cfg: RunConfig, root: Path, progress: Callable[[int, int], None] | None = None,
+               log: Callable[[str], None] = lambda msg: None) -> Target:
+    """Load the target for ``cfg`` from ``root/targets`` if built before and intact, else build and
+    store it (under the target's lock: concurrent runs build it once).
 
     ``progress(steps_done, steps)`` is called during training."""
     path = Path(root) / "targets" / target_id(cfg)
-    if cache.is_complete(path):
-        return load_target(cfg, path)
-    target = build_target(cfg, progress=progress)
-    return dataclasses.replace(target, path=save_target(target, root))
+    with cache.key_lock(path, "target", log):
+        if cache.usable(path, "target", log):
+            return load_target(cfg, path)
+        target = build_target(cfg, progress=progress)
+        return dataclasses.replace(target, path=save_target(target, root))
 
 
 def load_checkpoints(target: Target) -> Checkpoints:

@@ -22,7 +22,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from llc.store import cache
 from llc.config import RunConfig, batch_key, from_dict, to_dict
@@ -146,10 +146,12 @@ class Backend(abc.ABC):
 
 
 def execute(backend: Backend, configs: Sequence[RunConfig], root: Path | str, *,
-            skip: bool = True, batch: bool = True, max_batch: int = MAX_BATCH) -> Iterator[Outcome | None]:
+            skip: bool = True, batch: bool = True, max_batch: int = MAX_BATCH,
+            log: Callable[[str], None] = lambda msg: None) -> Iterator[Outcome | None]:
     """Run ``configs`` on ``backend``; yield one Outcome per config (plus ``None`` heartbeats).
 
-    Completed runs are served from the cache without touching the backend; configs with the same
+    Completed runs whose files all verify are served from the cache without touching the backend
+    (a damaged one is moved aside, said so through ``log``, and run again); configs with the same
     run id are executed once and reported for each index; with ``batch``, runs sharing a compiled
     program go to the backend as one task of at most ``max_batch`` runs.
     """
@@ -166,6 +168,9 @@ def execute(backend: Backend, configs: Sequence[RunConfig], root: Path | str, *,
             unique.append((i, rid, cfg))
     tasks: list[Task] = []
     for i, rid, cfg in unique:
+        if skip and (root / rid).exists() and not cache.is_complete(root / rid):
+            with cache.key_lock(root / rid, "run", log):
+                cache.usable(root / rid, "run", log)  # damaged: moved aside, so it is recomputed
         if skip and cache.is_complete(root / rid):
             try:
                 out = Outcome(i, rid, CACHED, load_cached_record(root / rid))

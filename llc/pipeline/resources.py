@@ -1,0 +1,150 @@
+"""Checks of the machine before a run starts: which JAX backend runs it, and whether it fits in memory.
+
+The memory estimate is deliberately coarse (an upper-side guess from the config alone, before
+any target is built): it exists to turn a request that cannot fit (``--chains 100000000``,
+``--draws 1000000000``) into one line with the numbers, instead of minutes of work followed by
+RESOURCE_EXHAUSTED or the kernel's OOM killer. Runs near the limit are let through.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from llc.config import ConfigError, RunConfig, target_n
+
+# Copies of a chain's parameter vector alive at once: position, momentum, gradient, mass matrix,
+# proposal, optimiser moments, plus vmap/scan temporaries.
+STATE_COPIES = 8
+# Floats recorded per kept draw besides the theta projection: L_n, llc, running llc, statistics.
+RECORD_SLOTS = 12
+# Copies of the recorded draws on the host: chunks, their concatenation, InferenceData, NetCDF.
+RECORD_COPIES = 3
+# A forward and backward pass keeps about this many activation arrays per layer.
+ACTIVATION_COPIES = 3
+
+
+def _shapes(cfg: RunConfig) -> list[tuple[int, ...]]:
+    """Shapes of w*'s leaves, from the target kind's template (no data, no training)."""
+    import jax
+    import numpy as np
+
+    from llc.engine.targets import target_module
+
+    return [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(target_module(cfg.target.kind).template(cfg))]
+
+
+def n_params(cfg: RunConfig) -> int:
+    """Parameter count d of the target."""
+    return int(sum(math.prod(s) for s in _shapes(cfg)))
+
+
+def _layer_widths(cfg: RunConfig) -> tuple[int, int]:
+    """(activations one data point keeps in a forward pass, floats of one data point), roughly:
+    the fan-outs of the weight matrices, and the first fan-in plus the last fan-out."""
+    mats = [s for s in _shapes(cfg) if len(s) >= 2]
+    if not mats:
+        return 0, 2
+    t = cfg.target
+    tokens = 4 if t.kind == "modular" and t.modular.model == "transformer" else 1  # [a, op, b, =]
+    return tokens * sum(s[-1] for s in mats), mats[0][-2] + mats[-1][-1]
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.1f} GB" if x >= 1e8 else f"{x / 1e6:.0f} MB"
+
+
+def estimate(cfg: RunConfig) -> dict[str, Any]:
+    """Bytes the run needs: {"device": peak of one sampler's chains, "host": recorded draws of all
+    samplers plus data, "total", "worst": (sampler, description) of the largest part}."""
+    d = n_params(cfg)
+    n = target_n(cfg)
+    widths, point = _layer_widths(cfg)
+    data = n * point * 8
+    device_peak, host, worst, worst_bytes = 0, 2 * data, ("", ""), -1
+    for name in cfg.samplers:
+        sc = getattr(cfg, name)
+        chains = sc.chains
+        item = 8 if getattr(sc, "dtype", "float64") == "float64" else 4
+        if name == "vi":
+            kept = sc.eval_samples
+            state = chains * d * item * (sc.components * (sc.rank + 2) * 3 + STATE_COPIES)
+            what = f"{chains} chains × {sc.components} components × rank {sc.rank} × {d} parameters"
+        else:
+            kept = getattr(sc, "burnin", 0) + sc.draws
+            state = chains * d * item * STATE_COPIES
+            what = f"{chains} chains × {d} parameters"
+        # L_n of every draw is a full-batch forward pass of each chain.
+        activations = chains * n * widths * item * ACTIVATION_COPIES
+        records = chains * kept * (cfg.theta_proj_dim + RECORD_SLOTS) * 8 * RECORD_COPIES
+        device_peak = max(device_peak, state + activations + 2 * data)
+        host += records
+        for part, size, desc in (("state", state + activations, what),
+                                 ("draws", records, f"{chains} chains × {kept} draws")):
+            if size > worst_bytes:
+                worst, worst_bytes = (name, desc), size
+    return {"device": device_peak, "host": host, "total": device_peak + host, "worst": worst, "params": d}
+
+
+def available_host_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages; None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def available_device_memory() -> int | None:
+    """Memory of the first accelerator (bytes_limit), None on CPU or when the runtime does not say."""
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return None
+    try:
+        stats = dev.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - not every runtime implements memory_stats
+        return None
+    limit = stats.get("bytes_limit")
+    return int(limit) - int(stats.get("bytes_in_use", 0)) if limit else None
+
+
+def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None = None,
+                 device_available: int | None = -1) -> dict:
+    """ConfigError (one line with the estimate) when the run (or the batch of runs, which execute
+    as one program) cannot fit; returns the estimate."""
+    ests = [estimate(c) for c in (cfgs if isinstance(cfgs, list) else [cfgs])]
+    est = max(ests, key=lambda e: e["total"])
+    est = {**est, "device": sum(e["device"] for e in ests), "host": sum(e["host"] for e in ests)}
+    est["total"] = est["device"] + est["host"]
+    host_available = available_host_memory() if host_available is None else host_available
+    if device_available == -1:
+        device_available = available_device_memory()
+    sampler, what = est["worst"]
+    hint = (f"largest part: {sampler} with {what}; lower --chains / --draws "
+            f"(or {sampler}.chains, {sampler}.draws)")
+    if device_available is not None and est["device"] > device_available:
+        raise ConfigError(f"memory: this run needs about {_gb(est['device'])} of accelerator memory, "
+                          f"{_gb(device_available)} is free; {hint}")
+    need_host = est["host"] + (0 if device_available is not None else est["device"])
+    if host_available is not None and need_host > host_available:
+        raise ConfigError(f"memory: this run needs about {_gb(need_host)}, {_gb(host_available)} is available; {hint}")
+    return est
+
+
+def backend_line() -> str:
+    """``JAX 0.x backend gpu (1 × NVIDIA H100), x64 on``: printed in the run header."""
+    import jax
+
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    return (f"JAX {jax.__version__} backend {jax.default_backend()} ({len(devices)} × {', '.join(kinds)}), "
+            f"x64 {'on' if jax.config.jax_enable_x64 else 'off'}")
