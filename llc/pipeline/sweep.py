@@ -336,17 +336,20 @@ class ResultsCSV:
         for index in sorted(self.rows):
             for row in self.rows[index]:
                 ours.setdefault(str(row.get("run_id", "")), []).append(row)
+        # This sweep's rows stay together in plan order (runs finish in any order), at the place of
+        # the first of them already in the file, or at the end.
+        block = [row for rows in ours.values() for row in rows]
         out: list[dict[str, Any]] = []
-        placed: set[str] = set()
+        placed = False
         for row in existing:
-            rid = row.get("run_id", "")
-            if rid in ours:
-                if rid not in placed:
-                    out.extend(ours[rid])
-                    placed.add(rid)
+            if row.get("run_id", "") in ours:
+                if not placed:
+                    out.extend(block)
+                    placed = True
             else:
                 out.append(row)
-        out.extend(row for rid, rows in ours.items() if rid not in placed for row in rows)
+        if not placed:
+            out.extend(block)
         return out
 
     def write(self) -> None:
