@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_runs import hmc_stats, make_idata, mclmc_stats, write_run, write_sweep
+from synthetic_runs import (hmc_stats, make_idata, mclmc_stats, write_calibration, write_run, write_sweep,
+                            write_trajectory)
 from typer.testing import CliRunner
 
 from llc.cli import app
@@ -52,13 +53,35 @@ def sweep_csv(tmp_path_factory):
     return write_sweep(tmp_path_factory.mktemp("sweep"), n_runs=41)
 
 
+@pytest.fixture(scope="module")
+def cal_dir(tmp_path_factory):
+    """A real calibration (SGLD on the d = 4 quadratic, 15 points, ~10 s), its page written by --report."""
+    root = tmp_path_factory.mktemp("cal")
+    res = CliRunner().invoke(app, ["calibrate", "--target", "quadratic", "--quad-dim", "4", "--artifacts", str(root),
+                                   "--report"])
+    assert res.exit_code == 0, res.output
+    (cal,) = (root / "calibrations").iterdir()
+    assert f"report: {cal / R.PAGE_FILE}" in res.output.replace("\n", "")
+    return cal
+
+
+@pytest.fixture(scope="module")
+def traj_root(tmp_path_factory):
+    """Three synthetic trajectories (written by llc's own assembler) that differ in weight decay; the
+    middle one has a flagged checkpoint."""
+    root = tmp_path_factory.mktemp("traj")
+    for wd, name in ((0.3, "traj_wd03"), (1.0, "traj_wd1"), (3.0, "traj_wd3")):
+        write_trajectory(root / "trajectories" / name, weight_decay=wd, flagged=(9,) if wd == 1.0 else ())
+    return root
+
+
 # --------------------------------------------------------------------------- without a browser
 
 def test_kinds_and_errors(run_dir, sweep_csv, tmp_path):
     assert R.detect(run_dir) == "run"
     assert R.detect(sweep_csv) == "sweep"
     assert R.detect(sweep_csv.parent / "artifacts") == "index"
-    assert set(R.PAGE_KINDS) == {"run", "sweep", "index"}
+    assert set(R.PAGE_KINDS) == {"run", "sweep", "index", "calibration", "trajectory"}
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "no such file or directory" in res.output
     (tmp_path / "empty").mkdir()
@@ -107,6 +130,64 @@ def test_sweep_page_links_each_run(sweep_csv):
     assert kind == "sweep" and out == sweep_csv.with_suffix(".html") and out.stat().st_size < MAX_PAGE_BYTES
     assert 'href="artifacts/sweep003run/report.html"' in text  # its page
     assert 'href="artifacts/sweep004run/"' in text  # no page yet: its folder
+
+
+def test_calibration_and_trajectory_kinds(cal_dir, traj_root, tmp_path):
+    trajs = traj_root / "trajectories"
+    assert R.detect(cal_dir) == "calibration"  # it also has a manifest.json and a .nc, like a run
+    assert R.detect(trajs / "traj_wd1") == "trajectory" and R.detect(trajs) == "trajectory"
+    assert R.detect(traj_root) == "index"
+    overlay = tmp_path / "overlay_x"  # llc trajectory --axis: a summary listing its members
+    overlay.mkdir()
+    (overlay / "summary.json").write_text(json.dumps({"axes": {"training.weight_decay": [0.3, 3.0]}, "members": [
+        {"setting": {"training.weight_decay": 0.3}, "artifacts": str(trajs / "traj_wd03")},
+        {"setting": {"training.weight_decay": 3.0}, "artifacts": str(trajs / "traj_wd3")},
+        {"setting": {"training.weight_decay": 9.0}, "artifacts": str(tmp_path / "gone")}]}))
+    assert R.detect(overlay) == "trajectory"
+    out, _ = R.write_report(overlay)
+    text = out.read_text()
+    assert "weight_decay=0.3" in text and "weight_decay=3" in text and "Members not found" in text
+    assert out.stat().st_size < MAX_PAGE_BYTES
+
+
+def test_trajectory_labels_name_what_differs(traj_root, tmp_path):
+    from llc.posthoc import report_trajectory as RT
+
+    members, missing = RT.members_of(traj_root / "trajectories")
+    assert not missing and [d.name for d, _, _ in members] == ["traj_wd03", "traj_wd1", "traj_wd3"]
+    names, fields = RT.labels(members)
+    assert names == ["weight_decay=0.3", "weight_decay=1", "weight_decay=3"] and fields == ["training.weight_decay"]
+    bare = [(d, {k: v for k, v in doc.items() if k != "config"}, None) for d, doc, _ in members]
+    assert RT.labels(bare)[0] == ["traj_wd03", "traj_wd1", "traj_wd3"]  # no configs: their ids
+    # An overlay summary naming its members by id, beside it in trajectories/.
+    (traj_root / "trajectories" / "overlay_ids").mkdir(exist_ok=True)
+    (traj_root / "trajectories" / "overlay_ids" / "summary.json").write_text(
+        json.dumps({"overlay": ["traj_wd1", "traj_wd3"]}))
+    members, missing = RT.members_of(traj_root / "trajectories" / "overlay_ids")
+    assert [d.name for d, _, _ in members] == ["traj_wd1", "traj_wd3"] and not missing
+
+
+def test_calibration_page_variants(tmp_path):
+    none = R.write_report(write_calibration(tmp_path / "none", recommend=False))[0].read_text()
+    assert "No recommendation" in none and "no point on the line" in none and 'class="recommended"' not in none
+    hmc = R.write_report(write_calibration(tmp_path / "hmc", reference="hmc"))[0].read_text()
+    assert "hmc reference" in hmc and "Recommended setting" in hmc and "1.46" in hmc
+    beta = R.write_report(write_calibration(tmp_path / "beta", step_axis=False))[0]
+    assert "λ̂ against beta0" in beta.read_text() and beta.stat().st_size < MAX_PAGE_BYTES
+
+
+def test_index_lists_calibrations_and_trajectories(cal_dir, traj_root, tmp_path):
+    import shutil as sh
+
+    root = traj_root
+    sh.copytree(cal_dir, root / "calibrations" / cal_dir.name, dirs_exist_ok=True)
+    R.write_report(root / "trajectories" / "traj_wd1")
+    text = R.write_report(root)[0].read_text()
+    assert 'id="calibrations"' in text and 'id="trajectories"' in text
+    assert f'href="calibrations/{cal_dir.name}/report.html"' in text  # its page (copied with it)
+    assert 'href="trajectories/traj_wd1/report.html"' in text and 'href="trajectories/traj_wd3/"' in text
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "empty_root")])
+    assert res.exit_code == 2
 
 
 # --------------------------------------------------------------------------- in a browser
@@ -293,3 +374,70 @@ def test_index_page_in_browser(browser, sweep_csv):
     browser.find_elements("css selector", "input.overlay-pick")[5].click()  # add a sixth run
     assert browser.execute_script(visible).count(True) == 8
     _screenshot_not_blank(browser, "index")
+
+
+def test_calibration_page_in_browser(browser, cal_dir):
+    page = cal_dir / R.PAGE_FILE  # written by llc calibrate --report
+    summary = json.loads((cal_dir / "summary.json").read_text())
+    assert page.stat().st_size < MAX_PAGE_BYTES
+    _open(browser, page)
+    _check_clean(browser)
+    why = browser.find_element("id", "recommendation-why")
+    assert why.is_displayed() and why.text == summary["recommended"]["why"]
+    assert _rows(browser, "points") == len(summary["rows"]) == 15  # one row per grid point
+    for cls in ("grid-plot", "diagnostics-plot", "traces-plot"):
+        assert len(browser.find_elements("css selector", f".{cls} .plotly-graph-div")) == 1, cls
+        assert browser.find_elements("css selector", f".{cls} .plotly-graph-div .main-svg"), cls
+    names = browser.execute_script("return document.getElementById('plot-grid').data.map(t => t.name)")
+    assert {"gamma=50", "gamma=100 (the rule's line)", "gamma=200"} <= set(names)
+    if summary["recommended"]["index"] is not None:
+        assert "recommended" in names and _rows_matching(browser, "#points tbody tr.recommended") == 1
+    unhealthy = sum(not r["healthy"] for r in summary["rows"])
+    assert _rows_matching(browser, "#points tbody tr.unhealthy") == unhealthy
+    if unhealthy:
+        assert "unhealthy (flag, R̂ or acceptance)" in names
+    _screenshot_not_blank(browser, "calibration")
+
+
+def _rows_matching(driver, selector: str) -> int:
+    return len(driver.find_elements("css selector", selector))
+
+
+def test_trajectory_page_in_browser(browser, traj_root):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    out, kind = R.write_report(traj_root / "trajectories" / "traj_wd1")
+    assert kind == "trajectory" and out.stat().st_size < MAX_PAGE_BYTES
+    _open(browser, out)
+    _check_clean(browser)
+    assert _rows(browser, "checkpoints") == 15  # one row per checkpoint
+    assert "lambda-hat" in browser.find_element("id", "checkpoints").text  # the flagged checkpoint's badge
+    for cls in ("training-plot", "curvature-plot"):
+        assert len(browser.find_elements("css selector", f".{cls} .plotly-graph-div")) == 1, cls
+        assert browser.find_elements("css selector", f".{cls} .plotly-graph-div .main-svg"), cls
+    names = browser.execute_script("return document.getElementById('plot-training').data.map(t => t.name)")
+    assert {"λ̂ (sgld)", "train accuracy", "test accuracy", "train loss", "test loss", "flagged checkpoint"} <= set(names)
+    # Hovering a checkpoint reads every panel there: λ̂, accuracy and loss, under the step.
+    plot = browser.find_element("id", "plot-training")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", plot)
+    drag = browser.find_element("css selector", "#plot-training .nsewdrag[data-subplot='xy']")
+    ActionChains(browser).move_to_element_with_offset(drag, int(0.25 * drag.size["width"]), 0).perform()
+    deadline = time.time() + 5
+    hover = ""
+    while "test accuracy" not in hover and time.time() < deadline:
+        time.sleep(0.1)
+        hover = browser.execute_script("return document.querySelector('#plot-training .hoverlayer').textContent")
+    assert "step" in hover and "λ̂" in hover and "test accuracy" in hover and "train loss" in hover, hover
+    browser.execute_script("Plotly.Fx.unhover(arguments[0])", plot)  # the screenshot shows the plot alone
+    _screenshot_not_blank(browser, "trajectory")
+
+
+def test_trajectory_overlay_in_browser(browser, traj_root):
+    out, kind = R.write_report(traj_root / "trajectories")
+    assert kind == "trajectory" and out.stat().st_size < MAX_PAGE_BYTES
+    _open(browser, out)
+    _check_clean(browser)
+    assert _rows(browser, "members") == 3 and _rows(browser, "checkpoints") == 45
+    names = browser.execute_script("return document.getElementById('plot-training').data.map(t => t.name)")
+    assert {"weight_decay=0.3", "weight_decay=1", "weight_decay=3"} <= set(names)
+    _screenshot_not_blank(browser, "trajectory_overlay")

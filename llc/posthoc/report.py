@@ -37,11 +37,17 @@ import numpy as np
 
 from llc import registry
 from llc.analysis import diagnostics as D
+from llc.pipeline.trajectory import TRAJ_DIR
+from llc.posthoc.report_calibration import INDEX_HEADERS as CAL_INDEX_HEADERS
+from llc.posthoc.report_calibration import calibration_page, is_calibration
+from llc.posthoc.report_calibration import index_rows as cal_index_rows
 from llc.posthoc.report_html import (CHAIN_COLORS, INDEX_FILE, MAX_LAGS, MAX_PAGE_BYTES, MIN_TRACE_POINTS,
-                                     OK_STATUS, PAGE_FILE, RUNNING_POINTS,
-                                     VALUE_BUDGET, Page, ReportError, badges, base_layout, cell, esc, flatten, fmt,
-                                     kv_table, legend_only, num, plot_html, read_json_file, rel_link, section,
-                                     stride_for, table, thin)
+                                     OK_STATUS, PAGE_FILE, RUNNING_POINTS, VALUE_BUDGET, Page, ReportError, badges,
+                                     base_layout, cell, esc, flatten, fmt, kv_table, legend_only, num, plot_html,
+                                     read_json_file, rel_link, section, stride_for, table, thin)
+from llc.posthoc.report_trajectory import INDEX_HEADERS as TRAJ_INDEX_HEADERS
+from llc.posthoc.report_trajectory import index_rows as traj_index_rows
+from llc.posthoc.report_trajectory import is_overlay, is_trajectory, trajectory_page
 from llc.store.artifacts import ArtifactError
 
 
@@ -760,15 +766,19 @@ def _created(run_dir: Path, manifest: dict[str, Any]) -> tuple[float, str]:
 
 
 def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VALUE_BUDGET) -> Page:
-    """The page of an artifacts root: runs newest first, sweeps, and an overlay of selected runs."""
+    """The page of an artifacts root: runs newest first, sweeps, calibrations and trajectories, and
+    an overlay of selected runs."""
     import plotly.graph_objects as go
 
     root = Path(root)
     page_dir = Path(page_dir) if page_dir is not None else root
     runs = find_runs(root)
     sweeps = find_sweeps(root)
-    if not runs and not sweeps:
-        raise ReportError(f"{root}: no runs (directories with manifest.json) and no sweep CSVs found")
+    cals = sorted(cal_index_rows(root, page_dir), key=lambda x: -x[0])
+    trajs = sorted(traj_index_rows(root, page_dir), key=lambda x: -x[0])
+    if not runs and not sweeps and not cals and not trajs:
+        raise ReportError(f"{root}: no runs (directories with manifest.json), sweep CSVs, calibrations or "
+                          "trajectories found")
     info = []
     for run_dir in runs:
         manifest = read_json_file(run_dir / "manifest.json")
@@ -776,7 +786,8 @@ def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VAL
         info.append((ts, created, run_dir, manifest))
     info.sort(key=lambda x: (-x[0], x[2].name))
     page = Page("index", f"llc artifacts {root.resolve()}")
-    page.subtitle = f"{len(runs)} runs · {len(sweeps)} sweeps · newest first"
+    page.subtitle = (f"{len(runs)} runs · {len(sweeps)} sweeps · {len(cals)} calibrations · {len(trajs)} trajectories"
+                     " · newest first")
     fig = go.Figure()
     rows, attrs = [], []
     n_lines = 0
@@ -850,6 +861,17 @@ def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VAL
         page.sections.append(section(f"Sweeps ({len(srows)})", table(
             ["modified", "CSV", "runs", "rows", "status", "page"], srows, cls="sortable", table_id="sweeps"),
             anchor="sweeps"))
+    if cals:
+        page.sections.append(section(f"Calibrations ({len(cals)})", table(
+            CAL_INDEX_HEADERS, [row for _, row in cals], cls="sortable textual", table_id="calibrations"), anchor="calibrations",
+            note="llc calibrate: hover a recommendation for why it was chosen."))
+    if trajs:
+        all_page = root / TRAJ_DIR / PAGE_FILE
+        overlaid = (f'<a href="{esc(rel_link(all_page, page_dir))}">all of them overlaid</a>' if all_page.is_file()
+                    else f"all of them overlaid: <code>llc report {esc(root / TRAJ_DIR)}</code>")
+        page.sections.append(section(f"Trajectories ({len(trajs)})", table(
+            TRAJ_INDEX_HEADERS, [row for _, row in trajs], cls="sortable textual", table_id="trajectories"),
+            anchor="trajectories", note=f"llc trajectory: λ̂ at every training checkpoint; {overlaid}."))
     if info and per_line < RUNNING_POINTS:
         page.notes.append(f"Running λ̂ curves downsampled to about {per_line} points each for display.")
     else:
@@ -859,7 +881,8 @@ def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VAL
 
 # --------------------------------------------------------------------------- page kinds and rendering
 
-PAGE_KINDS: dict[str, Callable[..., Page]] = {"run": run_page, "sweep": sweep_page, "index": index_page}
+PAGE_KINDS: dict[str, Callable[..., Page]] = {"run": run_page, "sweep": sweep_page, "index": index_page,
+                                              "calibration": calibration_page, "trajectory": trajectory_page}
 
 
 def detect(path: Path) -> str:
@@ -868,15 +891,19 @@ def detect(path: Path) -> str:
     if path.is_file() and path.suffix.lower() == ".csv":
         return "sweep"
     if path.is_dir():
+        if is_calibration(path):  # before runs: a calibration also has a manifest.json and a .nc file
+            return "calibration"
+        if is_trajectory(path) or is_overlay(path):
+            return "trajectory"
         if (path / "manifest.json").is_file() or any(path.glob("*.nc")):
             return "run"
         return "index"
-    raise ReportError(f"{path}: not a run directory, a sweep CSV or an artifacts root")
+    raise ReportError(f"{path}: not a run directory, a sweep CSV, a calibration, a trajectory or an artifacts root")
 
 
 def default_out(path: Path, kind: str) -> Path:
     path = Path(path)
-    return {"run": path / PAGE_FILE, "sweep": path.with_suffix(".html"), "index": path / INDEX_FILE}[kind]
+    return path.with_suffix(".html") if kind == "sweep" else path / (INDEX_FILE if kind == "index" else PAGE_FILE)
 
 
 CSS = """
@@ -890,7 +917,7 @@ section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:1
 h2{font-size:16px;margin:2px 0 8px}p.note{color:var(--muted);margin:0 0 8px;font-size:12.5px}
 .table-wrap{overflow-x:auto}table{border-collapse:collapse;font-size:13px;width:100%}
 th,td{padding:5px 9px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}thead th{background:#f0f2f5;position:sticky;top:0}
+th:first-child,td:first-child{text-align:left}table.textual th,table.textual td{text-align:left}thead th{background:#f0f2f5;position:sticky;top:0}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#e4e8ef}
 th.asc::after{content:" ▲";font-size:10px}th.desc::after{content:" ▼";font-size:10px}
 tbody tr:hover{background:#f7f9fc}td.bad{color:var(--bad);font-weight:600}td.warn{color:var(--warn);font-weight:600}
@@ -902,6 +929,12 @@ table.kv th{text-align:left;background:none;color:var(--muted);font-weight:500;p
 .two-col{display:grid;grid-template-columns:1fr 1fr;gap:16px}@media(max-width:1000px){.two-col{grid-template-columns:1fr}}
 details summary{cursor:pointer;color:var(--accent);margin-bottom:6px}.plot{margin:6px 0}
 footer{color:var(--muted);font-size:12px;padding:0 28px 24px}
+.callout{border-left:6px solid #067647;background:#ecfdf3;border-radius:6px;padding:10px 16px;margin:4px 0}
+.callout.bad{border-left-color:var(--bad);background:#fef3f2}.callout-title{font-weight:700;font-size:13px;text-transform:uppercase;letter-spacing:.04em;color:#067647}
+.callout.bad .callout-title{color:var(--bad)}.callout .rec-setting{font-size:20px;margin:4px 0 6px}
+.callout .why{font-size:14.5px;margin:0 0 6px;max-width:1100px}.callout code{background:#fff;padding:1px 6px;border-radius:4px;border:1px solid var(--line)}
+.callout p.run-it{margin:0 0 4px}.callout .rec-llc{font-size:15px;color:var(--muted);margin-left:18px}.badge.rec{background:#d1fadf;color:#05603a}.bad-text{color:var(--bad);font-weight:600}
+tr.recommended td{background:#ecfdf3;font-weight:600}tr.unhealthy td{color:#8a8f98}tr.unhealthy td.bad{color:var(--bad)}
 """
 
 # Sorting and filtering of tables, and the overlay selection of the index page: what Plotly does not do.
@@ -941,7 +974,7 @@ def render(page: Page) -> str:
         version = metadata.version("llc")
     except metadata.PackageNotFoundError:
         version = "?"
-    anchors = re.findall(r'<section id="([^"]+)"><h2>(.*?)</h2>', "".join(page.sections))
+    anchors = re.findall(r'<section id="([^"]+)"[^>]*><h2>(.*?)</h2>', "".join(page.sections))
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in anchors)
     notes = "".join(f"<p>{esc(n)}</p>" for n in page.notes)
     generated = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -194,3 +194,12 @@ def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(obj, list):
         return [(prefix[:-1], ", ".join(map(str, obj)))]
     return [(prefix[:-1], obj)]
+
+
+def log_axis(values: Any) -> dict[str, Any]:
+    """A log axis whose labels are whole numbers: 1-2-5 ticks over up to three decades, decades beyond
+    (Plotly's default labels minor ticks by their first digit only, so 20 reads "2")."""
+    v = np.abs(np.asarray([x for x in np.ravel(np.asarray(values, dtype=object)) if x is not None], dtype=np.float64))
+    v = v[np.isfinite(v) & (v > 0)]
+    decades = math.log10(v.max() / v.min()) if v.size else 0.0
+    return {"type": "log", "tickformat": "~g", "dtick": "D2" if decades <= 3 else 1}
