@@ -31,6 +31,11 @@ MAX_PAGE_BYTES = 5_000_000
 
 # --------------------------------------------------------------------------- fixtures
 
+def _said(output: str, text: str) -> bool:
+    """``text`` in a console's output, whatever its line wrapping (Rich wraps long paths)."""
+    return "".join(text.split()) in "".join(output.split())
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A 3-sampler run with long traces (the page must downsample them) and a flag on one sampler."""
@@ -61,7 +66,7 @@ def cal_dir(tmp_path_factory):
                                    "--report"])
     assert res.exit_code == 0, res.output
     (cal,) = (root / "calibrations").iterdir()
-    assert f"report: {cal / R.PAGE_FILE}" in res.output.replace("\n", "")
+    assert _said(res.output, f"report: {cal / R.PAGE_FILE}")
     return cal
 
 
@@ -441,3 +446,24 @@ def test_trajectory_overlay_in_browser(browser, traj_root):
     names = browser.execute_script("return document.getElementById('plot-training').data.map(t => t.name)")
     assert {"weight_decay=0.3", "weight_decay=1", "weight_decay=3"} <= set(names)
     _screenshot_not_blank(browser, "trajectory_overlay")
+
+
+def test_calibrate_and_trajectory_print_the_report_command(cal_dir, traj_root, tmp_path, monkeypatch):
+    # Without --report: the command that writes the page (here a cached calibration).
+    res = CliRunner().invoke(app, ["calibrate", "--target", "quadratic", "--quad-dim", "4",
+                                   "--artifacts", str(cal_dir.parent.parent)])
+    assert res.exit_code == 0, res.output
+    assert _said(res.output, f"report page: llc report {cal_dir}")
+    # llc trajectory, its computation replaced by a finished trajectory's summary.
+    from llc.pipeline import trajectory as T
+
+    done = traj_root / "trajectories" / "traj_wd3"
+    summary = json.loads((done / "summary.json").read_text())
+    monkeypatch.setattr(T, "run_trajectory", lambda *a, **k: summary)
+    (done / R.PAGE_FILE).unlink(missing_ok=True)
+    res = CliRunner().invoke(app, ["trajectory", "--preset", "grok-tiny", "--artifacts", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert _said(res.output, f"report page: llc report {done}") and not (done / R.PAGE_FILE).exists()
+    res = CliRunner().invoke(app, ["trajectory", "--preset", "grok-tiny", "--artifacts", str(tmp_path), "--report"])
+    assert res.exit_code == 0, res.output
+    assert _said(res.output, f"report: {done / R.PAGE_FILE}") and (done / R.PAGE_FILE).is_file()

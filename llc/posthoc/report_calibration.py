@@ -20,7 +20,7 @@ import numpy as np
 from llc.pipeline.calibrate import AGREE_SE, CAL_DIR, MALA_MIN, RHAT_MAX
 from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
                                      cell, esc, fmt, kv_table, legend_only, log_axis, num, plot_html, read_json_file,
-                                     rel_link, section, stride_for, table, thin)
+                                     rel_link, rgba, section, split_flags, stride_for, table, thin, value_text)
 
 MAX_TRACE_PANELS = 40  # beyond this many grid points the per-point running λ̂ panels are left out
 BAD = "#c00000"
@@ -49,9 +49,6 @@ def short(field: str) -> str:
     return field.rsplit(".", 1)[-1]
 
 
-def value_text(v: Any) -> str:
-    return format(v, "g") if isinstance(v, float) else str(v)
-
 
 def line_label(key: tuple, names: list[str]) -> str:
     return ", ".join(f"{short(n)}={value_text(v)}" for n, v in zip(names, key)) or "all points"
@@ -63,16 +60,10 @@ def x_field(summary: dict[str, Any]) -> str:
     return step if step in summary["axes"] else next(iter(summary["axes"]))
 
 
-def _flags(row: dict[str, Any]) -> list[str]:
-    flags = row.get("flags") or []
-    if isinstance(flags, str):  # the CSV / summary join them with "; "
-        flags = [f.strip() for f in flags.split(";") if f.strip()]
-    return list(flags)
-
 
 def unhealthy_reasons(row: dict[str, Any]) -> list[str]:
     """Why a point fails the rule's health test (its flags, R̂, MALA acceptance)."""
-    reasons = _flags(row)
+    reasons = split_flags(row)
     rhat, acc = num(row.get("rhat")), num(row.get("mala_acceptance"))
     if rhat is None or rhat >= RHAT_MAX:
         reasons.append(f"R̂ {fmt(rhat, '.3f')} ≥ {RHAT_MAX}" if rhat is not None else "no R̂")
@@ -118,10 +109,6 @@ def x_axis(summary: dict[str, Any], xf: str) -> dict[str, Any]:
     return axis
 
 
-def _rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
-
 
 def _hover(row: dict[str, Any], axes: list[str], rec: bool) -> str:
     parts = [f"<b>{esc(short(k))} = {esc(value_text(row.get(k)))}</b>" for k in axes]
@@ -164,7 +151,7 @@ def grid_figure(summary: dict[str, Any]):
             bx = [xs[k] for k in ok]
             lo = [ys[k] - 2 * ses[k] for k in ok]
             hi = [ys[k] + 2 * ses[k] for k in ok]
-            fig.add_trace(go.Scatter(x=bx + bx[::-1], y=hi + lo[::-1], mode="lines", fill="toself", fillcolor=_rgba(color, 0.16),
+            fig.add_trace(go.Scatter(x=bx + bx[::-1], y=hi + lo[::-1], mode="lines", fill="toself", fillcolor=rgba(color, 0.16),
                                      line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=f"line{j}",
                                      name=f"{label} ± 2 SE"))
         fig.add_trace(go.Scatter(
@@ -333,7 +320,7 @@ def traces_figure(summary: dict[str, Any], llc: np.ndarray, value_budget: int) -
             shade = REC if i == chosen else BAD if not _is_healthy(rows[i]) else None
             if shade:
                 fig.add_shape(type="rect", xref="x domain", yref="y domain", x0=0, x1=1, y0=0, y1=1, layer="below",
-                              fillcolor=_rgba(shade, 0.09), line={"color": shade, "width": 1.5}, row=r_i, col=c_i)
+                              fillcolor=rgba(shade, 0.09), line={"color": shade, "width": 1.5}, row=r_i, col=c_i)
     fig.add_trace(legend_only("recommended point (green frame)", {"color": REC, "width": 6}))
     fig.add_trace(legend_only("unhealthy point (red frame)", {"color": BAD, "width": 6}))
     fig.update_xaxes(showticklabels=False)
@@ -410,7 +397,7 @@ def _points_table(summary: dict[str, Any]) -> str:
                   '<span class="ok">yes</span>' if healthy else
                   f'<span class="badge bad" title="{esc("; ".join(unhealthy_reasons(r)))}">no</span>')
         row += [cell(status, raw=True, sort=2 if i == chosen else int(healthy)),
-                cell(badges(_flags(r)), raw=True, sort=len(_flags(r))),
+                cell(badges(split_flags(r)), raw=True, sort=len(split_flags(r))),
                 cell(r.get("run_id") or "—")]
         body.append(row)
         attrs.append({"class": "recommended" if i == chosen else "" if healthy else "unhealthy",
@@ -442,8 +429,10 @@ def calibration_page(cal_dir: Path, page_dir: Path | None = None, value_budget: 
     page.subtitle = " · ".join(facts)
     page.sections.append(section("Recommendation", _recommendation_html(summary, cal_dir, page_dir),
                                  anchor="recommendation"))
+    xf = x_field(summary)
     page.sections.append(section(
-        f"λ̂ against {'the step size' if x_field(summary).endswith('.step_size') else short(x_field(summary))}", plot_html(grid_figure(summary), "grid", "plot grid-plot"), anchor="grid",
+        f"λ̂ against {'the step size' if xf.endswith('.step_size') else short(xf)}",
+        plot_html(grid_figure(summary), "grid", "plot grid-plot"), anchor="grid",
         note="One line per value of the other axes (click the legend to hide one); bands are ± 2 SE; crosses mark "
              "unhealthy points; dotted lines are each line's analytic λ where the target has one. The y range fits "
              "the healthy points: use the autoscale button to see every point. Hover a point for its diagnostics."))

@@ -203,3 +203,21 @@ def log_axis(values: Any) -> dict[str, Any]:
     v = v[np.isfinite(v) & (v > 0)]
     decades = math.log10(v.max() / v.min()) if v.size else 0.0
     return {"type": "log", "tickformat": "~g", "dtick": "D2" if decades <= 3 else 1}
+
+
+def value_text(v: Any) -> str:
+    """A setting's value as a person writes it: 0.0003, 100, relu."""
+    return format(v, "g") if isinstance(v, float) else str(v)
+
+
+def rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
+
+
+def split_flags(row: dict[str, Any]) -> list[str]:
+    """A row's failure flags: a list, or the "; "-joined string of a CSV or summary row."""
+    flags = row.get("flags") or []
+    if isinstance(flags, str):
+        flags = [f.strip() for f in flags.split(";") if f.strip()]
+    return list(flags)

@@ -30,8 +30,9 @@ from llc.pipeline.calibrate import RHAT_MAX
 from llc.pipeline.trajectory import TRAJ_DIR
 from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
                                      cell, esc, flatten, fmt, kv_table, legend_only, log_axis, num, plot_html,
-                                     read_json_file, rel_link, section, table)
+                                     read_json_file, rel_link, rgba, section, split_flags, table, value_text)
 
+Member = tuple[Path, dict[str, Any], "dict[str, Any] | None"]  # directory, summary, the setting that made it
 BAD = "#c00000"
 MAX_LABEL_FIELDS = 3
 CURVATURE = (("hessian_trace", "Hessian trace (Hutchinson, ± 2 SE)", "#9467bd"),
@@ -78,7 +79,7 @@ def load_trajectory(path: Path) -> dict[str, Any]:
 
 def _resolve(ref: Any, where: Path) -> Path | None:
     """A member given as a path (absolute, relative to the overlay or beside it) or an id."""
-    raw = ref.get("artifacts") or ref.get("path") or ref.get("id") if isinstance(ref, dict) else ref
+    raw = (ref.get("artifacts") or ref.get("path") or ref.get("id")) if isinstance(ref, dict) else ref
     if not raw:
         return None
     raw = Path(str(raw))
@@ -88,7 +89,7 @@ def _resolve(ref: Any, where: Path) -> Path | None:
     return None
 
 
-def members_of(path: Path) -> tuple[list[tuple[Path, dict[str, Any], dict[str, Any] | None]], list[str]]:
+def members_of(path: Path) -> tuple[list[Member], list[str]]:
     """[(directory, summary, setting or None)] of the trajectories a path shows, and the members
     that could not be found."""
     path = Path(path)
@@ -102,7 +103,7 @@ def members_of(path: Path) -> tuple[list[tuple[Path, dict[str, Any], dict[str, A
     for ref in refs:
         d = _resolve(ref, path)
         if d is None:
-            missing.append(str(ref.get("artifacts") or ref.get("id") if isinstance(ref, dict) else ref))
+            missing.append(str((ref.get("artifacts") or ref.get("id")) if isinstance(ref, dict) else ref))
             continue
         try:
             out.append((d, load_trajectory(d), ref.get("setting") if isinstance(ref, dict) else None))
@@ -117,16 +118,13 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
 
 
-def _value_text(v: Any) -> str:
-    return format(v, "g") if isinstance(v, float) else str(v)
 
-
-def labels(members: list[tuple[Path, dict[str, Any], dict[str, Any] | None]]) -> tuple[list[str], list[str]]:
+def labels(members: list[Member]) -> tuple[list[str], list[str]]:
     """(a label per member, the fields that tell them apart)."""
     if members and all(s for _, _, s in members):
         keys = list(dict.fromkeys(k for _, _, s in members for k in s))
         short = _short_keys(keys)
-        return [", ".join(f"{short[k]}={_value_text(s.get(k))}" for k in keys) for _, _, s in members], keys
+        return [", ".join(f"{short[k]}={value_text(s.get(k))}" for k in keys) for _, _, s in members], keys
     if len(members) > 1 and all(isinstance(doc.get("config"), dict) for _, doc, _ in members):
         flat = [dict(flatten(doc["config"])) | {"sampler": doc.get("sampler")} for _, doc, _ in members]
         keys = [k for k in dict.fromkeys(k for f in flat for k in f)
@@ -135,7 +133,7 @@ def labels(members: list[tuple[Path, dict[str, Any], dict[str, Any] | None]]) ->
             short = _short_keys(keys)
             shown = keys[:MAX_LABEL_FIELDS]
             more = " …" if len(keys) > MAX_LABEL_FIELDS else ""
-            return [", ".join(f"{short[k]}={_value_text(f.get(k))}" for k in shown) + more for f in flat], keys
+            return [", ".join(f"{short[k]}={value_text(f.get(k))}" for k in shown) + more for f in flat], keys
     return [d.name for d, _, _ in members], []
 
 
@@ -146,12 +144,6 @@ def _col(rows: list[dict[str, Any]], key: str) -> list[float | None]:
 def _has(rows: list[dict[str, Any]], key: str) -> bool:
     return any(v is not None for v in _col(rows, key))
 
-
-def _flags(row: dict[str, Any]) -> list[str]:
-    flags = row.get("flags") or []
-    if isinstance(flags, str):
-        flags = [f.strip() for f in flags.split(";") if f.strip()]
-    return list(flags)
 
 
 class StepAxis:
@@ -185,8 +177,8 @@ def _checkpoint_hover(r: dict[str, Any], label: str = "") -> str:
         parts.append(f"loss train {fmt(r.get('train_loss'), '.4g')} · test {fmt(r.get('test_loss'), '.4g')}")
     parts.append(f"tr H {fmt(r.get('hessian_trace'), '.4g')} · tr F {fmt(r.get('fisher_trace'), '.4g')} · "
                  f"‖∇L‖ {fmt(r.get('grad_norm'), '.3g')} · ‖w‖ {fmt(r.get('weight_norm'), '.4g')}")
-    if _flags(r):
-        parts.append(f"<span style='color:{BAD}'>flags: {esc('; '.join(_flags(r)))}</span>")
+    if split_flags(r):
+        parts.append(f"<span style='color:{BAD}'>flags: {esc('; '.join(split_flags(r)))}</span>")
     return "<br>".join(parts)
 
 
@@ -221,7 +213,7 @@ def _stacked(n_panels: int, heights: list[float], gap: float = 0.07) -> list[tup
     return out
 
 
-def training_figure(members: list[tuple[Path, dict[str, Any], dict[str, Any] | None]], names: list[str],
+def training_figure(members: list[Member], names: list[str],
                     chain_means: list[np.ndarray | None]):
     """λ̂ ± 2 SE, accuracy and loss against the step, stacked on one x axis; one hover reads every
     panel at a checkpoint. With several members, one colour per member."""
@@ -250,7 +242,7 @@ def training_figure(members: list[tuple[Path, dict[str, Any], dict[str, Any] | N
         if ok:
             bx = [xs[i] for i in ok]
             fig.add_trace(go.Scatter(x=bx + bx[::-1], y=[llc[i] + 2 * se[i] for i in ok] + [llc[i] - 2 * se[i] for i in ok][::-1],
-                                     mode="lines", fill="toself", fillcolor=_rgba(color, 0.18), line={"width": 0},
+                                     mode="lines", fill="toself", fillcolor=rgba(color, 0.18), line={"width": 0},
                                      hoverinfo="skip", legendgroup=group, showlegend=single, name="± 2 SE"))
         symbols = ["circle-open" if (num(r.get("rhat")) or 0) >= RHAT_MAX else "circle" for r in rows]
         if single:  # the unified hover lists every panel's trace at the step: λ̂'s entry stays one line
@@ -264,10 +256,10 @@ def training_figure(members: list[tuple[Path, dict[str, Any], dict[str, Any] | N
                                                           "line": {"width": 1.5, "color": color}},
             text=None if single else [_checkpoint_hover(r, name) for r in rows], hovertemplate=hover))
         for r, x, y in zip(rows, xs, llc):
-            if _flags(r) and y is not None:
+            if split_flags(r) and y is not None:
                 flagged_x.append(x)
                 flagged_y.append(y)
-                flagged_text.append(esc("; ".join(_flags(r))))
+                flagged_text.append(esc("; ".join(split_flags(r))))
         cm = chain_means[m]
         if single and cm is not None:
             for c in range(cm.shape[1]):
@@ -317,12 +309,8 @@ def training_figure(members: list[tuple[Path, dict[str, Any], dict[str, Any] | N
     return fig
 
 
-def _rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
 
-
-def curvature_figure(members: list[tuple[Path, dict[str, Any], dict[str, Any] | None]], names: list[str]):
+def curvature_figure(members: list[Member], names: list[str]):
     """Hessian and Fisher traces, gradient and weight norms at each checkpoint (log y), side by side."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -356,7 +344,7 @@ def curvature_figure(members: list[tuple[Path, dict[str, Any], dict[str, Any] | 
                     lo = [max(ys[i] - 2 * se[i], 1e-12) for i in ok]
                     bx = [xs[i] for i in ok]
                     fig.add_trace(go.Scatter(x=bx + bx[::-1], y=hi + lo[::-1], mode="lines", fill="toself",
-                                             fillcolor=_rgba(lc, 0.18), line={"width": 0}, hoverinfo="skip",
+                                             fillcolor=rgba(lc, 0.18), line={"width": 0}, hoverinfo="skip",
                                              showlegend=False, legendgroup=group), row=1, col=c)
                 fig.add_trace(go.Scatter(
                     x=xs, y=ys, mode="lines+markers", name=title if single else name, legendgroup=group,
@@ -372,7 +360,7 @@ def curvature_figure(members: list[tuple[Path, dict[str, Any], dict[str, Any] | 
     return fig
 
 
-def _checkpoint_table(members: list[tuple[Path, dict[str, Any], dict[str, Any] | None]], names: list[str]) -> str:
+def _checkpoint_table(members: list[Member], names: list[str]) -> str:
     single = len(members) == 1
     all_rows = [r for _, doc, _ in members for r in doc["rows"]]
     cols = [(k, t, s) for k, t, s in (
@@ -397,13 +385,13 @@ def _checkpoint_table(members: list[tuple[Path, dict[str, Any], dict[str, Any] |
                     row.append(cell(f"{fmt(v, spec)} ± {fmt(r['hessian_trace_se'], '.2g')}", sort=v))
                 else:
                     row.append(cell(fmt(v, spec), sort=v))
-            row.append(cell(badges(_flags(r)), raw=True, sort=len(_flags(r))))
+            row.append(cell(badges(split_flags(r)), raw=True, sort=len(split_flags(r))))
             body.append(row)
-            attrs.append({"class": "flagged" if _flags(r) else ""})
+            attrs.append({"class": "flagged" if split_flags(r) else ""})
     return table(headers, body, cls="sortable", table_id="checkpoints", row_attrs=attrs)
 
 
-def _members_table(members: list[tuple[Path, dict[str, Any], dict[str, Any] | None]], names: list[str],
+def _members_table(members: list[Member], names: list[str],
                    page_dir: Path) -> str:
     headers = ["trajectory", "id", "sampler", "target", "checkpoints", "final λ̂ ± SE", "peak λ̂ (step)",
                "final train / test acc", "flagged", "open"]
@@ -415,7 +403,7 @@ def _members_table(members: list[tuple[Path, dict[str, Any], dict[str, Any] | No
         finite = [(v, r.get("step")) for v, r in zip(llc, rows) if v is not None]
         peak = max(finite, key=lambda x: x[0]) if finite else (None, None)
         t = doc.get("target") or {}
-        n_flag = sum(bool(_flags(r)) for r in rows)
+        n_flag = sum(bool(split_flags(r)) for r in rows)
         body.append([cell(name), cell(d.name), cell(doc.get("sampler", "—")),
                      cell(f"{t.get('kind', '—')} {t.get('id', '')}"), cell(str(len(rows)), sort=len(rows)),
                      cell(f"{fmt(last.get('llc_mean'), '.4g')} ± {fmt(last.get('llc_se'), '.2g')}",
@@ -450,7 +438,7 @@ def trajectory_page(path: Path, page_dir: Path | None = None, value_budget: int 
         t = doc.get("target") or {}
         page = Page("trajectory", f"llc trajectory {d.name}")
         rows = doc["rows"]
-        flagged = sum(bool(_flags(r)) for r in rows)
+        flagged = sum(bool(split_flags(r)) for r in rows)
         page.subtitle = " · ".join([
             f"sampler <b>{esc(doc.get('sampler', '?'))}</b>",
             f"target <b>{esc(t.get('kind', '?'))}</b> {esc(t.get('id', ''))} (d = {esc(t.get('d', '—'))}, "
