@@ -1,4 +1,5 @@
-"""``llc report``: one self-contained, offline HTML page of a run, a sweep or an artifacts root (no JAX).
+"""``llc report``: one self-contained, offline HTML page of a run, a sweep, a calibration, a trajectory
+or an artifacts root (no JAX).
 
 A page is a single file: Plotly's JavaScript inlined once, every figure's data inline, a little
 JavaScript of our own only for what Plotly does not do (sorting and filtering a table, choosing
@@ -15,8 +16,13 @@ kind of a path and ``write_report`` renders and writes the page atomically. Kind
           tuned parameters, config and provenance.
   sweep   a sweep results CSV -> ``<csv>.html``: sortable, filterable table of every row,
           λ̂ and efficiency against any column, links to each run's page (or its folder).
-  index   an artifacts root -> ``<root>/index.html``: every run and sweep found, newest first,
-          with a selection of runs whose pooled running λ̂ are overlaid.
+  calibration  ``<root>/calibrations/<id>`` -> ``report.html`` (``report_calibration``): the
+          recommendation and why, λ̂ ± 2 SE against the step size per γ, diagnostics, the points.
+  trajectory   ``<root>/trajectories/<id>`` -> ``report.html`` (``report_trajectory``): λ̂ with
+          accuracy, loss and curvature against the training step; a folder of trajectories, or an
+          overlay summary listing members, overlays them.
+  index   an artifacts root -> ``<root>/index.html``: every run, sweep, calibration and trajectory
+          found, newest first, with a selection of runs whose pooled running λ̂ are overlaid.
 
 Plotly's library alone is ~4.8 MB, so a page's data is kept small: long traces are shown at
 every k-th draw within a fixed budget of plotted values per page (the page says so); every
