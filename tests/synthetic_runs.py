@@ -180,7 +180,9 @@ def write_trajectory(out_dir: Path, *, seed: int = 0, weight_decay: float = 1.0,
 
 
 def write_calibration(out_dir: Path, *, seed: int = 0, recommend: bool = True, reference: str = "analytic",
-                      step_axis: bool = True, chains: int = 4, draws: int = 200) -> Path:
+                      step_axis: bool = True, chains: int = 4, draws: int = 200,
+                      steps: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
+                      gammas: tuple[float, ...] = (50.0, 100.0, 200.0)) -> Path:
     """A calibration directory as ``llc calibrate`` writes it (summary.json, calibration.csv,
     calibration.nc): SGLD step size x gamma on a d = 4 quadratic, biased upwards at large steps, R-hat
     too high at the smallest. ``recommend=False``: no point is healthy; ``reference="hmc"``: an HMC
@@ -194,8 +196,8 @@ def write_calibration(out_dir: Path, *, seed: int = 0, recommend: bool = True, r
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     xf = "sgld.step_size" if step_axis else "posterior.beta0"
-    xs = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3] if step_axis else [0.3, 1.0, 3.0]
-    gammas = [50.0, 100.0, 200.0]
+    xs = list(steps) if step_axis else [0.3, 1.0, 3.0]
+    gammas = list(gammas)
     nbeta = 268.6
     rows, llc = [], []
     for x in xs:

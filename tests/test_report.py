@@ -164,12 +164,36 @@ def test_trajectory_labels_name_what_differs(traj_root, tmp_path):
     assert names == ["weight_decay=0.3", "weight_decay=1", "weight_decay=3"] and fields == ["training.weight_decay"]
     bare = [(d, {k: v for k, v in doc.items() if k != "config"}, None) for d, doc, _ in members]
     assert RT.labels(bare)[0] == ["traj_wd03", "traj_wd1", "traj_wd3"]  # no configs: their ids
+    # A folder's trajectories come in the order of the setting that tells them apart, not of their names.
+    import shutil as sh
+
+    for src, name in (("traj_wd3", "a"), ("traj_wd03", "b"), ("traj_wd1", "c")):
+        sh.copytree(traj_root / "trajectories" / src, tmp_path / "mixed" / name)
+    members, _ = RT.members_of(tmp_path / "mixed")
+    assert [d.name for d, _, _ in members] == ["b", "c", "a"]
     # An overlay summary naming its members by id, beside it in trajectories/.
     (traj_root / "trajectories" / "overlay_ids").mkdir(exist_ok=True)
     (traj_root / "trajectories" / "overlay_ids" / "summary.json").write_text(
         json.dumps({"overlay": ["traj_wd1", "traj_wd3"]}))
     members, missing = RT.members_of(traj_root / "trajectories" / "overlay_ids")
     assert [d.name for d, _, _ in members] == ["traj_wd1", "traj_wd3"] and not missing
+
+
+def test_many_trajectories_overlaid_stay_under_5mb(traj_root, tmp_path):
+    import shutil as sh
+
+    src = traj_root / "trajectories" / "traj_wd1"
+    doc = json.loads((src / "summary.json").read_text())
+    doc["rows"] = [dict(r, step=r["step"] * 10 + k) for r in doc["rows"] for k in range(3)]  # 45 checkpoints
+    for i in range(14):
+        d = tmp_path / "trajectories" / f"traj_{i:02d}"
+        sh.copytree(src, d)
+        doc["config"]["training"]["weight_decay"] = 0.1 * (i + 1)
+        (d / "summary.json").write_text(json.dumps(doc))
+    out, _ = R.write_report(tmp_path / "trajectories")
+    text = out.read_text()
+    assert out.stat().st_size < MAX_PAGE_BYTES
+    assert "their table is on each trajectory" in text and 'id="members"' in text and 'id="checkpoints"' not in text
 
 
 def test_calibration_page_variants(tmp_path):

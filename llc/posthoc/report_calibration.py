@@ -22,7 +22,10 @@ from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page
                                      cell, esc, fmt, kv_table, legend_only, log_axis, num, plot_html, read_json_file,
                                      rel_link, rgba, section, split_flags, stride_for, table, thin, value_text)
 
-MAX_TRACE_PANELS = 40  # beyond this many grid points the per-point running λ̂ panels are left out
+# Per-point running λ̂ panels: ~0.6 kB of JSON a line however short, so at most 30 panels of 4 chains
+# (with the grid figure and the table: ~130 kB beside Plotly's 4.8 MB).
+MAX_TRACE_PANELS = 30
+MAX_TRACE_CHAINS = 4
 BAD = "#c00000"
 REC = "#0e9f6e"
 
@@ -246,8 +249,8 @@ def diagnostics_figure(summary: dict[str, Any]):
             fig.add_trace(go.Scatter(x=[rows[i].get(xf) for i in idx], y=[num(rows[i].get(col)) for i in idx],
                                      mode="lines+markers", name=label, legendgroup=f"line{j}", showlegend=c == 1,
                                      line={"color": color, "width": 1.6}, marker={"size": 7, "color": color},
-                                     text=[_hover(rows[i], [xf, *others], False) for i in idx],
-                                     hovertemplate="%{text}<extra></extra>"),
+                                     hovertemplate=f"{esc(label)}<br>{esc(short(xf))} %{{x}}<br>{esc(title)}: "
+                                                   "%{y:.4g}<extra></extra>"),
                           row=1, col=c)
     for c, (col, _) in enumerate(panels, start=1):
         if col == "rhat":
@@ -278,7 +281,8 @@ def _read_llc(cal_dir: Path) -> np.ndarray | None:
 
 def traces_figure(summary: dict[str, Any], llc: np.ndarray, value_budget: int) -> tuple[Any, int]:
     """Running λ̂ of every chain at every grid point: one row per line of the grid, one column per
-    x value; unhealthy panels shaded red, the recommended one green. Returns (figure, stride)."""
+    x value; unhealthy panels shaded red, the recommended one green; the first MAX_TRACE_CHAINS
+    chains. Returns (figure, stride)."""
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 
@@ -290,7 +294,8 @@ def traces_figure(summary: dict[str, Any], llc: np.ndarray, value_budget: int) -
     xs = list(summary["axes"][xf])
     chosen = (summary.get("recommended") or {}).get("index")
     points, chains, draws = llc.shape
-    stride = stride_for(draws, int(np.clip(0.6 * value_budget / max(points * chains, 1), 20, 200)))
+    chains = min(chains, MAX_TRACE_CHAINS)
+    stride = stride_for(draws, int(np.clip(0.3 * value_budget / max(points * chains, 1), 20, 200)))
     fig = make_subplots(rows=len(lines), cols=len(xs), shared_xaxes=True, horizontal_spacing=0.025,
                         vertical_spacing=min(0.08, 0.3 / max(len(lines), 1)),
                         column_titles=[f"{short(xf)} = {value_text(x)}" for x in xs],
@@ -304,7 +309,7 @@ def traces_figure(summary: dict[str, Any], llc: np.ndarray, value_budget: int) -
                 fig.add_trace(go.Scatter(x0=1, dx=stride, y=shown[c], mode="lines", name=f"chain {c}",
                                          legendgroup=f"c{c}", showlegend=i == 0,
                                          line={"color": CHAIN_COLORS[c % len(CHAIN_COLORS)], "width": 1},
-                                         hovertemplate=f"chain {c}, draw %{{x}}: running λ̂ %{{y:.4g}}<extra></extra>"),
+                                         hovertemplate=f"chain {c}: %{{y:.4g}}<extra></extra>"),
                               row=r_i, col=c_i)
             analytic = num(rows[i].get("analytic_llc"))
             if analytic is not None:
@@ -440,9 +445,13 @@ def calibration_page(cal_dir: Path, page_dir: Path | None = None, value_budget: 
                                                                    "plot diagnostics-plot"),
                                  anchor="diagnostics", note="Dashed red: the rule's thresholds."))
     llc = _read_llc(cal_dir)
-    if llc is not None and llc.shape[0] == len(summary["rows"]) and llc.shape[0] <= MAX_TRACE_PANELS:
+    if value_budget < VALUE_BUDGET // 4:  # write_report is shrinking an oversized page
+        page.notes.append("Per-point running λ̂ panels left out to keep the page under 5 MB.")
+    elif llc is not None and llc.shape[0] == len(summary["rows"]) and llc.shape[0] <= MAX_TRACE_PANELS:
         fig, stride = traces_figure(summary, llc, value_budget)
         shown = f" Shown for display: 1 in {stride} of {llc.shape[2]} draws." if stride > 1 else ""
+        if llc.shape[1] > MAX_TRACE_CHAINS:
+            shown += f" Chains 0–{MAX_TRACE_CHAINS - 1} of {llc.shape[1]}."
         page.sections.append(section("Running λ̂ of every chain at every point", plot_html(fig, "traces",
                                                                                       "plot traces-plot"),
                                      anchor="traces",

@@ -221,3 +221,10 @@ def split_flags(row: dict[str, Any]) -> list[str]:
     if isinstance(flags, str):
         flags = [f.strip() for f in flags.split(";") if f.strip()]
     return list(flags)
+
+
+def f32(values: Any) -> np.ndarray:
+    """Numbers (None for a gap) as float32: Plotly writes them as base64 (~5 bytes each) instead of
+    full-precision decimal text (~19), which keeps pages of many curves within their size."""
+    return np.asarray([[np.nan if v is None else v for v in row] if isinstance(row, (list, tuple)) else
+                       (np.nan if row is None else row) for row in values], dtype=np.float32)

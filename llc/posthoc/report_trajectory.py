@@ -29,12 +29,13 @@ import numpy as np
 from llc.pipeline.calibrate import RHAT_MAX
 from llc.pipeline.trajectory import TRAJ_DIR
 from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
-                                     cell, esc, flatten, fmt, kv_table, legend_only, log_axis, num, plot_html,
+                                     cell, esc, f32, flatten, fmt, kv_table, legend_only, log_axis, num, plot_html,
                                      read_json_file, rel_link, rgba, section, split_flags, table, value_text)
 
 Member = tuple[Path, dict[str, Any], "dict[str, Any] | None"]  # directory, summary, the setting that made it
 BAD = "#c00000"
 MAX_LABEL_FIELDS = 3
+MAX_OVERLAY_ROWS = 120  # an overlay lists every checkpoint of its members up to this many rows
 CURVATURE = (("hessian_trace", "Hessian trace (Hutchinson, ± 2 SE)", "#9467bd"),
              ("fisher_trace", "empirical Fisher trace", "#8c564b"),
              ("grad_norm", "‖∇L_n(w*)‖", "#7f7f7f"), ("weight_norm", "‖w*‖", "#17becf"))
@@ -97,9 +98,9 @@ def members_of(path: Path) -> tuple[list[Member], list[str]]:
         return [(path, load_trajectory(path), None)], []
     refs = _member_refs(read_json_file(path / "summary.json")) if (path / "summary.json").is_file() else None
     out, missing = [], []
-    if refs is None:
-        dirs = [d for d in sorted(path.iterdir()) if d.is_dir() and is_trajectory(d)]
-        refs = [str(d) for d in dirs]
+    folder = refs is None  # every trajectory in it, ordered by what tells them apart
+    if folder:
+        refs = [str(d) for d in sorted(path.iterdir()) if d.is_dir() and is_trajectory(d)]
     for ref in refs:
         d = _resolve(ref, path)
         if d is None:
@@ -109,7 +110,7 @@ def members_of(path: Path) -> tuple[list[Member], list[str]]:
             out.append((d, load_trajectory(d), ref.get("setting") if isinstance(ref, dict) else None))
         except ReportError:
             missing.append(str(d))
-    return out, missing
+    return (sort_by_setting(out) if folder else out), missing
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:
@@ -119,22 +120,41 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
 
 
 
-def labels(members: list[Member]) -> tuple[list[str], list[str]]:
-    """(a label per member, the fields that tell them apart)."""
+def _differing(members: list[Member]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the fields in which the members differ, each member's value of every field): from their
+    settings when all have one, else from their configs (and samplers) when all have one."""
     if members and all(s for _, _, s in members):
-        keys = list(dict.fromkeys(k for _, _, s in members for k in s))
-        short = _short_keys(keys)
-        return [", ".join(f"{short[k]}={value_text(s.get(k))}" for k in keys) for _, _, s in members], keys
+        return list(dict.fromkeys(k for _, _, s in members for k in s)), [dict(s) for _, _, s in members]
     if len(members) > 1 and all(isinstance(doc.get("config"), dict) for _, doc, _ in members):
         flat = [dict(flatten(doc["config"])) | {"sampler": doc.get("sampler")} for _, doc, _ in members]
         keys = [k for k in dict.fromkeys(k for f in flat for k in f)
                 if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
-        if keys:
-            short = _short_keys(keys)
-            shown = keys[:MAX_LABEL_FIELDS]
-            more = " …" if len(keys) > MAX_LABEL_FIELDS else ""
-            return [", ".join(f"{short[k]}={value_text(f.get(k))}" for k in shown) + more for f in flat], keys
-    return [d.name for d, _, _ in members], []
+        return keys, flat
+    return [], [{} for _ in members]
+
+
+def labels(members: list[Member]) -> tuple[list[str], list[str]]:
+    """(a label per member, the fields that tell them apart): ``field=value`` of at most
+    MAX_LABEL_FIELDS such fields, else the member's id."""
+    keys, values = _differing(members)
+    if not keys:
+        return [d.name for d, _, _ in members], []
+    short = _short_keys(keys)
+    more = " …" if len(keys) > MAX_LABEL_FIELDS else ""
+    return [", ".join(f"{short[k]}={value_text(v.get(k))}" for k in keys[:MAX_LABEL_FIELDS]) + more
+            for v in values], keys
+
+
+def sort_by_setting(members: list[Member]) -> list[Member]:
+    """Members in the order of the values that tell them apart (numbers by size), so that the
+    colours of a sequential scale follow the setting."""
+    keys, values = _differing(members)
+
+    def key(i: int) -> tuple:
+        return tuple((0, float(values[i][k]), "") if num(values[i].get(k)) is not None else (1, 0.0, str(values[i].get(k)))
+                     for k in keys)
+
+    return [members[i] for i in sorted(range(len(members)), key=key)]
 
 
 def _col(rows: list[dict[str, Any]], key: str) -> list[float | None]:
@@ -167,19 +187,6 @@ class StepAxis:
                 **kwargs}
 
 
-def _checkpoint_hover(r: dict[str, Any], label: str = "") -> str:
-    parts = [f"<b>{esc(label) + ' · ' if label else ''}step {esc(r.get('step'))}</b>",
-             f"λ̂ = {fmt(r.get('llc_mean'), '.4g')} ± {fmt(r.get('llc_se'), '.2g')} (SE)",
-             f"R̂ {fmt(r.get('rhat'), '.3f')} · ESS {fmt(r.get('ess'), '.0f')}"]
-    if r.get("train_acc") is not None or r.get("test_acc") is not None:
-        parts.append(f"accuracy train {fmt(r.get('train_acc'), '.3f')} · test {fmt(r.get('test_acc'), '.3f')}")
-    if r.get("train_loss") is not None or r.get("test_loss") is not None:
-        parts.append(f"loss train {fmt(r.get('train_loss'), '.4g')} · test {fmt(r.get('test_loss'), '.4g')}")
-    parts.append(f"tr H {fmt(r.get('hessian_trace'), '.4g')} · tr F {fmt(r.get('fisher_trace'), '.4g')} · "
-                 f"‖∇L‖ {fmt(r.get('grad_norm'), '.3g')} · ‖w‖ {fmt(r.get('weight_norm'), '.4g')}")
-    if split_flags(r):
-        parts.append(f"<span style='color:{BAD}'>flags: {esc('; '.join(split_flags(r)))}</span>")
-    return "<br>".join(parts)
 
 
 def _chain_means(traj_dir: Path, steps: list[Any]) -> np.ndarray | None:
@@ -202,6 +209,17 @@ def _chain_means(traj_dir: Path, steps: list[Any]) -> np.ndarray | None:
     return means[[order[int(s)] for s in steps]]
 
 
+def member_colors(n: int) -> list[str]:
+    """One colour per overlaid trajectory: the categorical palette up to its size, beyond it a
+    sequential scale (members are in the order of their setting, so neighbours stay alike)."""
+    if n <= len(CHAIN_COLORS):
+        return list(CHAIN_COLORS[:n])
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    return ["#%02x%02x%02x" % tuple(int(v) for v in unlabel_rgb(c))
+            for c in sample_colorscale("Viridis", [0.88 * i / (n - 1) for i in range(n)])]
+
+
 def _stacked(n_panels: int, heights: list[float], gap: float = 0.07) -> list[tuple[float, float]]:
     """Vertical domains, top to bottom, of panels sharing one x axis."""
     total = sum(heights) + gap * (n_panels - 1)
@@ -213,17 +231,17 @@ def _stacked(n_panels: int, heights: list[float], gap: float = 0.07) -> list[tup
     return out
 
 
-def training_figure(members: list[Member], names: list[str],
-                    chain_means: list[np.ndarray | None]):
+def training_figure(members: list[Member], names: list[str], chain_means: list[np.ndarray | None],
+                    compact: bool = False):
     """λ̂ ± 2 SE, accuracy and loss against the step, stacked on one x axis; one hover reads every
-    panel at a checkpoint. With several members, one colour per member."""
+    panel at a checkpoint. With several members, one colour per member; ``compact``: no loss panel."""
     import plotly.graph_objects as go
 
     single = len(members) == 1
     all_rows = [r for _, doc, _ in members for r in doc["rows"]]
     ax = StepAxis([num(r.get("step")) or 0.0 for r in all_rows])
     has_acc = any(_has(all_rows, k) for k in ("train_acc", "test_acc"))
-    has_loss = any(_has(all_rows, k) for k in ("train_loss", "test_loss"))
+    has_loss = not compact and any(_has(all_rows, k) for k in ("train_loss", "test_loss"))
     panels = ["y"] + (["acc"] if has_acc else []) + (["loss"] if has_loss else [])
     heights = {"y": 1.5, "acc": 1.0, "loss": 0.8}
     domains = _stacked(len(panels), [heights[p] for p in panels])
@@ -232,7 +250,7 @@ def training_figure(members: list[Member], names: list[str],
     flagged_x, flagged_y, flagged_text = [], [], []
     for m, ((d, doc, _), name) in enumerate(zip(members, names)):
         rows = doc["rows"]
-        color = "#1f5fbf" if single else CHAIN_COLORS[m % len(CHAIN_COLORS)]
+        color = "#1f5fbf" if single else member_colors(len(members))[m]
         xs = ax.x([r.get("step") for r in rows])
         steps = [r.get("step") for r in rows]
         llc, se = _col(rows, "llc_mean"), [v or 0.0 for v in _col(rows, "llc_se")]
@@ -241,20 +259,24 @@ def training_figure(members: list[Member], names: list[str],
         label = f"λ̂ ({doc.get('sampler', '?')})" if single else name
         if ok:
             bx = [xs[i] for i in ok]
-            fig.add_trace(go.Scatter(x=bx + bx[::-1], y=[llc[i] + 2 * se[i] for i in ok] + [llc[i] - 2 * se[i] for i in ok][::-1],
+            fig.add_trace(go.Scatter(x=f32(bx + bx[::-1]),
+                                     y=f32([llc[i] + 2 * se[i] for i in ok] + [llc[i] - 2 * se[i] for i in ok][::-1]),
                                      mode="lines", fill="toself", fillcolor=rgba(color, 0.18), line={"width": 0},
                                      hoverinfo="skip", legendgroup=group, showlegend=single, name="± 2 SE"))
-        symbols = ["circle-open" if (num(r.get("rhat")) or 0) >= RHAT_MAX else "circle" for r in rows]
+        symbols = [100 if (num(r.get("rhat")) or 0) >= RHAT_MAX else 0 for r in rows]  # 100: circle-open
+        # Hover from numbers, not per-point text, so that an overlay of many trajectories stays small;
+        # x is the step (step 0 sits at a fraction of a step: rounded, it reads 0).
+        custom = [[e, num(r.get("rhat")), num(r.get("test_acc"))] for e, r in zip(se, rows)]
         if single:  # the unified hover lists every panel's trace at the step: λ̂'s entry stays one line
-            custom = [[s, e, num(r.get("rhat"))] for s, e, r in zip(steps, se, rows)]
-            hover = "λ̂ %{y:.4g} ± %{customdata[1]:.2g} (R̂ %{customdata[2]:.3f})<extra></extra>"
+            hover = "λ̂ %{y:.4g} ± %{customdata[0]:.2g} (R̂ %{customdata[1]:.3f})<extra></extra>"
         else:
-            custom, hover = None, "%{text}<extra></extra>"
+            hover = (f"<b>{esc(name)}</b><br>step %{{x:,.0f}}<br>λ̂ %{{y:.4g}} ± %{{customdata[0]:.2g}} "
+                     "(R̂ %{customdata[1]:.3f})<br>test accuracy %{customdata[2]:.3f}<extra></extra>")
         fig.add_trace(go.Scatter(
-            x=xs, y=llc, mode="lines+markers", name=label, legendgroup=group, customdata=custom,
+            x=f32(xs), y=f32(llc), mode="lines+markers", name=label, legendgroup=group, customdata=f32(custom),
             line={"color": color, "width": 2.2}, marker={"size": 7, "color": color, "symbol": symbols,
                                                           "line": {"width": 1.5, "color": color}},
-            text=None if single else [_checkpoint_hover(r, name) for r in rows], hovertemplate=hover))
+            hovertemplate=hover))
         for r, x, y in zip(rows, xs, llc):
             if split_flags(r) and y is not None:
                 flagged_x.append(x)
@@ -263,7 +285,7 @@ def training_figure(members: list[Member], names: list[str],
         cm = chain_means[m]
         if single and cm is not None:
             for c in range(cm.shape[1]):
-                fig.add_trace(go.Scatter(x=xs, y=cm[:, c].astype(np.float32), mode="markers", name="chain means",
+                fig.add_trace(go.Scatter(x=f32(xs), y=cm[:, c].astype(np.float32), mode="markers", name="chain means",
                                          legendgroup="chains", showlegend=c == 0, visible="legendonly",
                                          marker={"size": 5, "color": "rgba(60,60,60,0.45)"},
                                          hovertemplate=f"chain {c}: %{{y:.4g}}<extra></extra>"))
@@ -273,7 +295,7 @@ def training_figure(members: list[Member], names: list[str],
                 continue
             is_test = key.startswith("test")
             fig.add_trace(go.Scatter(
-                x=xs, y=_col(rows, key), mode="lines+markers" if single else "lines", yaxis=yname[panel],
+                x=f32(xs), y=f32(_col(rows, key)), mode="lines+markers" if single else "lines", yaxis=yname[panel],
                 name=title if single else f"{name}: {title}", legendgroup=group if not single else key,
                 showlegend=single, line={"color": tcolor if single else color,
                                          "dash": ("solid" if is_test else "dot") if not single else dash,
@@ -304,20 +326,29 @@ def training_figure(members: list[Member], names: list[str],
         height=int(260 * sum(heights[p] for p in panels) + 140), hovermode="x unified" if single else "closest",
         hoversubplots="axis", margin={"l": 70, "r": 20, "t": 40, "b": 50},
         updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 0.0, "y": 1.0,
-                      "xanchor": "left", "yanchor": "bottom", "pad": {"b": 6}, "showactive": True}],
+                      "xanchor": "left", "yanchor": "bottom", "pad": {"b": 6}, "showactive": True},
+                     # λ̂ spans decades across grokking (≈ 30 while memorising, ≈ 0.005 after)
+                     {"type": "buttons", "direction": "right", "x": 0.2, "y": 1.0, "xanchor": "left",
+                      "yanchor": "bottom", "pad": {"b": 6}, "showactive": True,
+                      "buttons": [{"label": "λ̂ linear", "method": "relayout",
+                                   "args": [{"yaxis.type": "linear", "yaxis.dtick": None, "yaxis.tickformat": None}]},
+                                  {"label": "λ̂ log", "method": "relayout", "args": [{
+                                      f"yaxis.{k}": v for k, v in log_axis(
+                                          [num(r.get("llc_mean")) for r in all_rows]).items()}]}]}],
         legend={"title": {"text": "click: hide / show"}, "groupclick": "togglegroup"}, **layout))
     return fig
 
 
 
-def curvature_figure(members: list[Member], names: list[str]):
-    """Hessian and Fisher traces, gradient and weight norms at each checkpoint (log y), side by side."""
+def curvature_figure(members: list[Member], names: list[str], compact: bool = False):
+    """Hessian and Fisher traces, gradient and weight norms at each checkpoint (log y), side by side;
+    ``compact``: the Hessian trace alone."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     single = len(members) == 1
     all_rows = [r for _, doc, _ in members for r in doc["rows"]]
-    panels = [(k, t, c) for k, t, c in CURVATURE if _has(all_rows, k)]
+    panels = [(k, t, c) for k, t, c in CURVATURE if _has(all_rows, k) and (not compact or k == "hessian_trace")]
     if not panels:
         return None
     if single:  # the two traces in one panel (same units), the norms beside it
@@ -333,7 +364,7 @@ def curvature_figure(members: list[Member], names: list[str]):
         for key, title, color in lp:
             for m, ((_, doc, _), name) in enumerate(zip(members, names)):
                 rows = doc["rows"]
-                lc = color if single else CHAIN_COLORS[m % len(CHAIN_COLORS)]
+                lc = color if single else member_colors(len(members))[m]
                 xs = ax.x([r.get("step") for r in rows])
                 ys = [abs(v) if v is not None else None for v in _col(rows, key)]
                 group = key if single else f"m{m}"
@@ -343,14 +374,13 @@ def curvature_figure(members: list[Member], names: list[str]):
                     hi = [ys[i] + 2 * se[i] for i in ok]
                     lo = [max(ys[i] - 2 * se[i], 1e-12) for i in ok]
                     bx = [xs[i] for i in ok]
-                    fig.add_trace(go.Scatter(x=bx + bx[::-1], y=hi + lo[::-1], mode="lines", fill="toself",
+                    fig.add_trace(go.Scatter(x=f32(bx + bx[::-1]), y=f32(hi + lo[::-1]), mode="lines", fill="toself",
                                              fillcolor=rgba(lc, 0.18), line={"width": 0}, hoverinfo="skip",
                                              showlegend=False, legendgroup=group), row=1, col=c)
                 fig.add_trace(go.Scatter(
-                    x=xs, y=ys, mode="lines+markers", name=title if single else name, legendgroup=group,
+                    x=f32(xs), y=f32(ys), mode="lines+markers", name=title if single else name, legendgroup=group,
                     showlegend=single or c == 1, line={"color": lc, "width": 1.8}, marker={"size": 5},
-                    customdata=[r.get("step") for r in rows],
-                    hovertemplate=f"{esc(name) + '<br>' if not single else ''}step %{{customdata}}<br>{title}: "
+                    hovertemplate=f"{esc(name) + '<br>' if not single else ''}step %{{x:,.0f}}<br>{title}: "
                                   "%{y:.4g}<extra></extra>"), row=1, col=c)
         fig.update_xaxes(row=1, col=c, **ax.axis())
         fig.update_yaxes(row=1, col=c, **log_axis([num(r.get(k)) for r in all_rows for k, _, _ in lp]))
@@ -451,16 +481,22 @@ def trajectory_page(path: Path, page_dir: Path | None = None, value_budget: int 
         page.subtitle = (f"{len(members)} trajectories" + (f" differing in {esc(', '.join(fields))}" if fields else "")
                          + f" · {esc(path.resolve())}")
     chain_means = [_chain_means(d, [r.get("step") for r in doc["rows"]]) if single else None for d, doc, _ in members]
+    # write_report lowers the budget when a page came out too large: an overlay then drops its loss
+    # panel and all curvature but the Hessian trace.
+    compact = not single and value_budget < VALUE_BUDGET
+    if compact:
+        page.notes.append("Overlay shortened to stay under 5 MB: no loss panel; curvature: the Hessian trace only.")
     page.sections.append(section(
         "λ̂ across training" if single else "λ̂ across training, overlaid",
-        plot_html(training_figure(members, names, chain_means), "training", "plot training-plot"), anchor="training",
+        plot_html(training_figure(members, names, chain_means, compact), "training", "plot training-plot"),
+        anchor="training",
         note=("Hover a checkpoint: one label reads λ̂, accuracy and loss there. Open markers: R̂ ≥ "
               f"{RHAT_MAX} (chains disagree; the SE understates the error); crosses: flagged checkpoints. "
               "'chain means' (legend) shows each chain's mean λ̂. Drag to zoom; the buttons switch the step axis "
-              "between log and linear." if single else
+              "and λ̂ between log and linear scales." if single else
               "One colour per trajectory (click the legend to hide one); bands are ± 2 SE; accuracy and loss: test "
               "solid, train dotted. Hover a point for that checkpoint.")))
-    curv = curvature_figure(members, names)
+    curv = curvature_figure(members, names, compact)
     if curv is not None:
         page.sections.append(section("Curvature at each checkpoint", plot_html(curv, "curvature", "plot curvature-plot"),
                                      anchor="curvature",
@@ -473,8 +509,12 @@ def trajectory_page(path: Path, page_dir: Path | None = None, value_budget: int 
                                      note="Labels name the fields in which the trajectories differ"
                                           + (f" ({esc(', '.join(fields))})." if fields else " (ids: no configs to compare).")))
     n_rows = sum(len(doc["rows"]) for _, doc, _ in members)
-    page.sections.append(section(f"Checkpoints ({n_rows})", _checkpoint_table(members, names), anchor="checkpoints",
-                                 note="Click a header to sort."))
+    if single or n_rows <= MAX_OVERLAY_ROWS * value_budget / VALUE_BUDGET:
+        page.sections.append(section(f"Checkpoints ({n_rows})", _checkpoint_table(members, names),
+                                     anchor="checkpoints", note="Click a header to sort."))
+    else:  # ~1 kB of HTML a row: the page would outgrow its size budget
+        page.notes.append(f"{n_rows} checkpoints in all: their table is on each trajectory's own page "
+                          "(llc report <trajectory>).")
     if missing:
         page.notes.append("Members not found: " + ", ".join(missing) + ".")
     if single:
