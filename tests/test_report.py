@@ -119,13 +119,17 @@ def test_page_size_bounded_for_many_long_chains(tmp_path):
     assert out.stat().st_size < MAX_PAGE_BYTES
 
 
-def test_report_never_imports_jax(run_dir, tmp_path):
+def test_report_never_imports_jax(run_dir, traj_root, tmp_path):
+    cal = write_calibration(tmp_path / "cal")
+    pages = [(run_dir, tmp_path / "p.html"), (cal, tmp_path / "c.html"),
+             (traj_root / "trajectories" / "traj_wd1", tmp_path / "t.html"), (traj_root, tmp_path / "i.html")]
     code = ("import sys; from llc.cli import app\n"
-            f"app(['report', {str(run_dir)!r}, '--out', {str(tmp_path / 'p.html')!r}], standalone_mode=False)\n"
-            "print('JAX_LOADED' if 'jax' in sys.modules or 'jaxlib' in sys.modules else 'NO_JAX')")
+            + "".join(f"app(['report', {str(src)!r}, '--out', {str(out)!r}], standalone_mode=False)\n"
+                      for src, out in pages)
+            + "print('JAX_LOADED' if 'jax' in sys.modules or 'jaxlib' in sys.modules else 'NO_JAX')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
-    assert "NO_JAX" in res.stdout and (tmp_path / "p.html").is_file()
+    assert "NO_JAX" in res.stdout and all(out.is_file() for _, out in pages)
 
 
 def test_sweep_page_links_each_run(sweep_csv):
@@ -457,7 +461,7 @@ def test_trajectory_page_in_browser(browser, traj_root):
         time.sleep(0.1)
         hover = browser.execute_script("return document.querySelector('#plot-training .hoverlayer').textContent")
     assert "step" in hover and "λ̂" in hover and "test accuracy" in hover and "train loss" in hover, hover
-    browser.execute_script("Plotly.Fx.unhover(arguments[0])", plot)  # the screenshot shows the plot alone
+    browser.execute_script("Plotly.Fx.unhover(arguments[0]); window.scrollTo(0, 0)", plot)  # the page, unhovered
     _screenshot_not_blank(browser, "trajectory")
 
 

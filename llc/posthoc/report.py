@@ -939,7 +939,7 @@ footer{color:var(--muted);font-size:12px;padding:0 28px 24px}
 .callout.bad .callout-title{color:var(--bad)}.callout .rec-setting{font-size:20px;margin:4px 0 6px}
 .callout .why{font-size:14.5px;margin:0 0 6px;max-width:1100px}.callout code{background:#fff;padding:1px 6px;border-radius:4px;border:1px solid var(--line)}
 .callout p.run-it{margin:0 0 4px}.callout .rec-llc{font-size:15px;color:var(--muted);margin-left:18px}.badge.rec{background:#d1fadf;color:#05603a}.bad-text{color:var(--bad);font-weight:600}
-tr.recommended td{background:#ecfdf3;font-weight:600}tr.unhealthy td{color:#8a8f98}tr.unhealthy td.bad{color:var(--bad)}
+tr.recommended td{background:#ecfdf3;font-weight:600}tr.flagged td{background:#fef3f2}tr.unhealthy td{color:#8a8f98}tr.unhealthy td.bad{color:var(--bad)}
 """
 
 # Sorting and filtering of tables, and the overlay selection of the index page: what Plotly does not do.
