@@ -142,6 +142,14 @@ def _check_root_of_file(path: Path) -> None:
     check_root(path.parent if str(path.parent) else Path("."), flag="--out", create=False)
 
 
+def _report_or_hint(path: Path, write_html: bool) -> None:
+    """``--report``: write the page of ``path`` now; otherwise print the command that would (stderr)."""
+    if write_html:
+        _write_report(path, err)
+    else:
+        err.print(f"report page: llc report {path}", highlight=False)
+
+
 def _make_backend(name: str, **flags):
     from llc.pipeline.backends import BackendUnavailable, make_backend
 
@@ -234,10 +242,7 @@ def run(
             fail(f"run {outcome.run_id} failed on {runner.name}: {outcome.error}", code=1)
         result = outcome.result
         _print_run(result, json_out)
-    if write_html:
-        _write_report(Path(result["artifacts"]), err)
-    else:
-        err.print(f"report page: llc report {result['artifacts']}", highlight=False)
+    _report_or_hint(Path(result["artifacts"]), write_html)
 
 
 def _print_run(result: dict, json_out: bool) -> None:
@@ -272,6 +277,7 @@ def calibrate(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the runs and of the target.")] = None,
     set_: SetOpt = None,
     no_skip: Annotated[bool, typer.Option("--no-skip", help="Recompute even if this calibration is cached.")] = False,
+    write_html: ReportOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
     artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
 ) -> None:
@@ -297,6 +303,7 @@ def calibrate(
         sys.stdout.write(dumps(summary, indent=None) + "\n")
     else:
         report.print_calibration(summary, Console())
+    _report_or_hint(Path(summary["artifacts"]), write_html)
 
 
 @_command()
@@ -312,6 +319,7 @@ def trajectory(
     axis: Annotated[Optional[list[str]], typer.Option(
         help="Vary a training or target setting: dotted.field=v1,v2 (repeatable), e.g. training.weight_decay=0.3,1; "
              "one trajectory per combination, overlaid.")] = None,
+    write_html: ReportOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
     artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
 ) -> None:
@@ -334,29 +342,34 @@ def trajectory(
                               + ", ".join(n for n in registry.SAMPLERS if n != "vi"))
     except ConfigError as exc:
         fail(str(exc))
+    overlay = None
     try:
         with err.status("trajectory: training or loading the target") as status:
             kwargs = dict(sampler=name, max_batch=max_batch, log=_log,
                           progress=lambda done, total, phase: status.update(f"trajectory: {phase}"))
             if axes:
                 overlay = run_trajectory_sweep(cfg, axes, artifacts, **kwargs)
-                if json_out:
-                    from llc.store.artifacts import dumps
-
-                    sys.stdout.write(dumps(overlay, indent=None) + "\n")
-                else:
-                    Console().print(f"{len(overlay['members'])} trajectories overlaid: {overlay['artifacts']}/overlay.png",
-                                    highlight=False)
-                return
-            summary = run_trajectory(cfg, artifacts, **kwargs)
+            else:
+                summary = run_trajectory(cfg, artifacts, **kwargs)
     except ValueError as exc:  # e.g. a target trained without checkpoints
         fail(str(exc), code=1)
+    if overlay is not None:
+        if json_out:
+            from llc.store.artifacts import dumps
+
+            sys.stdout.write(dumps(overlay, indent=None) + "\n")
+        else:
+            Console().print(f"{len(overlay['members'])} trajectories overlaid: {overlay['artifacts']}/overlay.png",
+                            highlight=False)
+        _report_or_hint(Path(overlay["artifacts"]), write_html)
+        return
     if json_out:
         from llc.store.artifacts import dumps
 
         sys.stdout.write(dumps(summary, indent=None) + "\n")
     else:
         report.print_trajectory(summary, Console())
+    _report_or_hint(Path(summary["artifacts"]), write_html)
 
 
 @_command()
@@ -507,21 +520,20 @@ def sweep(
         fail(str(exc))
     err.print(f"sweep finished in {summary.seconds:.1f} s: {summary.done} done, {summary.cached} cached, "
               f"{summary.failed} failed -> {out}", highlight=False)
-    if write_html:
-        _write_report(out, err)
-    else:
-        err.print(f"report page: llc report {out}", highlight=False)
+    _report_or_hint(out, write_html)
     if summary.failed:
         raise typer.Exit(1)
 
 
 @_command("report")
 def report_cmd(
-    path: Annotated[Path, typer.Argument(help="A run directory, a sweep results CSV, or an artifacts root.")],
+    path: Annotated[Path, typer.Argument(help="A run directory, a sweep results CSV, a calibration or trajectory "
+                                               "directory (a folder of trajectories: overlaid), or an artifacts root.")],
     out: Annotated[Optional[Path], typer.Option(
-        help="HTML file to write (default: RUN/report.html, SWEEP.html beside the CSV, ROOT/index.html).")] = None,
+        help="HTML file to write (default: DIR/report.html, SWEEP.html beside the CSV, ROOT/index.html).")] = None,
 ) -> None:
-    """Write one self-contained HTML page (opens offline) of a run, a sweep or an artifacts root (no JAX)."""
+    """Write one self-contained HTML page (opens offline) of a run, a sweep, a calibration, a trajectory
+    (or several overlaid) or an artifacts root (no JAX)."""
     from llc.posthoc.report import ReportError, write_report
 
     try:

@@ -127,3 +127,118 @@ def write_sweep(base: Path, n_runs: int = 41, *, seed: int = 0, draws: int = 200
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+GROK_STEPS = (0, 1, 3, 10, 30, 100, 200, 300, 500, 800, 1000, 1500, 2000, 3000, 4000)
+
+
+def write_trajectory(out_dir: Path, *, seed: int = 0, weight_decay: float = 1.0, steps: tuple[int, ...] = GROK_STEPS,
+                     chains: int = 4, draws: int = 100, flagged: tuple[int, ...] = (), config: bool = True) -> Path:
+    """A trajectory directory as ``llc trajectory`` writes it (its own assembler writes summary.json,
+    trajectory.csv, trajectory.nc and trajectory.png), for a run that memorises, then groks at a step
+    that shrinks with the weight decay; λ̂ rises while it memorises and falls when it generalises.
+    ``flagged``: indices of checkpoints given a failure flag."""
+    import json
+
+    from llc.pipeline import trajectory as T
+
+    out_dir = Path(out_dir)
+    (out_dir / "points").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    grok = 1500.0 / weight_decay
+    nbeta = 120.0
+    for i, step in enumerate(steps):
+        s = float(step)
+        train_acc = 0.024 + 0.976 * sig((np.log(s + 1) - np.log(200)) / 0.35)
+        test_acc = 0.02 + 0.98 * sig((s - grok) / (0.15 * grok))
+        llc = 1.0 + 20 * train_acc * (1 - 0.75 * test_acc) + 0.3 * rng.standard_normal()
+        L0 = 3.7 * np.exp(-s / 150) + 0.01
+        offsets = rng.standard_normal(chains) * (0.05 + 0.4 * train_acc)
+        llc_draws = llc + offsets[:, None] + ar1(rng, chains, draws, 0.5, sigma=0.2 + 0.8 * train_acc)
+        rhat = 1.002 + (0.03 if i % 6 == 5 else 0.004) * rng.random()
+        row = {"step": int(step), "llc_mean": float(llc_draws.mean()), "llc_se": float(0.03 + 0.05 * llc),
+               "rhat": float(rhat), "ess": float(40 + 200 * rng.random()), "L0": float(L0), "nbeta": nbeta,
+               "gamma": 100.0, "grad_norm": float(0.04 * np.exp(-s / 1000) + 0.002),
+               "hessian_trace": float(2.7 + 50 * train_acc * (1 - 0.6 * test_acc)),
+               "hessian_trace_se": float(0.05 + 0.2 * train_acc), "fisher_trace": float(2.5 + 12 * train_acc * (1 - test_acc)),
+               "weight_norm": float(13 + 55 * train_acc - 25 * test_acc * min(weight_decay, 1.0)),
+               "train_loss": float(L0), "test_loss": float(3.7 + 5 * train_acc * (1 - test_acc) - 3.6 * test_acc),
+               "train_acc": float(train_acc), "test_acc": float(test_acc),
+               "flags": [f"lambda-hat {llc:.3g} above d/2 (synthetic)"] if i in flagged else []}
+        Ln = L0 + llc_draws / nbeta
+        T._atomic_write(T._point_file(out_dir, step), lambda p, r=row, ln=Ln: T._save_npz(
+            p, row=json.dumps(r), Ln=ln, theta=rng.standard_normal((chains, draws, 4))))
+    summary = T._assemble(out_dir, list(steps), "sgld", wall_s=12.5, compile_s=4.0, computed=len(steps),
+                          target={"id": f"tgt_synth{seed}", "kind": "modular", "n": 840, "d": 15913})
+    if config:
+        summary["config"] = {"seed": seed, "target": {"kind": "modular", "modular": {"p": 41}},
+                             "training": {"weight_decay": weight_decay, "steps": max(steps)},
+                             "sgld": {"step_size": 3e-4, "draws": draws, "chains": chains}}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return out_dir
+
+
+def write_calibration(out_dir: Path, *, seed: int = 0, recommend: bool = True, reference: str = "analytic",
+                      step_axis: bool = True, chains: int = 4, draws: int = 200,
+                      steps: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
+                      gammas: tuple[float, ...] = (50.0, 100.0, 200.0)) -> Path:
+    """A calibration directory as ``llc calibrate`` writes it (summary.json, calibration.csv,
+    calibration.nc): SGLD step size x gamma on a d = 4 quadratic, biased upwards at large steps, R-hat
+    too high at the smallest. ``recommend=False``: no point is healthy; ``reference="hmc"``: an HMC
+    reference line instead of analytic values; ``step_axis=False``: a beta0 x gamma grid."""
+    import csv
+    import json
+
+    import xarray as xr
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    xf = "sgld.step_size" if step_axis else "posterior.beta0"
+    xs = list(steps) if step_axis else [0.3, 1.0, 3.0]
+    gammas = list(gammas)
+    nbeta = 268.6
+    rows, llc = [], []
+    for x in xs:
+        for g in gammas:
+            exact = 2 * nbeta / (nbeta + g)
+            bias = 300 * x if step_axis else 0.0
+            draws_ = exact + bias + ar1(rng, chains, draws, 0.6, sigma=0.3)
+            if x == xs[0]:
+                draws_ += rng.standard_normal(chains)[:, None] * 0.3  # chains disagree
+            se = float(draws_.std() / np.sqrt(chains * draws / 4))
+            rhat = 1.05 if x == xs[0] or not recommend else 1.003
+            flags = ["lambda-hat far from the analytic value"] if step_axis and x == xs[-1] else []
+            row = {xf: x, "posterior.gamma": g, "nbeta": nbeta, "gamma": g, "llc_mean": float(draws_.mean()),
+                   "llc_se": se, "rhat": rhat, "ess": float(chains * draws / 4), "mala_acceptance": 0.999 - 50 * x if step_axis else 0.99,
+                   "analytic_llc": exact if reference == "analytic" else None, "run_id": f"run{len(rows):02d}"}
+            row["healthy"] = not flags and rhat < 1.01
+            row["flags"] = "; ".join(flags)
+            rows.append(row)
+            llc.append(draws_)
+    chosen = next((i for i, r in enumerate(rows) if r["healthy"] and r["posterior.gamma"] == 100.0
+                   and r[xf] == xs[-2 if step_axis else -1]), None) if recommend else None
+    for i, r in enumerate(rows):
+        r["recommended"] = i == chosen
+    why = (f"{xf}={rows[chosen][xf]:g}: the largest step size that is healthy (synthetic)" if chosen is not None
+           else "no point on the line {'posterior.gamma': 100.0} is healthy: every one has a flag, R-hat >= 1.01")
+    ref = ({"kind": "hmc", "llc_mean": 1.46, "llc_se": 0.02} if reference == "hmc" else
+           {"kind": "analytic", "llc_mean": rows[chosen or 1]["analytic_llc"], "llc_se": 0.0})
+    summary = {"calibration_id": out_dir.name, "cached": False, "sampler": "sgld",
+               "axes": {xf: xs, "posterior.gamma": gammas},
+               "target": {"id": "tgt_synthetic", "kind": "quadratic", "n": 2048, "d": 4}, "points": len(rows),
+               "batches": 1, "wall_s": 0.7, "compile_s": 0.3, "reference": ref,
+               "recommended": {"index": chosen, "why": why,
+                               "setting": {xf: rows[chosen][xf], "posterior.gamma": 100.0} if chosen is not None else None},
+               "rows": rows, "artifacts": str(out_dir)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    with (out_dir / "calibration.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    ds = xr.Dataset({"llc": (("point", "chain", "draw"), np.stack(llc))},
+                    coords={xf.replace(".", "__"): ("point", [r[xf] for r in rows])}, attrs={"sampler": "sgld"})
+    ds.to_netcdf(out_dir / "calibration.nc", engine="h5netcdf")
+    (out_dir / "manifest.json").write_text(json.dumps({"calibration_id": out_dir.name, "created": 1.7e9}))
+    return out_dir

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_runs import hmc_stats, make_idata, mclmc_stats, write_run, write_sweep
+from synthetic_runs import (hmc_stats, make_idata, mclmc_stats, write_calibration, write_run, write_sweep,
+                            write_trajectory)
 from typer.testing import CliRunner
 
 from llc.cli import app
@@ -29,6 +30,11 @@ MAX_PAGE_BYTES = 5_000_000
 
 
 # --------------------------------------------------------------------------- fixtures
+
+def _said(output: str, text: str) -> bool:
+    """``text`` in a console's output, whatever its line wrapping (Rich wraps long paths)."""
+    return "".join(text.split()) in "".join(output.split())
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -52,13 +58,35 @@ def sweep_csv(tmp_path_factory):
     return write_sweep(tmp_path_factory.mktemp("sweep"), n_runs=41)
 
 
+@pytest.fixture(scope="module")
+def cal_dir(tmp_path_factory):
+    """A real calibration (SGLD on the d = 4 quadratic, 15 points, ~10 s), its page written by --report."""
+    root = tmp_path_factory.mktemp("cal")
+    res = CliRunner().invoke(app, ["calibrate", "--target", "quadratic", "--quad-dim", "4", "--artifacts", str(root),
+                                   "--report"])
+    assert res.exit_code == 0, res.output
+    (cal,) = (root / "calibrations").iterdir()
+    assert _said(res.output, f"report: {cal / R.PAGE_FILE}")
+    return cal
+
+
+@pytest.fixture(scope="module")
+def traj_root(tmp_path_factory):
+    """Three synthetic trajectories (written by llc's own assembler) that differ in weight decay; the
+    middle one has a flagged checkpoint."""
+    root = tmp_path_factory.mktemp("traj")
+    for wd, name in ((0.3, "traj_wd03"), (1.0, "traj_wd1"), (3.0, "traj_wd3")):
+        write_trajectory(root / "trajectories" / name, weight_decay=wd, flagged=(9,) if wd == 1.0 else ())
+    return root
+
+
 # --------------------------------------------------------------------------- without a browser
 
 def test_kinds_and_errors(run_dir, sweep_csv, tmp_path):
     assert R.detect(run_dir) == "run"
     assert R.detect(sweep_csv) == "sweep"
     assert R.detect(sweep_csv.parent / "artifacts") == "index"
-    assert set(R.PAGE_KINDS) == {"run", "sweep", "index"}
+    assert set(R.PAGE_KINDS) == {"run", "sweep", "index", "calibration", "trajectory"}
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "no such file or directory" in res.output
     (tmp_path / "empty").mkdir()
@@ -91,13 +119,17 @@ def test_page_size_bounded_for_many_long_chains(tmp_path):
     assert out.stat().st_size < MAX_PAGE_BYTES
 
 
-def test_report_never_imports_jax(run_dir, tmp_path):
+def test_report_never_imports_jax(run_dir, traj_root, tmp_path):
+    cal = write_calibration(tmp_path / "cal")
+    pages = [(run_dir, tmp_path / "p.html"), (cal, tmp_path / "c.html"),
+             (traj_root / "trajectories" / "traj_wd1", tmp_path / "t.html"), (traj_root, tmp_path / "i.html")]
     code = ("import sys; from llc.cli import app\n"
-            f"app(['report', {str(run_dir)!r}, '--out', {str(tmp_path / 'p.html')!r}], standalone_mode=False)\n"
-            "print('JAX_LOADED' if 'jax' in sys.modules or 'jaxlib' in sys.modules else 'NO_JAX')")
+            + "".join(f"app(['report', {str(src)!r}, '--out', {str(out)!r}], standalone_mode=False)\n"
+                      for src, out in pages)
+            + "print('JAX_LOADED' if 'jax' in sys.modules or 'jaxlib' in sys.modules else 'NO_JAX')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
-    assert "NO_JAX" in res.stdout and (tmp_path / "p.html").is_file()
+    assert "NO_JAX" in res.stdout and all(out.is_file() for _, out in pages)
 
 
 def test_sweep_page_links_each_run(sweep_csv):
@@ -107,6 +139,88 @@ def test_sweep_page_links_each_run(sweep_csv):
     assert kind == "sweep" and out == sweep_csv.with_suffix(".html") and out.stat().st_size < MAX_PAGE_BYTES
     assert 'href="artifacts/sweep003run/report.html"' in text  # its page
     assert 'href="artifacts/sweep004run/"' in text  # no page yet: its folder
+
+
+def test_calibration_and_trajectory_kinds(cal_dir, traj_root, tmp_path):
+    trajs = traj_root / "trajectories"
+    assert R.detect(cal_dir) == "calibration"  # it also has a manifest.json and a .nc, like a run
+    assert R.detect(trajs / "traj_wd1") == "trajectory" and R.detect(trajs) == "trajectory"
+    assert R.detect(traj_root) == "index"
+    overlay = tmp_path / "overlay_x"  # llc trajectory --axis: a summary listing its members
+    overlay.mkdir()
+    (overlay / "summary.json").write_text(json.dumps({"axes": {"training.weight_decay": [0.3, 3.0]}, "members": [
+        {"setting": {"training.weight_decay": 0.3}, "artifacts": str(trajs / "traj_wd03")},
+        {"setting": {"training.weight_decay": 3.0}, "artifacts": str(trajs / "traj_wd3")},
+        {"setting": {"training.weight_decay": 9.0}, "artifacts": str(tmp_path / "gone")}]}))
+    assert R.detect(overlay) == "trajectory"
+    out, _ = R.write_report(overlay)
+    text = out.read_text()
+    assert "weight_decay=0.3" in text and "weight_decay=3" in text and "Members not found" in text
+    assert out.stat().st_size < MAX_PAGE_BYTES
+
+
+def test_trajectory_labels_name_what_differs(traj_root, tmp_path):
+    from llc.posthoc import report_trajectory as RT
+
+    members, missing = RT.members_of(traj_root / "trajectories")
+    assert not missing and [d.name for d, _, _ in members] == ["traj_wd03", "traj_wd1", "traj_wd3"]
+    names, fields = RT.labels(members)
+    assert names == ["weight_decay=0.3", "weight_decay=1", "weight_decay=3"] and fields == ["training.weight_decay"]
+    bare = [(d, {k: v for k, v in doc.items() if k != "config"}, None) for d, doc, _ in members]
+    assert RT.labels(bare)[0] == ["traj_wd03", "traj_wd1", "traj_wd3"]  # no configs: their ids
+    # A folder's trajectories come in the order of the setting that tells them apart, not of their names.
+    import shutil as sh
+
+    for src, name in (("traj_wd3", "a"), ("traj_wd03", "b"), ("traj_wd1", "c")):
+        sh.copytree(traj_root / "trajectories" / src, tmp_path / "mixed" / name)
+    members, _ = RT.members_of(tmp_path / "mixed")
+    assert [d.name for d, _, _ in members] == ["b", "c", "a"]
+    # An overlay summary naming its members by id, beside it in trajectories/.
+    (traj_root / "trajectories" / "overlay_ids").mkdir(exist_ok=True)
+    (traj_root / "trajectories" / "overlay_ids" / "summary.json").write_text(
+        json.dumps({"overlay": ["traj_wd1", "traj_wd3"]}))
+    members, missing = RT.members_of(traj_root / "trajectories" / "overlay_ids")
+    assert [d.name for d, _, _ in members] == ["traj_wd1", "traj_wd3"] and not missing
+
+
+def test_many_trajectories_overlaid_stay_under_5mb(traj_root, tmp_path):
+    import shutil as sh
+
+    src = traj_root / "trajectories" / "traj_wd1"
+    doc = json.loads((src / "summary.json").read_text())
+    doc["rows"] = [dict(r, step=r["step"] * 10 + k) for r in doc["rows"] for k in range(3)]  # 45 checkpoints
+    for i in range(14):
+        d = tmp_path / "trajectories" / f"traj_{i:02d}"
+        sh.copytree(src, d)
+        doc["config"]["training"]["weight_decay"] = 0.1 * (i + 1)
+        (d / "summary.json").write_text(json.dumps(doc))
+    out, _ = R.write_report(tmp_path / "trajectories")
+    text = out.read_text()
+    assert out.stat().st_size < MAX_PAGE_BYTES
+    assert "their table is on each trajectory" in text and 'id="members"' in text and 'id="checkpoints"' not in text
+
+
+def test_calibration_page_variants(tmp_path):
+    none = R.write_report(write_calibration(tmp_path / "none", recommend=False))[0].read_text()
+    assert "No recommendation" in none and "no point on the line" in none and 'class="recommended"' not in none
+    hmc = R.write_report(write_calibration(tmp_path / "hmc", reference="hmc"))[0].read_text()
+    assert "hmc reference" in hmc and "Recommended setting" in hmc and "1.46" in hmc
+    beta = R.write_report(write_calibration(tmp_path / "beta", step_axis=False))[0]
+    assert "λ̂ against beta0" in beta.read_text() and beta.stat().st_size < MAX_PAGE_BYTES
+
+
+def test_index_lists_calibrations_and_trajectories(cal_dir, traj_root, tmp_path):
+    import shutil as sh
+
+    root = traj_root
+    sh.copytree(cal_dir, root / "calibrations" / cal_dir.name, dirs_exist_ok=True)
+    R.write_report(root / "trajectories" / "traj_wd1")
+    text = R.write_report(root)[0].read_text()
+    assert 'id="calibrations"' in text and 'id="trajectories"' in text
+    assert f'href="calibrations/{cal_dir.name}/report.html"' in text  # its page (copied with it)
+    assert 'href="trajectories/traj_wd1/report.html"' in text and 'href="trajectories/traj_wd3/"' in text
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "empty_root")])
+    assert res.exit_code == 2
 
 
 # --------------------------------------------------------------------------- in a browser
@@ -293,3 +407,91 @@ def test_index_page_in_browser(browser, sweep_csv):
     browser.find_elements("css selector", "input.overlay-pick")[5].click()  # add a sixth run
     assert browser.execute_script(visible).count(True) == 8
     _screenshot_not_blank(browser, "index")
+
+
+def test_calibration_page_in_browser(browser, cal_dir):
+    page = cal_dir / R.PAGE_FILE  # written by llc calibrate --report
+    summary = json.loads((cal_dir / "summary.json").read_text())
+    assert page.stat().st_size < MAX_PAGE_BYTES
+    _open(browser, page)
+    _check_clean(browser)
+    why = browser.find_element("id", "recommendation-why")
+    assert why.is_displayed() and why.text == summary["recommended"]["why"]
+    assert _rows(browser, "points") == len(summary["rows"]) == 15  # one row per grid point
+    for cls in ("grid-plot", "diagnostics-plot", "traces-plot"):
+        assert len(browser.find_elements("css selector", f".{cls} .plotly-graph-div")) == 1, cls
+        assert browser.find_elements("css selector", f".{cls} .plotly-graph-div .main-svg"), cls
+    names = browser.execute_script("return document.getElementById('plot-grid').data.map(t => t.name)")
+    assert {"gamma=50", "gamma=100 (the rule's line)", "gamma=200"} <= set(names)
+    if summary["recommended"]["index"] is not None:
+        assert "recommended" in names and _rows_matching(browser, "#points tbody tr.recommended") == 1
+    unhealthy = sum(not r["healthy"] for r in summary["rows"])
+    assert _rows_matching(browser, "#points tbody tr.unhealthy") == unhealthy
+    if unhealthy:
+        assert "unhealthy (flag, R̂ or acceptance)" in names
+    _screenshot_not_blank(browser, "calibration")
+
+
+def _rows_matching(driver, selector: str) -> int:
+    return len(driver.find_elements("css selector", selector))
+
+
+def test_trajectory_page_in_browser(browser, traj_root):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    out, kind = R.write_report(traj_root / "trajectories" / "traj_wd1")
+    assert kind == "trajectory" and out.stat().st_size < MAX_PAGE_BYTES
+    _open(browser, out)
+    _check_clean(browser)
+    assert _rows(browser, "checkpoints") == 15  # one row per checkpoint
+    assert "lambda-hat" in browser.find_element("id", "checkpoints").text  # the flagged checkpoint's badge
+    for cls in ("training-plot", "curvature-plot"):
+        assert len(browser.find_elements("css selector", f".{cls} .plotly-graph-div")) == 1, cls
+        assert browser.find_elements("css selector", f".{cls} .plotly-graph-div .main-svg"), cls
+    names = browser.execute_script("return document.getElementById('plot-training').data.map(t => t.name)")
+    assert {"λ̂ (sgld)", "train accuracy", "test accuracy", "train loss", "test loss", "flagged checkpoint"} <= set(names)
+    # Hovering a checkpoint reads every panel there: λ̂, accuracy and loss, under the step.
+    plot = browser.find_element("id", "plot-training")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", plot)
+    drag = browser.find_element("css selector", "#plot-training .nsewdrag[data-subplot='xy']")
+    ActionChains(browser).move_to_element_with_offset(drag, int(0.25 * drag.size["width"]), 0).perform()
+    deadline = time.time() + 5
+    hover = ""
+    while "test accuracy" not in hover and time.time() < deadline:
+        time.sleep(0.1)
+        hover = browser.execute_script("return document.querySelector('#plot-training .hoverlayer').textContent")
+    assert "step" in hover and "λ̂" in hover and "test accuracy" in hover and "train loss" in hover, hover
+    browser.execute_script("Plotly.Fx.unhover(arguments[0]); window.scrollTo(0, 0)", plot)  # the page, unhovered
+    _screenshot_not_blank(browser, "trajectory")
+
+
+def test_trajectory_overlay_in_browser(browser, traj_root):
+    out, kind = R.write_report(traj_root / "trajectories")
+    assert kind == "trajectory" and out.stat().st_size < MAX_PAGE_BYTES
+    _open(browser, out)
+    _check_clean(browser)
+    assert _rows(browser, "members") == 3 and _rows(browser, "checkpoints") == 45
+    names = browser.execute_script("return document.getElementById('plot-training').data.map(t => t.name)")
+    assert {"weight_decay=0.3", "weight_decay=1", "weight_decay=3"} <= set(names)
+    _screenshot_not_blank(browser, "trajectory_overlay")
+
+
+def test_calibrate_and_trajectory_print_the_report_command(cal_dir, traj_root, tmp_path, monkeypatch):
+    # Without --report: the command that writes the page (here a cached calibration).
+    res = CliRunner().invoke(app, ["calibrate", "--target", "quadratic", "--quad-dim", "4",
+                                   "--artifacts", str(cal_dir.parent.parent)])
+    assert res.exit_code == 0, res.output
+    assert _said(res.output, f"report page: llc report {cal_dir}")
+    # llc trajectory, its computation replaced by a finished trajectory's summary.
+    from llc.pipeline import trajectory as T
+
+    done = traj_root / "trajectories" / "traj_wd3"
+    summary = json.loads((done / "summary.json").read_text())
+    monkeypatch.setattr(T, "run_trajectory", lambda *a, **k: summary)
+    (done / R.PAGE_FILE).unlink(missing_ok=True)
+    res = CliRunner().invoke(app, ["trajectory", "--preset", "grok-tiny", "--artifacts", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert _said(res.output, f"report page: llc report {done}") and not (done / R.PAGE_FILE).exists()
+    res = CliRunner().invoke(app, ["trajectory", "--preset", "grok-tiny", "--artifacts", str(tmp_path), "--report"])
+    assert res.exit_code == 0, res.output
+    assert _said(res.output, f"report: {done / R.PAGE_FILE}") and (done / R.PAGE_FILE).is_file()

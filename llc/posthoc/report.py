@@ -1,4 +1,5 @@
-"""``llc report``: one self-contained, offline HTML page of a run, a sweep or an artifacts root (no JAX).
+"""``llc report``: one self-contained, offline HTML page of a run, a sweep, a calibration, a trajectory
+or an artifacts root (no JAX).
 
 A page is a single file: Plotly's JavaScript inlined once, every figure's data inline, a little
 JavaScript of our own only for what Plotly does not do (sorting and filtering a table, choosing
@@ -15,8 +16,13 @@ kind of a path and ``write_report`` renders and writes the page atomically. Kind
           tuned parameters, config and provenance.
   sweep   a sweep results CSV -> ``<csv>.html``: sortable, filterable table of every row,
           λ̂ and efficiency against any column, links to each run's page (or its folder).
-  index   an artifacts root -> ``<root>/index.html``: every run and sweep found, newest first,
-          with a selection of runs whose pooled running λ̂ are overlaid.
+  calibration  ``<root>/calibrations/<id>`` -> ``report.html`` (``report_calibration``): the
+          recommendation and why, λ̂ ± 2 SE against the step size per γ, diagnostics, the points.
+  trajectory   ``<root>/trajectories/<id>`` -> ``report.html`` (``report_trajectory``): λ̂ with
+          accuracy, loss and curvature against the training step; a folder of trajectories, or an
+          overlay summary listing members, overlays them.
+  index   an artifacts root -> ``<root>/index.html``: every run, sweep, calibration and trajectory
+          found, newest first, with a selection of runs whose pooled running λ̂ are overlaid.
 
 Plotly's library alone is ~4.8 MB, so a page's data is kept small: long traces are shown at
 every k-th draw within a fixed budget of plotted values per page (the page says so); every
@@ -25,13 +31,10 @@ statistic is computed on all draws.
 
 from __future__ import annotations
 
-import html
 import json
 import math
-import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,162 +42,18 @@ import numpy as np
 
 from llc import registry
 from llc.analysis import diagnostics as D
+from llc.pipeline.trajectory import TRAJ_DIR
+from llc.posthoc.report_calibration import INDEX_HEADERS as CAL_INDEX_HEADERS
+from llc.posthoc.report_calibration import calibration_page, is_calibration
+from llc.posthoc.report_calibration import index_rows as cal_index_rows
+from llc.posthoc.report_html import (CHAIN_COLORS, INDEX_FILE, MAX_LAGS, MAX_PAGE_BYTES, MIN_TRACE_POINTS,
+                                     OK_STATUS, PAGE_FILE, RUNNING_POINTS, VALUE_BUDGET, Page, ReportError, badges,
+                                     base_layout, cell, esc, flatten, fmt, kv_table, legend_only, num, plot_html,
+                                     read_json_file, rel_link, section, stride_for, table, thin)
+from llc.posthoc.report_trajectory import INDEX_HEADERS as TRAJ_INDEX_HEADERS
+from llc.posthoc.report_trajectory import index_rows as traj_index_rows
+from llc.posthoc.report_trajectory import is_overlay, is_trajectory, trajectory_page
 from llc.store.artifacts import ArtifactError
-
-PAGE_FILE = "report.html"
-INDEX_FILE = "index.html"
-# Plotted values per page (float32, base64: ~5.3 bytes each): ~75 kB of data beside the 4.8 MB library.
-VALUE_BUDGET = 14_000
-RUNNING_POINTS = 200  # a running mean is smooth: 200 points draw it exactly enough
-MIN_TRACE_POINTS = 40
-MAX_LAGS = 60
-MAX_PAGE_BYTES = 4_950_000  # a page that would be larger is drawn again with half the plotted values
-CHAIN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                "#bcbd22", "#17becf")
-PLOT_CONFIG = {"displaylogo": False, "responsive": True,
-               "toImageButtonOptions": {"format": "png", "scale": 2}}
-OK_STATUS = ("done", "cached")
-
-
-class ReportError(ValueError):
-    """A path that cannot be reported on; one line naming it."""
-
-
-@dataclass
-class Page:
-    kind: str
-    title: str
-    subtitle: str = ""
-    sections: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- HTML building blocks
-
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def fmt(value: Any, spec: str = ".3g") -> str:
-    if value is None or value == "":
-        return "—"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not math.isfinite(number):
-        return str(number)
-    return format(number, spec)
-
-
-def _num(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def cell(text: Any, *, sort: Any = None, cls: str = "", raw: bool = False, title: str | None = None) -> dict[str, Any]:
-    """A table cell: shown text (escaped unless ``raw``), the value it sorts by, a CSS class."""
-    return {"html": text if raw else esc(text), "sort": sort, "cls": cls, "title": title}
-
-
-def table(headers: list[str], rows: list[list[Any]], *, cls: str = "", table_id: str | None = None,
-          row_attrs: list[dict[str, str]] | None = None) -> str:
-    """An HTML table; a cell is plain text or a ``cell(...)``. ``cls="sortable"`` makes the headers sort it."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for i, row in enumerate(rows):
-        tds = []
-        for c in row:
-            c = c if isinstance(c, dict) else cell(c)
-            attrs = ""
-            if c.get("sort") is not None:
-                attrs += f' data-sort="{esc(c["sort"])}"'
-            if c.get("cls"):
-                attrs += f' class="{esc(c["cls"])}"'
-            if c.get("title"):
-                attrs += f' title="{esc(c["title"])}"'
-            tds.append(f"<td{attrs}>{c['html']}</td>")
-        extra = "".join(f' {k}="{esc(v)}"' for k, v in (row_attrs[i] if row_attrs else {}).items())
-        body.append(f"<tr{extra}>{''.join(tds)}</tr>")
-    tid = f' id="{esc(table_id)}"' if table_id else ""
-    return (f'<div class="table-wrap"><table{tid} class="{esc(cls)}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
-
-
-def section(title: str, body: str, *, anchor: str | None = None, note: str = "") -> str:
-    aid = f' id="sec-{esc(anchor)}"' if anchor else ""  # prefixed: tables and plots have ids of their own
-    note_html = f'<p class="note">{note}</p>' if note else ""
-    return f"<section{aid}><h2>{esc(title)}</h2>{note_html}{body}</section>"
-
-
-def badges(flags: Any) -> str:
-    """Failure flags as badges; a flag is a string or a dict with a name/code and a message."""
-    if not flags:
-        return ""
-    out = []
-    for flag in flags if isinstance(flags, (list, tuple)) else [flags]:
-        if isinstance(flag, dict):
-            name = flag.get("name") or flag.get("code") or flag.get("flag") or "flag"
-            detail = flag.get("message") or flag.get("detail") or json.dumps(flag)
-        else:
-            name, detail = str(flag), str(flag)
-        out.append(f'<span class="badge bad" title="{esc(detail)}">{esc(name)}</span>')
-    return " ".join(out)
-
-
-def kv_table(items: list[tuple[str, Any]]) -> str:
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
-    return f'<div class="table-wrap"><table class="kv"><tbody>{rows}</tbody></table></div>'
-
-
-def plot_html(fig: Any, div_id: str, cls: str = "plot") -> str:
-    """One Plotly figure as a div + the script that draws it (the library is in the page's head)."""
-    import plotly.graph_objects as go
-
-    # Assigned, not merged: Plotly's default template would add ~10 kB of JSON to every figure.
-    fig.layout.template = go.layout.Template(layout={"xaxis": AXIS, "yaxis": AXIS})
-    inner = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{div_id}", config=PLOT_CONFIG,
-                        default_width="100%", default_height=f"{int(fig.layout.height or 450)}px")
-    return f'<div class="{esc(cls)}" data-plot="{esc(div_id)}">{inner}</div>'
-
-
-AXIS = {"gridcolor": "#e8e8e8", "zeroline": False, "linecolor": "#999", "ticks": "outside", "tickcolor": "#999",
-        "automargin": True, "showline": True}
-
-
-def _layout(**kwargs: Any) -> dict[str, Any]:
-    """The layout every figure shares, plus ``kwargs``."""
-    base = {"font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12, "color": "#222"},
-            "paper_bgcolor": "white", "plot_bgcolor": "white", "hovermode": "closest",
-            "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
-            "legend": {"bgcolor": "rgba(255,255,255,0.85)", "font": {"size": 11}},
-            "colorway": list(CHAIN_COLORS)}
-    base.update(kwargs)
-    return base
-
-
-def _rel(target: Path, page_dir: Path) -> str:
-    """A relative link from the page's folder (works from file:// wherever the folder is copied)."""
-    try:
-        rel = os.path.relpath(Path(target).resolve(), Path(page_dir).resolve())
-    except ValueError:  # another drive (Windows)
-        rel = Path(target).resolve().as_uri()
-    return rel.replace(os.sep, "/")
-
-
-# --------------------------------------------------------------------------- data helpers (no matplotlib)
-
-def stride_for(draws: int, points: int) -> int:
-    return max(1, math.ceil(draws / max(points, 1)))
-
-
-def thin(values: np.ndarray, stride: int) -> np.ndarray:
-    """Every ``stride``-th value along the last axis, as float32 (compact inline data); plotted
-    with ``x0``/``dx`` so that no x array is stored."""
-    return np.asarray(values)[..., ::stride].astype(np.float32)
 
 
 def _attrs(idata: Any) -> dict[str, Any]:
@@ -237,12 +96,6 @@ def _stat(idata: Any, name: str) -> np.ndarray | None:
     return D._stat(idata, name)
 
 
-def read_json_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 # --------------------------------------------------------------------------- run page
@@ -252,24 +105,24 @@ def _estimate_rows(doc: dict[str, Any], analytic: float | None) -> tuple[list[st
         ["ESS bulk", "ESS tail", "R̂", "MCSE", "chains × draws", "acceptance", "diverged", "flags"]
     rows = []
     for name, m in (doc.get("samplers") or {}).items():
-        mean, se = _num(m.get("llc_mean")), _num(m.get("llc_se"))
+        mean, se = num(m.get("llc_mean")), num(m.get("llc_se"))
         row: list[Any] = [cell(registry.label(name), sort=registry.order_key(name)[0]),
                           cell(f"{fmt(mean, '.4g')} ± {fmt(se, '.2g')}", sort=mean)]
         if analytic is not None:
             z = (mean - analytic) / se if mean is not None and se else None
             row.append(cell(fmt(z, "+.1f"), sort=z, cls="bad" if z is not None and abs(z) > 3 else ""))
         chains = m.get("chains") or 0
-        ess = _num(m.get("ess_bulk"))
-        rhat = _num(m.get("rhat"))
+        ess = num(m.get("ess_bulk"))
+        rhat = num(m.get("rhat"))
         div = int(m.get("diverged_chains") or 0)
         div_text = f"{div} ch" + (f" / {m['divergent_transitions']} tr" if m.get("divergent_transitions") is not None else "")
         row += [cell(fmt(ess, ".0f"), sort=ess, cls="warn" if ess is not None and chains and ess < 100 * chains else ""),
-                cell(fmt(m.get("ess_tail"), ".0f"), sort=_num(m.get("ess_tail"))),
+                cell(fmt(m.get("ess_tail"), ".0f"), sort=num(m.get("ess_tail"))),
                 cell(fmt(rhat, ".3f"), sort=rhat,
                      cls="bad" if rhat is not None and rhat > 1.1 else "warn" if rhat is not None and rhat > 1.01 else ""),
-                cell(fmt(m.get("mcse"), ".2g"), sort=_num(m.get("mcse"))),
+                cell(fmt(m.get("mcse"), ".2g"), sort=num(m.get("mcse"))),
                 cell(f"{chains} × {m.get('draws', '—')}"),
-                cell(fmt(m.get("acceptance_mean"), ".3f"), sort=_num(m.get("acceptance_mean"))),
+                cell(fmt(m.get("acceptance_mean"), ".3f"), sort=num(m.get("acceptance_mean"))),
                 cell(div_text, sort=div, cls="bad" if div else ""),
                 cell(badges(m.get("flags")) or '<span class="ok">none</span>', raw=True, sort=len(m.get("flags") or []))]
         rows.append(row)
@@ -282,7 +135,7 @@ def _work_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     rows = []
     for name, m in (doc.get("samplers") or {}).items():
         rows.append([registry.label(name)] + [
-            cell(fmt(m.get(k), spec), sort=_num(m.get(k))) for k, spec in (
+            cell(fmt(m.get(k), spec), sort=num(m.get(k))) for k, spec in (
                 ("wall_s", ".3g"), ("sampling_s", ".3g"), ("compile_s", ".3g"), ("warmup_s", ".3g"),
                 ("n_grad_evals", ".4g"), ("fde", ".4g"), ("ess_per_sec", ".3g"), ("ess_per_fde", ".3g"),
                 ("wnv_time", ".3g"), ("time_to_se1", ".3g"))])
@@ -391,11 +244,6 @@ def _acf_traces(idata: Any, colors: list[str], row: int, col: int):
             for row_, c in zip(acf, np.flatnonzero(good))]
 
 
-def _legend_only(name: str, line: dict[str, Any]) -> Any:
-    """A legend entry for a reference line or band (annotations inside the panels hide the data)."""
-    import plotly.graph_objects as go
-
-    return go.Scatter(x=[None], y=[None], mode="lines", line=line, name=name, hoverinfo="skip")
 
 
 def sampler_figure(name: str, idata: Any, metrics: dict[str, Any], budget: _Budget, analytic: float | None):
@@ -412,18 +260,18 @@ def sampler_figure(name: str, idata: Any, metrics: dict[str, Any], budget: _Budg
                                         "autocorrelation of L_n"))
     for trace, r, c in _running_traces(idata, metrics, budget, name, colors, 1, 1):
         fig.add_trace(trace, row=r, col=c)
-    mean, se = _num(metrics.get("llc_mean")), _num(metrics.get("llc_se"))
+    mean, se = num(metrics.get("llc_mean")), num(metrics.get("llc_se"))
     if mean is not None and se is not None:
         fig.add_hrect(y0=mean - 2 * se, y1=mean + 2 * se, fillcolor="grey", opacity=0.2, line_width=0, row=1, col=1)
-        fig.add_trace(_legend_only(f"λ̂ ± 2 SE = {mean:.4g} ± {2 * se:.2g}", {"color": "rgba(128,128,128,0.45)", "width": 8}),
+        fig.add_trace(legend_only(f"λ̂ ± 2 SE = {mean:.4g} ± {2 * se:.2g}", {"color": "rgba(128,128,128,0.45)", "width": 8}),
                       row=1, col=1)
     if analytic is not None:
         fig.add_hline(y=analytic, line={"color": "crimson", "dash": "dash", "width": 1.2}, row=1, col=1)
-        fig.add_trace(_legend_only(f"analytic λ = {analytic:.4g}", {"color": "crimson", "dash": "dash"}), row=1, col=1)
+        fig.add_trace(legend_only(f"analytic λ = {analytic:.4g}", {"color": "crimson", "dash": "dash"}), row=1, col=1)
     _zoom_running(fig, idata, mean, se, analytic)
     for trace, r, c in _trace_traces(idata, budget, name, colors, 1, 2):
         fig.add_trace(trace, row=r, col=c)
-    L0 = _num(_attrs(idata).get("L0"))
+    L0 = num(_attrs(idata).get("L0"))
     if L0 is not None:
         fig.add_hline(y=L0, line={"color": "crimson", "dash": "dash", "width": 1}, row=1, col=2,
                       annotation_text="L₀", annotation_position="bottom left")
@@ -449,7 +297,7 @@ def sampler_figure(name: str, idata: Any, metrics: dict[str, Any], budget: _Budg
     fig.update_yaxes(title_text="L_n(w)", row=1, col=2)
     fig.update_yaxes(title_text="count / uniform", row=2, col=1)
     fig.update_yaxes(title_text="ρ", row=2, col=2)
-    fig.update_layout(**_layout(height=720, barmode="group", bargap=0.15,
+    fig.update_layout(**base_layout(height=720, barmode="group", bargap=0.15,
                                 title={"text": f"{registry.label(name)}: λ̂ = {fmt(mean, '.4g')} ± {fmt(se, '.2g')}",
                                        "x": 0.01},
                                 legend={"title": {"text": "click: hide / show"}, "groupclick": "togglegroup"}))
@@ -556,7 +404,7 @@ def diagnostics_figure(name: str, idata: Any, metrics: dict[str, Any]):
             fig.add_trace(t, row=r, col=c)
         fig.update_xaxes(title_text=xlabel, row=r, col=c)
         fig.update_yaxes(title_text=ylabel, row=r, col=c)
-    fig.update_layout(**_layout(height=360 * rows, title={"text": f"{registry.label(name)}: sampler diagnostics",
+    fig.update_layout(**base_layout(height=360 * rows, title={"text": f"{registry.label(name)}: sampler diagnostics",
                                                             "x": 0.01}))
     fig.update_annotations(font_size=11)
     return fig
@@ -574,7 +422,7 @@ def combined_figure(idatas: dict[str, Any], metrics: dict[str, Any], analytic: f
             continue
         stride = stride_for(pooled.size, points)
         m = metrics.get(name, {})
-        mean, se = _num(m.get("llc_mean")), _num(m.get("llc_se"))
+        mean, se = num(m.get("llc_mean")), num(m.get("llc_se"))
         color = registry.color(name)
         text = f"{registry.label(name)}: {fmt(mean, '.4g')} ± {fmt(se, '.2g')}"
         fig.add_trace(go.Scatter(x0=100 / pooled.size, dx=100 * stride / pooled.size, y=thin(pooled, stride),
@@ -586,8 +434,8 @@ def combined_figure(idatas: dict[str, Any], metrics: dict[str, Any], analytic: f
                                      showlegend=False, hovertemplate=f"{text} (bar: 2 SE)<extra></extra>"))
     if analytic is not None:
         fig.add_hline(y=analytic, line={"color": "crimson", "dash": "dash"})
-        fig.add_trace(_legend_only(f"analytic λ = {analytic:.4g}", {"color": "crimson", "dash": "dash"}))
-    finals = [(_num(m.get("llc_mean")), _num(m.get("llc_se"))) for m in metrics.values()]
+        fig.add_trace(legend_only(f"analytic λ = {analytic:.4g}", {"color": "crimson", "dash": "dash"}))
+    finals = [(num(m.get("llc_mean")), num(m.get("llc_se"))) for m in metrics.values()]
     vals = [v for mean, se in finals if mean is not None and se is not None for v in (mean - 3 * se, mean + 3 * se)]
     if analytic is not None:
         vals.append(analytic)
@@ -595,7 +443,7 @@ def combined_figure(idatas: dict[str, Any], metrics: dict[str, Any], analytic: f
         lo, hi = min(vals), max(vals)
         span = max(hi - lo, 1e-3 * max(abs(hi), 1.0))
         fig.update_yaxes(range=[lo - 1.5 * span, hi + 1.5 * span])
-    fig.update_layout(**_layout(height=420, margin={"l": 60, "r": 20, "t": 20, "b": 50},
+    fig.update_layout(**base_layout(height=420, margin={"l": 60, "r": 20, "t": 20, "b": 50},
                                 xaxis={"title": {"text": "progress through kept draws (% of each sampler's draws)"}},
                                 yaxis={"title": {"text": "pooled running λ̂"}}))
     return fig
@@ -614,15 +462,6 @@ def _info_table(idatas: dict[str, Any]) -> str:
     return table(["sampler", "tuned parameter / info", "value"], rows, cls="compact")
 
 
-def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(obj, dict):
-        out: list[tuple[str, Any]] = []
-        for k, v in obj.items():
-            out.extend(_flatten(v, f"{prefix}{k}."))
-        return out
-    if isinstance(obj, list):
-        return [(prefix[:-1], ", ".join(map(str, obj)))]
-    return [(prefix[:-1], obj)]
 
 
 def run_page(run_dir: Path, page_dir: Path | None = None, value_budget: int = VALUE_BUDGET) -> Page:
@@ -639,7 +478,7 @@ def run_page(run_dir: Path, page_dir: Path | None = None, value_budget: int = VA
     manifest = read_json_file(run_dir / "manifest.json")
     config = read_json_file(run_dir / "config.json")
     t, p = doc.get("target") or {}, doc.get("posterior") or {}
-    analytic = _num((doc.get("analytic") or {}).get("value"))
+    analytic = num((doc.get("analytic") or {}).get("value"))
     rid = doc.get("run_id") or manifest.get("run_id") or run_dir.name
     page = Page("run", f"llc run {rid}")
     facts = [f"target <b>{esc(t.get('kind') or '?')}</b> {esc(t.get('id') or '')}",
@@ -687,7 +526,7 @@ def run_page(run_dir: Path, page_dir: Path | None = None, value_budget: int = VA
             ("total seconds", fmt(manifest.get("total_seconds"), ".3g"))]
     prov += [(f"version: {k}", v) for k, v in (manifest.get("versions") or {}).items()]
     body = '<div class="two-col">' + kv_table([(k, v) for k, v in prov if v not in (None, "—")])
-    body += kv_table(_flatten(config)) + "</div>" if config else "</div>"
+    body += kv_table(flatten(config)) + "</div>" if config else "</div>"
     page.sections.append(section("Provenance and configuration", f"<details open><summary>show / hide</summary>{body}</details>",
                                  anchor="provenance"))
     if budget.shown:
@@ -788,7 +627,7 @@ def sweep_figure(df) -> Any:
                    {"text": "y:", "x": 0.30, "y": 1.14, "xref": "paper", "yref": "paper", "showarrow": False,
                     "xanchor": "right"}]
     _, x_numeric = _column_values(ok, x0) if len(ok) else ([], True)
-    fig.update_layout(**_layout(height=480, updatemenus=menus, annotations=annotations,
+    fig.update_layout(**base_layout(height=480, updatemenus=menus, annotations=annotations,
                                 margin={"l": 60, "r": 20, "t": 90, "b": 50},
                                 xaxis={"title": {"text": x0}, "type": "-" if x_numeric else "category"},
                                 yaxis={"title": {"text": ys[0][1] if ys else ""}}))
@@ -825,11 +664,11 @@ def sweep_page(csv_path: Path, page_dir: Path | None = None, value_budget: int =
         row: list[Any] = []
         for col in xs:
             v = r[col]
-            row.append(cell(fmt(v, ".4g") if _num(v) is not None and "." in str(v) else v,
-                            sort=_num(v) if _num(v) is not None else v))
+            row.append(cell(fmt(v, ".4g") if num(v) is not None and "." in str(v) else v,
+                            sort=num(v) if num(v) is not None else v))
         row.append(cell(registry.label(r["sampler"]), sort=r["sampler"]))
         for key, _ in metric_cols:
-            v = _num(r[key])
+            v = num(r[key])
             cls = ""
             if key == "rhat" and v is not None:
                 cls = "bad" if v > 1.1 else "warn" if v > 1.01 else ""
@@ -840,9 +679,9 @@ def sweep_page(csv_path: Path, page_dir: Path | None = None, value_budget: int =
         row.append(cell(badges(flags) or "", raw=True, sort=len(flags)))
         run_dir = Path(r["artifacts"]) if r.get("artifacts") else root_guess / "artifacts" / r["run_id"]
         if (run_dir / PAGE_FILE).is_file():
-            link = f'<a href="{esc(_rel(run_dir / PAGE_FILE, page_dir))}">{esc(r["run_id"])}</a>'
+            link = f'<a href="{esc(rel_link(run_dir / PAGE_FILE, page_dir))}">{esc(r["run_id"])}</a>'
         elif run_dir.is_dir():
-            link = (f'<a href="{esc(_rel(run_dir, page_dir))}/" title="no page yet: llc report {esc(run_dir)}">'
+            link = (f'<a href="{esc(rel_link(run_dir, page_dir))}/" title="no page yet: llc report {esc(run_dir)}">'
                     f'{esc(r["run_id"])}</a> <span class="muted">(folder)</span>')
         else:
             link = esc(r["run_id"])
@@ -932,15 +771,19 @@ def _created(run_dir: Path, manifest: dict[str, Any]) -> tuple[float, str]:
 
 
 def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VALUE_BUDGET) -> Page:
-    """The page of an artifacts root: runs newest first, sweeps, and an overlay of selected runs."""
+    """The page of an artifacts root: runs newest first, sweeps, calibrations and trajectories, and
+    an overlay of selected runs."""
     import plotly.graph_objects as go
 
     root = Path(root)
     page_dir = Path(page_dir) if page_dir is not None else root
     runs = find_runs(root)
     sweeps = find_sweeps(root)
-    if not runs and not sweeps:
-        raise ReportError(f"{root}: no runs (directories with manifest.json) and no sweep CSVs found")
+    cals = sorted(cal_index_rows(root, page_dir), key=lambda x: -x[0])
+    trajs = sorted(traj_index_rows(root, page_dir), key=lambda x: -x[0])
+    if not runs and not sweeps and not cals and not trajs:
+        raise ReportError(f"{root}: no runs (directories with manifest.json), sweep CSVs, calibrations or "
+                          "trajectories found")
     info = []
     for run_dir in runs:
         manifest = read_json_file(run_dir / "manifest.json")
@@ -948,7 +791,8 @@ def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VAL
         info.append((ts, created, run_dir, manifest))
     info.sort(key=lambda x: (-x[0], x[2].name))
     page = Page("index", f"llc artifacts {root.resolve()}")
-    page.subtitle = f"{len(runs)} runs · {len(sweeps)} sweeps · newest first"
+    page.subtitle = (f"{len(runs)} runs · {len(sweeps)} sweeps · {len(cals)} calibrations · {len(trajs)} trajectories"
+                     " · newest first")
     fig = go.Figure()
     rows, attrs = [], []
     n_lines = 0
@@ -975,22 +819,22 @@ def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VAL
         est = "<br>".join(f"{esc(registry.label(s))}: {fmt(m.get('llc_mean'), '.4g')} ± {fmt(m.get('llc_se'), '.2g')}"
                           for s, m in samplers.items())
         flags = [f for m in samplers.values() for f in (m.get("flags") or [])]
-        rhat = max((_num(m.get("rhat")) or 0 for m in samplers.values()), default=None)
+        rhat = max((num(m.get("rhat")) or 0 for m in samplers.values()), default=None)
         page_file = run_dir / PAGE_FILE
-        link = (f'<a href="{esc(_rel(page_file, page_dir))}">page</a>' if page_file.is_file()
-                else f'<a href="{esc(_rel(run_dir, page_dir))}/" title="llc report {esc(run_dir)}">folder</a>')
+        link = (f'<a href="{esc(rel_link(page_file, page_dir))}">page</a>' if page_file.is_file()
+                else f'<a href="{esc(rel_link(run_dir, page_dir))}/" title="llc report {esc(run_dir)}">folder</a>')
         check = (f'<input type="checkbox" class="overlay-pick" data-traces="{esc(json.dumps(trace_ids))}"'
                  f'{" checked" if i < shown_by_default and trace_ids else ""}{" disabled" if not trace_ids else ""}'
                  f' aria-label="overlay {esc(run_dir.name)}">')
         rows.append([cell(check, raw=True), cell(created, sort=ts), cell(run_dir.name),
                      cell(f"{t.get('kind') or '—'} (d={t.get('d', '—')}, n={t.get('n', '—')})"),
-                     cell(est or "—", raw=True, sort=_num(next(iter(samplers.values()), {}).get("llc_mean"))),
+                     cell(est or "—", raw=True, sort=num(next(iter(samplers.values()), {}).get("llc_mean"))),
                      cell(fmt(rhat, ".3f"), sort=rhat, cls="warn" if rhat and rhat > 1.01 else ""),
                      cell(badges(flags) or "", raw=True, sort=len(flags)),
-                     cell(fmt(manifest.get("total_seconds"), ".3g"), sort=_num(manifest.get("total_seconds"))),
+                     cell(fmt(manifest.get("total_seconds"), ".3g"), sort=num(manifest.get("total_seconds"))),
                      cell(link, raw=True)])
         attrs.append({"data-status": "done", "data-sampler": " ".join(samplers)})
-    fig.update_layout(**_layout(height=440, title={"text": "Pooled running λ̂ of the selected runs", "x": 0.01},
+    fig.update_layout(**base_layout(height=440, title={"text": "Pooled running λ̂ of the selected runs", "x": 0.01},
                                 xaxis={"title": {"text": "progress through kept draws (%)"}},
                                 yaxis={"title": {"text": "pooled running λ̂"}},
                                 legend={"font": {"size": 10}}))
@@ -1014,7 +858,7 @@ def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VAL
             target = html_page if html_page.is_file() else csv_path
             mtime = csv_path.stat().st_mtime
             srows.append([cell(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime)), sort=mtime),
-                          cell(f'<a href="{esc(_rel(target, page_dir))}">{esc(csv_path.name)}</a>', raw=True, sort=csv_path.name),
+                          cell(f'<a href="{esc(rel_link(target, page_dir))}">{esc(csv_path.name)}</a>', raw=True, sort=csv_path.name),
                           cell(str(df["run_id"].nunique()), sort=df["run_id"].nunique()),
                           cell(str(len(df)), sort=len(df)),
                           cell(", ".join(f"{k} {v}" for k, v in sorted(counts.items()))),
@@ -1022,6 +866,17 @@ def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VAL
         page.sections.append(section(f"Sweeps ({len(srows)})", table(
             ["modified", "CSV", "runs", "rows", "status", "page"], srows, cls="sortable", table_id="sweeps"),
             anchor="sweeps"))
+    if cals:
+        page.sections.append(section(f"Calibrations ({len(cals)})", table(
+            CAL_INDEX_HEADERS, [row for _, row in cals], cls="sortable textual", table_id="calibrations"), anchor="calibrations",
+            note="llc calibrate: hover a recommendation for why it was chosen."))
+    if trajs:
+        all_page = root / TRAJ_DIR / PAGE_FILE
+        overlaid = (f'<a href="{esc(rel_link(all_page, page_dir))}">all of them overlaid</a>' if all_page.is_file()
+                    else f"all of them overlaid: <code>llc report {esc(root / TRAJ_DIR)}</code>")
+        page.sections.append(section(f"Trajectories ({len(trajs)})", table(
+            TRAJ_INDEX_HEADERS, [row for _, row in trajs], cls="sortable textual", table_id="trajectories"),
+            anchor="trajectories", note=f"llc trajectory: λ̂ at every training checkpoint; {overlaid}."))
     if info and per_line < RUNNING_POINTS:
         page.notes.append(f"Running λ̂ curves downsampled to about {per_line} points each for display.")
     else:
@@ -1031,7 +886,8 @@ def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VAL
 
 # --------------------------------------------------------------------------- page kinds and rendering
 
-PAGE_KINDS: dict[str, Callable[..., Page]] = {"run": run_page, "sweep": sweep_page, "index": index_page}
+PAGE_KINDS: dict[str, Callable[..., Page]] = {"run": run_page, "sweep": sweep_page, "index": index_page,
+                                              "calibration": calibration_page, "trajectory": trajectory_page}
 
 
 def detect(path: Path) -> str:
@@ -1040,15 +896,19 @@ def detect(path: Path) -> str:
     if path.is_file() and path.suffix.lower() == ".csv":
         return "sweep"
     if path.is_dir():
+        if is_calibration(path):  # before runs: a calibration also has a manifest.json and a .nc file
+            return "calibration"
+        if is_trajectory(path) or is_overlay(path):
+            return "trajectory"
         if (path / "manifest.json").is_file() or any(path.glob("*.nc")):
             return "run"
         return "index"
-    raise ReportError(f"{path}: not a run directory, a sweep CSV or an artifacts root")
+    raise ReportError(f"{path}: not a run directory, a sweep CSV, a calibration, a trajectory or an artifacts root")
 
 
 def default_out(path: Path, kind: str) -> Path:
     path = Path(path)
-    return {"run": path / PAGE_FILE, "sweep": path.with_suffix(".html"), "index": path / INDEX_FILE}[kind]
+    return path.with_suffix(".html") if kind == "sweep" else path / (INDEX_FILE if kind == "index" else PAGE_FILE)
 
 
 CSS = """
@@ -1062,7 +922,7 @@ section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:1
 h2{font-size:16px;margin:2px 0 8px}p.note{color:var(--muted);margin:0 0 8px;font-size:12.5px}
 .table-wrap{overflow-x:auto}table{border-collapse:collapse;font-size:13px;width:100%}
 th,td{padding:5px 9px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}thead th{background:#f0f2f5;position:sticky;top:0}
+th:first-child,td:first-child{text-align:left}table.textual th,table.textual td{text-align:left}thead th{background:#f0f2f5;position:sticky;top:0}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#e4e8ef}
 th.asc::after{content:" ▲";font-size:10px}th.desc::after{content:" ▼";font-size:10px}
 tbody tr:hover{background:#f7f9fc}td.bad{color:var(--bad);font-weight:600}td.warn{color:var(--warn);font-weight:600}
@@ -1074,6 +934,12 @@ table.kv th{text-align:left;background:none;color:var(--muted);font-weight:500;p
 .two-col{display:grid;grid-template-columns:1fr 1fr;gap:16px}@media(max-width:1000px){.two-col{grid-template-columns:1fr}}
 details summary{cursor:pointer;color:var(--accent);margin-bottom:6px}.plot{margin:6px 0}
 footer{color:var(--muted);font-size:12px;padding:0 28px 24px}
+.callout{border-left:6px solid #067647;background:#ecfdf3;border-radius:6px;padding:10px 16px;margin:4px 0}
+.callout.bad{border-left-color:var(--bad);background:#fef3f2}.callout-title{font-weight:700;font-size:13px;text-transform:uppercase;letter-spacing:.04em;color:#067647}
+.callout.bad .callout-title{color:var(--bad)}.callout .rec-setting{font-size:20px;margin:4px 0 6px}
+.callout .why{font-size:14.5px;margin:0 0 6px;max-width:1100px}.callout code{background:#fff;padding:1px 6px;border-radius:4px;border:1px solid var(--line)}
+.callout p.run-it{margin:0 0 4px}.callout .rec-llc{font-size:15px;color:var(--muted);margin-left:18px}.badge.rec{background:#d1fadf;color:#05603a}.bad-text{color:var(--bad);font-weight:600}
+tr.recommended td{background:#ecfdf3;font-weight:600}tr.flagged td{background:#fef3f2}tr.unhealthy td{color:#8a8f98}tr.unhealthy td.bad{color:var(--bad)}
 """
 
 # Sorting and filtering of tables, and the overlay selection of the index page: what Plotly does not do.
@@ -1113,7 +979,7 @@ def render(page: Page) -> str:
         version = metadata.version("llc")
     except metadata.PackageNotFoundError:
         version = "?"
-    anchors = re.findall(r'<section id="([^"]+)"><h2>(.*?)</h2>', "".join(page.sections))
+    anchors = re.findall(r'<section id="([^"]+)"[^>]*><h2>(.*?)</h2>', "".join(page.sections))
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in anchors)
     notes = "".join(f"<p>{esc(n)}</p>" for n in page.notes)
     generated = time.strftime("%Y-%m-%d %H:%M:%S")
