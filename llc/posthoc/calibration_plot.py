@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from llc.posthoc.plots import save_figure
 
 
 def _label(key: tuple, names: list[str]) -> str:
@@ -17,10 +18,8 @@ def _label(key: tuple, names: list[str]) -> str:
 
 
 def draw(path: Path, summary: dict[str, Any], step_field: str) -> Path:
-    """λ̂ ± 2 SE vs ``step_field`` (log x), failed points marked, the reference and the choice shown.
-
-    Written to a temporary name and renamed, so a kill never leaves a half-written PNG.
-    """
+    """λ̂ ± 2 SE vs ``step_field`` (log x), failed points marked, the reference and the choice shown
+    (written atomically by ``plots.save_figure``)."""
     rows = summary["rows"]
     others = [k for k in summary["axes"] if k != step_field]
     x_field = step_field if step_field in summary["axes"] else others[0]
@@ -72,8 +71,4 @@ def draw(path: Path, summary: dict[str, Any], step_field: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -3,13 +3,14 @@ the training step (log x), one panel each, sharing the step axis."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from llc.posthoc.plots import save_figure
 
 
 def _col(rows: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -61,11 +62,7 @@ def draw(path: Path, summary: dict[str, Any]) -> Path:
     fig.suptitle(f"LLC across training — {target.get('kind', '')} target {target.get('id', '')} "
                  f"({len(rows)} checkpoints)", fontsize=11)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def draw_overlay(path: Path, members: list[tuple[dict[str, Any], dict[str, Any]]]) -> Path:
@@ -97,8 +94,4 @@ def draw_overlay(path: Path, members: list[tuple[dict[str, Any], dict[str, Any]]
         ax.grid(alpha=0.3)
     fig.suptitle(f"LLC across training — {len(members)} settings", fontsize=11)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -23,6 +23,7 @@ from blackjax.sgmcmc import diffusions
 
 from llc.config import SGHMCConfig
 from llc.engine import driver
+from llc.engine.samplers.sgld import gaussian_like, minibatch_work
 
 
 class SGHMCState(NamedTuple):
@@ -33,12 +34,6 @@ class SGHMCState(NamedTuple):
 class SGHMCParams(NamedTuple):
     step_size: jax.Array
     friction: jax.Array
-
-
-def gaussian_like(key, tree):
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
 
 
 def like(tree, reference):
@@ -62,12 +57,8 @@ def make(cfg: SGHMCConfig) -> driver.Algorithm:
 
     def summarize(stats, warm, params, post):
         del stats, warm, params
-        total = cfg.burnin + cfg.draws
-        grads = total * cfg.eval_every * cfg.chains
-        work = {"n_grad_evals": grads, "fde": grads * cfg.batch_size / post.n, "full_loss_evals": total * cfg.chains}
-        info = {"step_size": cfg.step_size, "friction": cfg.friction, "batch_size": cfg.batch_size,
-                "eval_every": cfg.eval_every, "steps_per_chain": total * cfg.eval_every}
-        return work, info, {}
+        work, info = minibatch_work(cfg, post.n)
+        return work, {**info, "friction": cfg.friction}, {}
 
     return driver.Algorithm(
         name="sghmc", init=init, step=step, params=params, static=(cfg.batch_size,),

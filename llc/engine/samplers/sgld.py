@@ -77,6 +77,17 @@ def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDPa
     return SGLDState(position, m, v, t)
 
 
+def minibatch_work(cfg, n: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Work and info shared by the minibatch samplers (SGLD, SGHMC, SGNHT): one minibatch gradient
+    per step, ``eval_every`` steps per recorded draw, one full-batch L_n per draw."""
+    total = cfg.burnin + cfg.draws
+    grads = total * cfg.eval_every * cfg.chains
+    work = {"n_grad_evals": grads, "fde": grads * cfg.batch_size / n, "full_loss_evals": total * cfg.chains}
+    info = {"step_size": cfg.step_size, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
+            "steps_per_chain": total * cfg.eval_every}
+    return work, info
+
+
 def mala_acceptance(problem, params: SGLDParams, w, w_new) -> jax.Array:
     """Metropolis-adjusted Langevin acceptance probability of the move w -> w_new (plain SGLD).
 
@@ -124,14 +135,10 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
 
     def summarize(stats, warm, params, post):
         del warm, params
-        total = cfg.burnin + cfg.draws
-        grads = total * cfg.eval_every * cfg.chains
-        work = {"n_grad_evals": grads, "fde": grads * cfg.batch_size / post.n,
-                "full_loss_evals": total * cfg.chains}
-        info = {"step_size": cfg.step_size, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
-                "steps_per_chain": total * cfg.eval_every, "precond": cfg.precond}
+        work, info = minibatch_work(cfg, post.n)
+        info["precond"] = cfg.precond
         if mala:
-            checks = -(-total // cfg.mala_every) * cfg.chains
+            checks = -(-(cfg.burnin + cfg.draws) // cfg.mala_every) * cfg.chains
             work["n_grad_evals"] += 2 * checks  # full-batch gradients of the check
             work["fde"] += 2 * checks
             info["mean_mala_acceptance"] = float(np.nanmean(stats["mala_acceptance"][:, cfg.burnin:]))

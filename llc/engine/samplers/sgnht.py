@@ -23,7 +23,8 @@ from blackjax.sgmcmc import diffusions
 
 from llc.config import SGNHTConfig
 from llc.engine import driver
-from llc.engine.samplers.sghmc import gaussian_like, like
+from llc.engine.samplers.sghmc import like
+from llc.engine.samplers.sgld import gaussian_like, minibatch_work
 
 
 class SGNHTState(NamedTuple):
@@ -54,13 +55,8 @@ def make(cfg: SGNHTConfig) -> driver.Algorithm:
 
     def summarize(stats, warm, params, post):
         del warm, params
-        total = cfg.burnin + cfg.draws
-        grads = total * cfg.eval_every * cfg.chains
-        work = {"n_grad_evals": grads, "fde": grads * cfg.batch_size / post.n, "full_loss_evals": total * cfg.chains}
-        info = {"step_size": cfg.step_size, "diffusion": cfg.diffusion, "batch_size": cfg.batch_size,
-                "eval_every": cfg.eval_every, "steps_per_chain": total * cfg.eval_every,
-                "xi_final_per_chain": [float(v) for v in stats["xi"][:, -1]]}
-        return work, info, {}
+        work, info = minibatch_work(cfg, post.n)
+        return work, {**info, "diffusion": cfg.diffusion, "xi_final_per_chain": [float(v) for v in stats["xi"][:, -1]]}, {}
 
     return driver.Algorithm(
         name="sgnht", init=init, step=step, params=params, static=(cfg.batch_size,),
