@@ -118,3 +118,50 @@ def test_batched_runs_equal_unbatched_runs(tmp_path):
             assert b.info["batch_size"] == 4
         # Different settings really differ (the batch is not one run copied).
         assert not np.allclose(batched[0].Ln, batched[1].Ln)
+
+
+def test_precompiled_programs_are_the_ones_run(tmp_path):
+    """Programs compiled ahead from an untrained target's shapes (on threads) are the ones the runs
+    use: nothing compiles again, and the first run reports the compile time."""
+    enable_x64()
+    import threading
+
+    from llc.config import MCLMCConfig
+    from llc.engine.posterior import make_posterior
+    from llc.engine.samplers import mclmc, sgld
+    from llc.engine.targets import untrained
+
+    cfg = build_config(overrides=QUAD)
+    loss_fn, params, x, y = untrained(cfg)
+    shapes_only = make_posterior(loss_fn, params, x, y, cfg.posterior, L0=0.0)
+    trained = _quadratic_posts((100.0,), tmp_path)[0]
+    driver._COMPILED.clear()
+    algs = [sgld.make(SGLDConfig(chains=2, draws=20, eval_every=2)),
+            mclmc.make(MCLMCConfig(chains=2, draws=20, warmup=60, energy_check_steps=30))]
+    threads = [threading.Thread(target=driver.precompile, args=([a], [shapes_only]), kwargs={"programs": (p,)})
+               for a in algs for p in (("warmup",) if a.warmup else ()) + ("sample",)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    compiled = len(driver._COMPILED)
+    assert compiled == 4  # sgld: init and sampling; mclmc: warm-up and sampling
+    for alg in algs:
+        out = driver.run(alg, trained, jax.random.key(1))
+        assert out.work["compile_s"] > 0 and np.isfinite(out.Ln).all()
+    assert len(driver._COMPILED) == compiled
+
+
+def test_background_compilation_gives_the_same_run(tmp_path, monkeypatch):
+    enable_x64()
+    overrides = QUAD + ["samplers=[sgld,mclmc]", "mclmc.draws=20", "mclmc.warmup=60", "mclmc.chains=2",
+                        "mclmc.energy_check_steps=30"]
+    cfg = build_config(overrides=overrides)
+    records = []
+    for threads in ("0", "3"):
+        monkeypatch.setenv("LLC_COMPILE_THREADS", threads)
+        driver._COMPILED.clear()
+        records.append(run_experiment(cfg, tmp_path / threads))
+    for name in ("sgld", "mclmc"):
+        assert records[0]["samplers"][name]["llc_mean"] == records[1]["samplers"][name]["llc_mean"]
+        assert records[1]["samplers"][name]["compile_s"] > 0

@@ -178,7 +178,6 @@ KILLABLE = textwrap.dedent(r"""
         time.sleep(600)
 
     import llc.store.cache as cache
-    import llc.pipeline.experiment as E
     if point == "sampling":  # after sampling, before anything is written
         import llc.engine.driver as D
         run_chunks = D.run_chunks
@@ -187,11 +186,12 @@ KILLABLE = textwrap.dedent(r"""
             pause()
         D.run_chunks = patched
     elif point == "netcdf":  # the first sampler file written
-        save = E.save_netcdf
+        import llc.store.artifacts as A
+        save = A.save_netcdf
         def patched(idata, path):
             save(idata, path)
             pause()
-        E.save_netcdf = patched
+        A.save_netcdf = patched
     elif point in ("manifest", "target"):  # every file written but the manifest (of a run / a target)
         seal = cache.seal
         def patched(directory, manifest, **kw):

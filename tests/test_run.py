@@ -105,3 +105,16 @@ def test_python_dash_m_help():
     assert proc.returncode == 0
     for command in ("run",):
         assert command in proc.stdout
+
+
+def test_rewritten_records_name_the_analysis_files():
+    """experiment.py names them without importing llc.posthoc.analyze (ArviZ) at import time."""
+    import subprocess
+    import sys
+
+    from llc.pipeline import experiment
+    from llc.posthoc.analyze import GALLERY_FILE, SNIPPET_FILE
+
+    assert experiment.REWRITTEN_RECORDS[:2] == (GALLERY_FILE, SNIPPET_FILE)
+    code = "import sys, llc.pipeline.experiment; print('arviz' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

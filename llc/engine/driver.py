@@ -20,6 +20,8 @@ the executable from ``_COMPILED`` in-process, and XLA's persistent cache across 
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Protocol
 
@@ -84,6 +86,7 @@ class Algorithm(NamedTuple):
 
 # --------------------------------------------------------------------------- keys and chunks
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def projection_matrix(dim: int, k: int, seed: int, dtype) -> jax.Array:
     """Fixed random Gaussian directions (scaled by 1/sqrt(dim)) for the theta projection."""
     key = jax.random.fold_in(jax.random.key(seed), 0x7E7A)
@@ -121,7 +124,19 @@ def block(tree) -> Any:
 
 # --------------------------------------------------------------------------- compilation
 
-_COMPILED: dict[Any, Any] = {}
+class _Compiled:
+    """One compiled program of ``_COMPILED``; ``ready`` is set once ``executable`` (or ``error``) is."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.executable: Any = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.reported = False  # the first run that uses it reports its compile time, later ones 0.0
+
+
+_COMPILED: dict[Any, _Compiled] = {}
+_COMPILED_LOCK = threading.Lock()
 
 
 def _signature(args) -> tuple:
@@ -129,17 +144,37 @@ def _signature(args) -> tuple:
     return (treedef, tuple((np.shape(a), jnp.result_type(a).name, getattr(a, "weak_type", False)) for a in leaves))
 
 
-def compile_cached(key: tuple, fn: Callable, *args) -> tuple[Callable, float]:
-    """``jax.jit(fn)`` compiled for ``args``; reused for any later call with the same ``key`` and
-    argument shapes/dtypes. Returns (executable, compile seconds: 0.0 on an in-process hit)."""
+def compile_cached(key: tuple, fn: Callable, *args, report: bool = True) -> tuple[Callable, float]:
+    """``jax.jit(fn)`` compiled for ``args`` (arrays or ``jax.ShapeDtypeStruct``s); reused for any
+    later call with the same ``key`` and argument shapes/dtypes, also while another thread is
+    still compiling it (``precompile``). Returns (executable, compile seconds): the seconds go to
+    the first caller with ``report=True``, later ones get 0.0."""
     full_key = (key, _signature(args))
-    hit = _COMPILED.get(full_key)
-    if hit is not None:
-        return hit, 0.0
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    _COMPILED[full_key] = compiled
-    return compiled, time.perf_counter() - t0
+    with _COMPILED_LOCK:
+        entry = _COMPILED.get(full_key)
+        owner = entry is None
+        if owner:
+            entry = _COMPILED[full_key] = _Compiled()
+    if owner:
+        t0 = time.perf_counter()
+        try:
+            entry.executable = jax.jit(fn).lower(*args).compile()
+        except BaseException as exc:
+            with _COMPILED_LOCK:
+                del _COMPILED[full_key]  # a later caller tries again
+            entry.error = exc
+            raise
+        finally:
+            entry.seconds = time.perf_counter() - t0
+            entry.ready.set()
+    else:
+        entry.ready.wait()
+        if entry.error is not None:
+            return compile_cached(key, fn, *args, report=report)
+    with _COMPILED_LOCK:
+        seconds = entry.seconds if report and not entry.reported else 0.0
+        entry.reported |= report
+    return entry.executable, seconds
 
 
 def compile_timed(fn: Callable, *args) -> tuple[Callable, float]:
@@ -162,7 +197,7 @@ def run_chunks(compiled: Callable, state, key, total_draws: int, size: int, data
     progress(0, total_draws, phase)
     for i in range(total_draws // size):
         t0 = time.perf_counter()
-        state, out = compiled(state, key, jnp.asarray(i, dtype=jnp.int32), data)
+        state, out = compiled(state, key, np.int32(i), data)
         out = block(out)
         wall += time.perf_counter() - t0
         pieces.append(jax.tree.map(np.asarray, out))
@@ -172,6 +207,11 @@ def run_chunks(compiled: Callable, state, key, total_draws: int, size: int, data
 
 
 # --------------------------------------------------------------------------- the driver
+
+def on_shapes_if(abstract: bool, fn: Callable, *args):
+    """``fn(*args)``, or its output shapes (``jax.eval_shape``) when ``abstract``."""
+    return jax.eval_shape(fn, *args) if abstract else fn(*args)
+
 
 def _program_key(alg: Algorithm, post: Posterior, proj_dim: int, what: str, *extra) -> tuple:
     return (what, alg.name, alg.static, alg.chains, alg.steps_per_draw, alg.flat, alg.dtype,
@@ -200,8 +240,28 @@ def batch_signature(alg: Algorithm) -> tuple:
             alg.warmup is not None, alg.warmup_chains)
 
 
+def unravel_function(tree) -> Callable:
+    """``ravel_pytree(tree)[1]`` (flat vector -> pytree), from the shapes alone: ravelling the
+    arrays eagerly would compile a program per leaf shape."""
+    found = []
+    jax.eval_shape(lambda t: found.append(ravel_pytree(t)[1]), tree)
+    return found[0]
+
+
 def _stack(trees: list):
-    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+    """Stack on the host and copy to the device once (eager ``jnp.stack`` compiles per shape)."""
+    return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _batch_keys(keys: list, warm_chains: int | None, chains: int) -> tuple[jax.Array, jax.Array]:
+    """(warm-up or init keys, sampling keys), each (settings, chains), from each run's key: one
+    program rather than a few eager ones per run. ``warm_chains`` None: the sampler has no warm-up."""
+    if warm_chains is None:
+        sample = jnp.stack([chain_keys(k, chains) for k in keys])
+        return jnp.stack([chain_keys(jax.random.fold_in(k, 0x1A17), chains) for k in keys]), sample
+    splits = [jax.random.split(k) for k in keys]
+    return jnp.stack([chain_keys(k[0], warm_chains) for k in splits]), jnp.stack([chain_keys(k[1], chains) for k in splits])
 
 
 def _check_batch(algs: list[Algorithm], posts: list[Posterior]) -> None:
@@ -216,19 +276,34 @@ def _check_batch(algs: list[Algorithm], posts: list[Posterior]) -> None:
             raise ValueError("runs of one batch must share the target's loss and data")
 
 
+def precompile(algs: list[Algorithm], posts: list[Posterior], *, proj_dim: int = 4,
+               programs: tuple[str, ...] = ("warmup", "sample")) -> None:
+    """Compile the programs ``run_batch`` will need for these runs, without running anything:
+    the warm-up program (if the sampler tunes) and/or the sampling program (and its init).
+
+    Only shapes matter, so ``posts`` may hold any values of the right shapes (an untrained w*).
+    Meant for a background thread (XLA compiles without holding the GIL): while the target
+    trains or another sampler compiles, ``run_batch`` then finds the executables ready (or waits
+    for the compile in flight) and reports their compile time as its own.
+    """
+    run_batch(algs, posts, [jax.random.key(0)] * len(algs), proj_dim=proj_dim, compile_only=programs)
+
+
 def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj_dim: int = 4,
-              progress: ProgressFn = no_progress) -> list[SamplerOutput]:
+              progress: ProgressFn = no_progress, compile_only: tuple[str, ...] = ()) -> list[SamplerOutput]:
     """Several runs differing only in runtime values (epsilon, gamma, n*beta, seed, w*) as one
     program, ``vmap``ped over settings x chains; each run's random stream is the one it has alone.
 
     Work is shared: each run reports ``1/len(algs)`` of the batch's wall and compile time, and the
     batch totals in ``info`` (``batch_size``, ``batch_wall_s``, ``batch_compile_s``).
+    ``compile_only``: compile only these programs ("warmup", "sample"), traced on shapes, and
+    return ``[]`` (see ``precompile``).
     """
     _check_batch(algs, posts)
     alg, S = algs[0], len(algs)
     posts = [cast(p, alg.dtype) for p in posts]
     post = posts[0]
-    unravel = ravel_pytree(post.w_star)[1]
+    unravel = unravel_function(post.w_star)
     arrays = [problem_arrays(p) for p in posts]
     shared = {"x": arrays[0]["x"], "y": arrays[0]["y"]}  # the data: one copy, not vmapped
     per = _stack([{k: a[k] for k in ("w_star", "nbeta", "gamma")} for a in arrays])
@@ -247,10 +322,8 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
     warm_record: Any = None
     warm_compile = warm_wall = 0.0
     if alg.warmup is not None:
-        splits = [jax.random.split(k) for k in keys]
         n_tune = alg.warmup_chains or chains
-        warm_keys = jnp.stack([chain_keys(k[0], n_tune) for k in splits])
-        sample_keys = jnp.stack([chain_keys(k[1], chains) for k in splits])
+        warm_keys, sample_keys = _batch_keys(list(keys), n_tune, chains)
 
         def warm(keys, per, params, shared):
             def one(keys, per, params):
@@ -258,18 +331,22 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
                 return jax.vmap(lambda k: alg.warmup(k, problem.position0, problem, params))(keys)
             return per_setting(one)(keys, per, params)
 
-        progress(0, 1, "warmup")
-        compiled, warm_compile = compile_cached(_program_key(alg, post, proj_dim, "warmup", n_tune), warm,
-                                                warm_keys, per, hyper, shared)
-        t0 = time.perf_counter()
-        states, params, warm_record = block(compiled(warm_keys, per, hyper, shared))
-        warm_wall = time.perf_counter() - t0
-        progress(1, 1, "warmup")
+        if not compile_only or "warmup" in compile_only:
+            compiled, warm_compile = compile_cached(_program_key(alg, post, proj_dim, "warmup", n_tune), warm,
+                                                    warm_keys, per, hyper, shared, report=not compile_only)
+        if compile_only:
+            states, params, warm_record = jax.eval_shape(warm, warm_keys, per, hyper, shared)
+        else:
+            progress(0, 1, "warmup")
+            t0 = time.perf_counter()
+            states, params, warm_record = block(compiled(warm_keys, per, hyper, shared))
+            warm_wall = time.perf_counter() - t0
+            progress(1, 1, "warmup")
         if n_tune != chains:  # shared adaptation: every chain starts from chain 0's tuned state
-            states, params = (jax.tree.map(lambda a: jnp.repeat(a[:, :1], chains, axis=1), t) for t in (states, params))
+            states, params = on_shapes_if(bool(compile_only), lambda *t: tuple(
+                jax.tree.map(lambda a: jnp.repeat(a[:, :1], chains, axis=1), x) for x in t), states, params)
     else:
-        sample_keys = jnp.stack([chain_keys(k, chains) for k in keys])
-        init_keys = jnp.stack([chain_keys(jax.random.fold_in(k, 0x1A17), chains) for k in keys])
+        init_keys, sample_keys = _batch_keys(list(keys), None, chains)
 
         def init(keys, per, params, shared):
             def one(keys, per, params):
@@ -277,9 +354,11 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
                 return jax.vmap(lambda k: alg.init(k, problem.position0, problem, params))(keys)
             return per_setting(one)(keys, per, params)
 
-        init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init, init_keys, per, hyper, shared)
-        states = init_c(init_keys, per, hyper, shared)
-        params = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (S, chains, *a.shape[1:])), hyper)
+        if not compile_only or "sample" in compile_only:
+            init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init, init_keys, per, hyper, shared)
+        states = on_shapes_if(bool(compile_only), init if compile_only else init_c, init_keys, per, hyper, shared)
+        params = jax.device_put(jax.tree.map(lambda a: np.broadcast_to(np.asarray(a)[:, None], (S, chains, *a.shape[1:])),
+                                             hyper))
 
     # ------------------------------------------------------------------ sampling
     total = alg.burnin + alg.draws
@@ -326,15 +405,21 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
 
     carry = (states, params)
     data = (per, shared, matrix)
+    if compile_only:
+        if "sample" in compile_only:
+            compile_cached(_program_key(alg, post, proj_dim, "sample", size, total), chunk,
+                           carry, sample_keys, np.int32(0), data, report=False)
+        return []
     compiled, compile_s = compile_cached(_program_key(alg, post, proj_dim, "sample", size, total), chunk,
-                                         carry, sample_keys, jnp.asarray(0, jnp.int32), data)
+                                         carry, sample_keys, np.int32(0), data)
     _, (Ln, theta, stats), wall = run_chunks(compiled, carry, sample_keys, total, size, data, progress, alg.name,
                                              axis=2)
 
     batch = {"batch_size": S, "batch_wall_s": warm_wall + wall, "batch_compile_s": warm_compile + compile_s}
-    return [_output(algs[s], posts[s], jax.tree.map(lambda a: np.asarray(a[s]), x), batch, warm_wall, wall,
+    host = jax.tree.map(np.asarray, (Ln, theta, stats, params, warm_record))  # slicing device arrays compiles
+    return [_output(algs[s], posts[s], jax.tree.map(lambda a: a[s], host), batch, warm_wall, wall,
                     warm_compile + compile_s)
-            for s, x in enumerate([(Ln, theta, stats, params, warm_record)] * S)]
+            for s in range(S)]
 
 
 def _output(alg: Algorithm, post: Posterior, arrays, batch: dict, warm_wall: float, wall: float,

@@ -57,8 +57,10 @@ def cast(post: Posterior, dtype: str) -> Posterior:
     Only float leaves are cast: integer inputs (tokens, class labels) stay integer.
     """
     def conv(tree):
-        return jax.tree.map(lambda a: jnp.asarray(a, dtype=dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating)
-                            else jnp.asarray(a), tree)
+        # Cast on the host, copy once (an eager jnp cast compiles a program per array shape).
+        host = jax.tree.map(lambda a: np.asarray(a, dtype=dtype) if np.issubdtype(np.asarray(a).dtype, np.floating)
+                            else np.asarray(a), tree)
+        return jax.device_put(host)
 
     return post._replace(w_star=conv(post.w_star), x=conv(post.x), y=conv(post.y))
 
@@ -67,7 +69,7 @@ def problem_arrays(post: Posterior) -> dict[str, Any]:
     """Everything of the posterior a compiled program takes as runtime arguments (never constants)."""
     dtype = jax.tree.leaves(post.w_star)[0].dtype
     return {"w_star": post.w_star, "x": post.x, "y": post.y,
-            "nbeta": jnp.asarray(post.nbeta, dtype), "gamma": jnp.asarray(post.gamma, dtype)}
+            "nbeta": np.asarray(post.nbeta, dtype), "gamma": np.asarray(post.gamma, dtype)}
 
 
 class Problem:

@@ -7,30 +7,35 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import math
 import os
 import platform
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from llc.store import cache
-from llc.store.artifacts import (optimisation_trace, read_json, save_netcdf, set_flags, to_inference_data,
-                                 write_json, write_tensorboard)
 from llc import registry
-from llc.config import RunConfig, to_dict
-from llc.posthoc.analyze import DEFAULT_TARGET_SE as TARGET_SE
-from llc.posthoc.analyze import GALLERY_FILE, SNIPPET_FILE, metrics_document, write_run_records
-from llc.posthoc.figures import RECORD_FILE as FIGURE_RECORD
-from llc.analysis.diagnostics import sampler_metrics
 from llc.analysis.flags import add_cross_sampler_flags
+from llc.config import RunConfig, to_dict
+from llc.posthoc.figures import RECORD_FILE as FIGURE_RECORD
+from llc.store import cache
+
+# The store and analysis modules (ArviZ, xarray, pandas, matplotlib: seconds of imports) are imported
+# where a run is saved or loaded, and on a thread while the first run trains and compiles
+# (``_import_store_in_background``): a cold run does not wait for them.
+STORE_MODULES = ("llc.store.artifacts", "llc.analysis.diagnostics", "llc.posthoc.analyze")
 
 DEFAULT_ROOT = Path(os.environ.get("LLC_ARTIFACTS", "artifacts"))
 RESULT_FILE = "result.json"
-# Records rewritten in a complete run directory once its figures are drawn (llc.posthoc.figures).
-REWRITTEN_RECORDS = (GALLERY_FILE, SNIPPET_FILE, FIGURE_RECORD)
+# Records rewritten in a complete run directory once its figures are drawn (llc.posthoc.figures);
+# the first two are llc.posthoc.analyze's GALLERY_FILE and SNIPPET_FILE (tests/test_run.py checks).
+REWRITTEN_RECORDS = ("gallery.md", "README_snippet.md", FIGURE_RECORD)
 SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "compile_s", "fde", "diverged_chains", "flags")
 
 
@@ -57,10 +62,16 @@ def enable_compilation_cache() -> None:
 
 
 def sampler_key(seed: int, name: str):
+    """Each sampler's own random stream, stable whatever other samplers are selected."""
+    return _fold_in_stream()(seed, registry.sampler(name).stream)
+
+
+@functools.cache
+def _fold_in_stream():
     import jax
 
-    # Each sampler gets its own stream, stable whatever other samplers are selected.
-    return jax.random.fold_in(jax.random.key(seed), registry.sampler(name).stream)
+    # One compiled program for every seed and sampler (eager calls compile two per call).
+    return jax.jit(lambda seed, stream: jax.random.fold_in(jax.random.key(seed), stream))
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +89,8 @@ def _versions() -> dict[str, str]:
 
 
 def load_cached(run_dir: Path) -> dict[str, Any]:
+    from llc.store.artifacts import read_json
+
     result = read_json(run_dir / RESULT_FILE)
     result["cached"] = True
     result["artifacts"] = str(run_dir)
@@ -145,6 +158,10 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
     from llc.engine.targets import get_target, target_id
     from llc.pipeline.resources import backend_line, check_memory
 
+    for name in _sampler_names([cfgs[i] for i in todo]):  # the JAX side's imports first (see STORE_MODULES)
+        importlib.import_module(registry.sampler(name).module)
+    threading.Thread(target=_import_store, name="llc-import-store", daemon=True).start()
+
     if len({target_id(cfgs[i]) for i in todo}) > 1:
         raise ValueError("run_experiments: the runs of one batch must share their target")
     check_memory([cfgs[i] for i in todo])  # before the header: a refused run is one line
@@ -153,15 +170,91 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
     log(f"{runs}: {', '.join(first.samplers)} on {first.target.kind}; {backend_line()}")
     t_start = time.time()
     train_progress = (lambda done, total: progress("target", done, total, "training")) if progress else None
-    target = get_target(first, root, progress=train_progress, log=log)
-    log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): "
-        f"kind={target.kind} n={target.n} d={target.d} L0={target.L0:.6g}")
-    _require_finite(target, first)
-    posts = {i: make_posterior(target.loss_fn, target.params, target.x, target.y, cfgs[i].posterior, L0=target.L0)
-             for i in todo}
-    outputs = _sample(cfgs, todo, posts, progress)
+    compiling = _precompile_in_background([cfgs[i] for i in todo])
+    try:
+        target = get_target(first, root, progress=train_progress, log=log)
+        log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): "
+            f"kind={target.kind} n={target.n} d={target.d} L0={target.L0:.6g}")
+        _require_finite(target, first)
+        posts = {i: make_posterior(target.loss_fn, target.params, target.x, target.y, cfgs[i].posterior,
+                                   L0=target.L0) for i in todo}
+        outputs = _sample(cfgs, todo, posts, progress)
+    finally:
+        if compiling is not None:
+            compiling.shutdown(wait=False, cancel_futures=True)
     for i in todo:
         records[i] = _save_run(cfgs[i], root, target, posts[i], outputs[i], t_start, log)
+
+
+def _import_store() -> None:
+    for module in STORE_MODULES:
+        importlib.import_module(module)
+
+
+def compile_threads() -> int:
+    """Threads that compile sampler programs ahead of use (``LLC_COMPILE_THREADS`` overrides).
+
+    On an accelerator, one per program up to the host's cores: the host is otherwise idle.
+    None on the CPU backend, where the same cores train the target and sample.
+    """
+    import jax
+
+    if "LLC_COMPILE_THREADS" in os.environ:
+        return max(0, int(os.environ["LLC_COMPILE_THREADS"]))
+    return 0 if jax.default_backend() == "cpu" else max(1, (os.cpu_count() or 2) - 1)
+
+
+def _precompile_in_background(cfgs: list[RunConfig]) -> ThreadPoolExecutor | None:
+    """Compile every sampler program of these runs on threads, from the untrained target's shapes,
+    while the main thread trains (or loads) the target and runs the programs ready first: cold,
+    compilation is most of a small run's time on a GPU, and XLA compiles without holding the GIL.
+    ``run_batch`` then finds each program compiled or waits for its compile; if one fails here,
+    it compiles again and raises there."""
+    from llc.engine import driver
+    from llc.engine.posterior import make_posterior
+    from llc.engine.targets import untrained
+
+    threads = min(compile_threads(), len(_sampler_names(cfgs)) * 2)  # warm-up and sampling programs
+    if threads == 0:
+        return None
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="llc-compile")
+
+    def start() -> None:
+        loss_fn, params, x, y = untrained(cfgs[0])
+        posts = {i: make_posterior(loss_fn, params, x, y, cfg.posterior, L0=0.0) for i, cfg in enumerate(cfgs)}
+        # Tuners first: their programs compile longest.
+        batches = sorted(_batches(cfgs, range(len(cfgs))), key=lambda b: b[2][b[1][0]].warmup is None)
+        for _, members, algs in batches:
+            programs = ("warmup", "sample") if algs[members[0]].warmup is not None else ("sample",)
+            for program in programs:
+                pool.submit(driver.precompile, [algs[i] for i in members], [posts[i] for i in members],
+                            proj_dim=cfgs[members[0]].theta_proj_dim, programs=(program,))
+
+    pool.submit(start)
+    return pool
+
+
+def _sampler_names(cfgs: list[RunConfig]) -> list[str]:
+    return list(dict.fromkeys(name for cfg in cfgs for name in cfg.samplers))
+
+
+def _batches(cfgs: list[RunConfig], todo) -> list[tuple[str, list[int], dict[int, Any]]]:
+    """(sampler, run indices, their Algorithms) for each group of runs that share one compiled
+    program; samplers without a driver module (VI) are left out."""
+    from llc.engine import driver
+
+    batches = []
+    for name in _sampler_names([cfgs[i] for i in todo]):
+        module = importlib.import_module(registry.sampler(name).module)
+        if not hasattr(module, "make"):
+            continue
+        runs = [i for i in todo if name in cfgs[i].samplers]
+        algs = {i: module.make(getattr(cfgs[i], name)) for i in runs}
+        groups: dict[tuple, list[int]] = {}
+        for i in runs:
+            groups.setdefault((driver.batch_signature(algs[i]), cfgs[i].theta_proj_dim), []).append(i)
+        batches.extend((name, members, algs) for members in groups.values())
+    return batches
 
 
 def _require_finite(target: Any, cfg: RunConfig) -> None:
@@ -182,28 +275,21 @@ def _require_finite(target: Any, cfg: RunConfig) -> None:
 def _sample(cfgs: list[RunConfig], todo: list[int], posts: dict[int, Any],
             progress: Callable[[str, int, int, str], None] | None) -> dict[int, dict[str, Any]]:
     """Every sampler of every run, batched where the compiled program is shared."""
-    import importlib
-
     from llc.engine import driver
     from llc.engine.samplers import get_runner
 
     outputs: dict[int, dict[str, Any]] = {i: {} for i in todo}
-    names = list(dict.fromkeys(name for i in todo for name in cfgs[i].samplers))
-    for name in names:
-        runs = [i for i in todo if name in cfgs[i].samplers]
+    batched = _batches(cfgs, todo)
+    for name in _sampler_names([cfgs[i] for i in todo]):
         report = (lambda done, total, phase, _n=name: progress(_n, done, total, phase)) if progress else None
         kwargs = {"progress": report} if report is not None else {}
-        module = importlib.import_module(registry.sampler(name).module)
-        if not hasattr(module, "make"):  # VI: its own loop, one run at a time
-            for i in runs:
+        mine = [(members, algs) for n, members, algs in batched if n == name]
+        if not mine:  # VI: its own loop, one run at a time
+            for i in (i for i in todo if name in cfgs[i].samplers):
                 outputs[i][name] = get_runner(name)(posts[i], getattr(cfgs[i], name), sampler_key(cfgs[i].seed, name),
                                                     proj_dim=cfgs[i].theta_proj_dim, **kwargs)
             continue
-        groups: dict[tuple, list[int]] = {}
-        algs = {i: module.make(getattr(cfgs[i], name)) for i in runs}
-        for i in runs:
-            groups.setdefault((driver.batch_signature(algs[i]), cfgs[i].theta_proj_dim), []).append(i)
-        for members in groups.values():
+        for members, algs in mine:
             outs = driver.run_batch([algs[i] for i in members], [posts[i] for i in members],
                                     [sampler_key(cfgs[i].seed, name) for i in members],
                                     proj_dim=cfgs[members[0]].theta_proj_dim, **kwargs)
@@ -216,6 +302,12 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
               log: Callable[[str], None]) -> dict[str, Any]:
     """Metrics, records and artifacts of one run, written atomically; returns its result record."""
     import jax
+
+    from llc.analysis.diagnostics import sampler_metrics
+    from llc.posthoc.analyze import DEFAULT_TARGET_SE as TARGET_SE
+    from llc.posthoc.analyze import metrics_document, write_run_records
+    from llc.store.artifacts import (optimisation_trace, save_netcdf, set_flags, to_inference_data, write_json,
+                                     write_tensorboard)
 
     from llc.engine.targets import analytic_llc
 

@@ -51,8 +51,8 @@ def make(cfg: HMCConfig) -> driver.Algorithm:
     kernel = algorithm.build_kernel()
     # The trajectory length shapes the integrator loop, so it is structural (static), as is NUTS's depth.
     extra = {"max_num_doublings": cfg.max_tree_depth} if cfg.nuts else {"num_integration_steps": cfg.num_integration_steps}
-    params = HMCParams(jnp.asarray(cfg.step_size, dtype), jnp.ones((), dtype), jnp.asarray(cfg.target_accept, dtype),
-                       jnp.asarray(0.0 if cfg.nuts else cfg.step_size_jitter, dtype))
+    params = HMCParams(np.asarray(cfg.step_size, dtype), np.ones((), dtype), np.asarray(cfg.target_accept, dtype),
+                       np.asarray(0.0 if cfg.nuts else cfg.step_size_jitter, dtype))
 
     def warmup(key, position, problem, params):
         def info_fn(state, info, adaptation_state):

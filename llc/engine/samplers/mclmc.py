@@ -1,11 +1,10 @@
 """Unadjusted microcanonical Langevin Monte Carlo (MCLMC) on BlackJAX.
 
-Tuning: ``blackjax.mclmc_find_L_and_step_size``, the official three-phase tuner (step size from
-the energy-error variance ``desired_energy_var`` per dimension, an optional diagonal
-preconditioner from the phase-2 moments, then the momentum decoherence length ``L`` from the
-autocorrelation of phase 3). ``warmup`` is the tuner's budget: its three phases get a third each
-(plus a third of phase 2 again to re-tune the step size after preconditioning). Two additions
-around it, both found necessary on LLC posteriors:
+Tuning follows BlackJAX's three-phase MCLMC tuner (``mclmc_find_L_and_step_size``): the step size
+from the energy-error variance ``desired_energy_var`` per dimension, an optional diagonal
+preconditioner from the phase-2 moments (then a third of phase 2 again to re-tune the step size),
+and the momentum decoherence length ``L`` from the autocorrelation of phase 3. ``warmup`` is the
+tuner's budget, a third per phase. Two additions, both found necessary on LLC posteriors:
 
 * the tuner starts from BlackJAX's default L and step size rescaled to the posterior's narrowest
   width at w* (``fullbatch.stiffest_scale``) instead of unit scale;
@@ -13,6 +12,12 @@ around it, both found necessary on LLC posteriors:
   realized mean squared energy error exceeds the target: the tuner's robust average ignores the
   heavy tail of energy errors on ReLU losses, and such chains overestimated lambda-hat by up to
   50% in our runs on the quick preset's MLP.
+
+The phases and the check run as one ``lax.scan`` over a single copy of the BlackJAX kernel, with
+BlackJAX's own step-size predictor formula, divergence handler (``handle_nans``), streaming
+moments and ESS. Calling BlackJAX's tuner instead put five copies of the kernel into the
+program (one per phase, the re-tuning and the check): a 32 s compile on an H100, more than half
+of a quick run.
 
 Per chain (vmapped) or once on chain 0 (``adaptation="shared"``, all chains then start from
 chain 0's tuned state with their own random streams).
@@ -28,13 +33,16 @@ The tuner returns only its final state, so ``Ln_warmup`` is empty (chains, 0).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
+from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState, handle_nans
+from blackjax.diagnostics import effective_sample_size
+from blackjax.util import incremental_value_update
 
 from llc.config import MCLMCConfig
 from llc.engine import driver
@@ -56,13 +64,35 @@ class MCLMCParams(NamedTuple):
     scale: jax.Array  # the posterior's narrowest width at w* (fullbatch.stiffest_scale)
 
 
-def tuning_steps(warmup: int, diagonal_preconditioning: bool) -> int:
-    """Integrator steps the BlackJAX tuner takes for a given ``warmup``, with its own rounding
-    (counted from its code: its returned count rounds the re-tuning phase differently)."""
-    f1, f2, f3 = TUNE_FRACTIONS
-    n1, n2, n3 = round(warmup * f1), round(warmup * f2), round(warmup * f3)
-    extra = round(n2 / 3) if diagonal_preconditioning and n2 > 1 else 0
-    return n1 + n2 + extra + (n3 if n3 >= 2 else 0)
+# BlackJAX's tuner constants (its defaults): the step-size estimate's effective memory, how far
+# an energy error may stray before it is down-weighted, and L = L_FACTOR * eps * autocorrelation time.
+NUM_EFFECTIVE_SAMPLES = 150
+TRUST_IN_ESTIMATE = 1.5
+L_FACTOR = 0.4
+
+
+class TuningSchedule(NamedTuple):
+    """Where each phase of the single-scan tuner ends (integrator steps, cumulative)."""
+
+    n1: int
+    n2: int
+    n3: int
+    end_phase2: int
+    end_retune: int
+    end_phase3: int
+    per_round: int
+    total: int
+
+    @classmethod
+    def of(cls, cfg: MCLMCConfig) -> "TuningSchedule":
+        f1, f2, f3 = TUNE_FRACTIONS
+        n1, n2, n3 = round(cfg.warmup * f1), round(cfg.warmup * f2), round(cfg.warmup * f3)
+        n3 = n3 if n3 >= 2 else 0  # the autocorrelation needs at least two draws
+        retune = round(n2 / 3) if cfg.diagonal_preconditioning and n2 > 1 else 0
+        per_round = cfg.energy_check_steps // ENERGY_CHECK_ROUNDS
+        end2 = n1 + n2
+        end3 = end2 + retune + n3
+        return cls(n1, n2, n3, end2, end2 + retune, end3, per_round, end3 + per_round * ENERGY_CHECK_ROUNDS)
 
 
 def make(cfg: MCLMCConfig) -> driver.Algorithm:
@@ -70,41 +100,108 @@ def make(cfg: MCLMCConfig) -> driver.Algorithm:
     wide = jnp.result_type(float)  # the tuners' own float type (float64 under x64)
     kernel = fullbatch.dtype_preserving(blackjax.mcmc.mclmc.build_kernel(
         integrator=fullbatch.isokinetic_integrator(cfg.integrator)))
-    one = jnp.ones((), dtype)
-    params = MCLMCParams(one, one, one, jnp.asarray(cfg.desired_energy_var, wide), one)
-    f1, f2, f3 = TUNE_FRACTIONS
+    one = np.ones((), dtype)
+    params = MCLMCParams(one, one, one, np.asarray(cfg.desired_energy_var, wide), one)
 
-    def energy_check(problem, state, L, eps, imm, desired, key):
-        """Shrink the step size until the realized energy-error variance meets the target.
-
-        BlackJAX's tuner down-weights large energy errors (a robust average), which on non-smooth
-        losses (ReLU kinks) leaves heavy-tailed errors far above ``desired_energy_var`` and biases
-        L_n. Here the plain mean of dE^2/d over each round sets eps <- eps * min(1, (desired /
-        realized)^(1/6)) (Var dE ~ eps^6 for these integrators), for ENERGY_CHECK_ROUNDS rounds.
-        """
+    def tune(problem, state, start, desired, key):
+        """BlackJAX's three tuning phases and the energy check as one ``lax.scan`` over one copy of
+        the kernel (see ``TuningSchedule``): one kernel in the compiled program instead of five,
+        which is most of its compile time, on a GPU most of a quick run's wall time."""
         dim = problem.position0.shape[0]
-        per_round = cfg.energy_check_steps // ENERGY_CHECK_ROUNDS
+        sched = TuningSchedule.of(cfg)
+        decay = (NUM_EFFECTIVE_SAMPLES - 1.0) / (NUM_EFFECTIVE_SAMPLES + 1.0)
+        zero = jnp.zeros((), wide)
+        fresh_adaptation = (zero, zero, jnp.asarray(jnp.inf, wide))  # (time, x_average, step_size_max)
+        carry = {
+            "state": state, "L": start.L, "eps": start.step_size, "imm": start.inverse_mass_matrix,
+            "adapt": fresh_adaptation,
+            "moments": (zero, jnp.zeros((2, dim), wide)),  # streaming (weight, [E x, E x^2])
+            "samples": jnp.zeros((max(sched.n3, 1), dim), state.position.dtype),
+            "dE2": zero, "check": (jnp.full((ENERGY_CHECK_ROUNDS,), jnp.nan, wide),
+                                   jnp.ones((ENERGY_CHECK_ROUNDS,), wide)),
+        }
 
-        def one_round(carry, k):
-            state, eps = carry
+        def adapt_step_size(c, energy_change):
+            """BlackJAX's predictor: a robust running estimate of the step size whose energy-error
+            variance per dimension is ``desired`` (Var dE ~ eps^6)."""
+            time, x_average, eps_max = c["adapt"]
+            xi = jnp.square(energy_change) / (dim * desired) + 1e-8
+            weight = jnp.exp(-0.5 * jnp.square(jnp.log(xi) / (6.0 * TRUST_IN_ESTIMATE)))
+            x_average = decay * x_average + weight * (xi / jnp.power(c["eps"], 6.0))
+            time = decay * time + weight
+            eps = jnp.minimum(jnp.power(x_average / time, -1.0 / 6.0), eps_max)
+            return eps, (time, x_average, eps_max)
 
-            def step(s, kk):
-                s, info = kernel(kk, s, problem.logdensity, imm, L, eps)
-                return s, info.energy_change
+        def after_phase2(c):
+            """L from the variances of the step-size-weighted moments or, with the diagonal
+            preconditioner, those variances as inverse mass and L = sqrt(d); the step-size estimate
+            then restarts for the re-tuning steps."""
+            mean, mean_sq = c["moments"][1]
+            variances = mean_sq - jnp.square(mean)
+            if cfg.diagonal_preconditioning:
+                return {**c, "imm": variances, "L": jnp.sqrt(jnp.asarray(dim, wide)), "adapt": fresh_adaptation}
+            return {**c, "L": jnp.sqrt(jnp.sum(variances))}
 
-            state, de = jax.lax.scan(step, state, jax.random.split(k, per_round))
-            realized = jnp.mean(de**2) / dim
+        def after_phase3(c):
+            """L = L_FACTOR * eps * mean autocorrelation time of phase 3's positions (dimensions
+            without a finite ESS carry no information; L stays if none has one)."""
+            ess = effective_sample_size(c["samples"][None].astype(wide))
+            tau = sched.n3 / ess
+            finite = jnp.isfinite(tau)
+            L = jnp.where(jnp.any(finite), L_FACTOR * c["eps"] * jnp.mean(tau, where=finite), c["L"])
+            return {**c, "L": L}
+
+        def after_round(c, t):
+            """Energy check: eps <- eps * min(1, (desired / realized)^(1/6)) with the plain mean of
+            dE^2/d over the round (the tuner's robust average ignores ReLU kinks' heavy tail)."""
+            realized = c["dE2"] / (sched.per_round * dim)
             ratio = desired / jnp.maximum(realized, 1e-300)
             factor = jnp.where(jnp.isfinite(ratio), jnp.minimum(1.0, ratio ** (1.0 / 6.0)), 1.0)
-            return (state, eps * factor), (realized, factor)
+            i = (t - sched.end_phase3) // sched.per_round
+            realized_all, factors = c["check"]
+            return {**c, "eps": c["eps"] * factor, "dE2": jnp.zeros_like(c["dE2"]),
+                    "check": (realized_all.at[i].set(realized), factors.at[i].set(factor))}
 
-        if per_round == 0:
-            return state, eps, (jnp.full((0,), jnp.nan, dtype), jnp.ones((0,), dtype))
-        (state, eps), check = jax.lax.scan(one_round, (state, eps), jax.random.split(key, ENERGY_CHECK_ROUNDS))
-        return state, eps, check
+        def body(c, xs):
+            k, t = xs
+            k_step, k_nan = jax.random.split(k)
+            new, info = kernel(k_step, c["state"], problem.logdensity, c["imm"], c["L"], c["eps"])
+            # Divergences while tuning: revert the step and cap the step size (BlackJAX's handler).
+            tuning = t < sched.end_retune
+            success, reverted, eps_max, dE = handle_nans(c["state"], new, c["eps"], c["adapt"][2],
+                                                         info.energy_change, info.nonans, k_nan)
+            eps, adapt = adapt_step_size({**c, "adapt": (*c["adapt"][:2], eps_max)}, dE.astype(wide))
+            pick = functools.partial(jax.tree.map, lambda a, b: jnp.where(tuning, a, b))
+            c = {**c, "state": pick(reverted, new), "eps": pick(eps, c["eps"]), "adapt": pick(adapt, c["adapt"])}
+            x = c["state"].position.astype(wide)
+            in_phase2 = (t >= sched.n1) & (t < sched.end_phase2)
+            c["moments"] = incremental_value_update(jnp.stack([x, jnp.square(x)]), c["moments"],
+                                                    weight=(in_phase2 & success) * c["eps"])
+            # The phase ends are real branches: ``t`` is not batched over chains, so under vmap
+            # each runs once, not at every step.
+            if sched.n2 > 1:
+                c = jax.lax.cond(t == sched.end_phase2 - 1, after_phase2, lambda c: c, c)
+            if sched.n3:
+                row = jnp.clip(t - sched.end_retune, 0, sched.n3 - 1)
+                keep = (t >= sched.end_retune) & (t < sched.end_phase3)
+                old = jax.lax.dynamic_index_in_dim(c["samples"], row, keepdims=False)
+                c["samples"] = jax.lax.dynamic_update_index_in_dim(
+                    c["samples"], jnp.where(keep, c["state"].position, old), row, 0)
+                c = jax.lax.cond(t == sched.end_phase3 - 1, after_phase3, lambda c: c, c)
+            if sched.per_round:
+                checking = t >= sched.end_phase3
+                c["dE2"] = c["dE2"] + jnp.where(checking, jnp.square(info.energy_change.astype(wide)), 0.0)
+                round_end = checking & ((t - sched.end_phase3) % sched.per_round == sched.per_round - 1)
+                c = jax.lax.cond(round_end, functools.partial(after_round, t=t), lambda c: c, c)
+            return c, None
+
+        steps = jnp.arange(sched.total, dtype=jnp.int32)
+        c, _ = jax.lax.scan(body, carry, (jax.random.split(key, sched.total), steps))
+        check = c["check"] if sched.per_round else (jnp.full((0,), jnp.nan, dtype), jnp.ones((0,), dtype))
+        return c["state"], (c["L"], c["eps"], c["imm"]), check
 
     def warmup(key, position, problem, params):
-        k_init, k_tune, k_scale, k_check = jax.random.split(key, 4)
+        k_init, k_tune, k_scale = jax.random.split(key, 3)
         state = blackjax.mcmc.mclmc.init(position, problem.logdensity, k_init)
         dim = position.shape[0]
         # BlackJAX's starting values (L = sqrt(d), eps = L/4) rescaled to the posterior's
@@ -115,14 +212,7 @@ def make(cfg: MCLMCConfig) -> driver.Algorithm:
         if cfg.warmup == 0:
             L, eps, imm, check = start.L, start.step_size, start.inverse_mass_matrix, None
         else:
-            state, tuned, _ = blackjax.mclmc_find_L_and_step_size(
-                mclmc_kernel=kernel, logdensity_fn=problem.logdensity, num_steps=cfg.warmup,
-                state=state, rng_key=k_tune, frac_tune1=f1, frac_tune2=f2, frac_tune3=f3,
-                desired_energy_var=params.desired_energy_var,
-                diagonal_preconditioning=cfg.diagonal_preconditioning, params=start)
-            L, imm = tuned.L, jnp.broadcast_to(jnp.asarray(tuned.inverse_mass_matrix), position.shape)
-            state, eps, check = energy_check(problem, state, tuned.L, tuned.step_size, imm,
-                                             params.desired_energy_var, k_check)
+            state, (L, eps, imm), check = tune(problem, state, start, params.desired_energy_var, k_tune)
         tuned_params = params._replace(L=L.astype(dtype), step_size=eps.astype(dtype), inverse_mass=imm.astype(dtype),
                                        scale=scale.astype(dtype))
         return fullbatch.cast_floats(state, dtype), tuned_params, {"check": check}
@@ -138,10 +228,7 @@ def make(cfg: MCLMCConfig) -> driver.Algorithm:
     def summarize(stats, warm, params, post):
         n_tune = 1 if cfg.adaptation == "shared" else cfg.chains
         per_step = fullbatch.grads_per_isokinetic_step(cfg.integrator)
-        warm_steps = 0
-        if cfg.warmup:
-            check_steps = (cfg.energy_check_steps // ENERGY_CHECK_ROUNDS) * ENERGY_CHECK_ROUNDS
-            warm_steps = tuning_steps(cfg.warmup, cfg.diagonal_preconditioning) + check_steps
+        warm_steps = TuningSchedule.of(cfg).total if cfg.warmup else 0  # the energy check included
         warm_grads = float(n_tune * (warm_steps * per_step + 1))  # + the initial gradient
         grads = warm_grads + float(cfg.chains * cfg.draws * cfg.eval_every * per_step)
         problems, tuned = fullbatch.isokinetic_tuning(params.L, params.step_size, params.inverse_mass, params.scale)

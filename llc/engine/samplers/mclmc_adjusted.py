@@ -57,8 +57,8 @@ def make(cfg: MCLMCAdjustedConfig) -> driver.Algorithm:
                           inverse_mass_matrix=inverse_mass_matrix,
                           integration_steps_params=integration_steps_params)
 
-    one = jnp.ones((), dtype)
-    params = AdjustedMCLMCParams(one, one, one, jnp.asarray(cfg.target_accept, wide), one)
+    one = np.ones((), dtype)
+    params = AdjustedMCLMCParams(one, one, one, np.asarray(cfg.target_accept, wide), one)
     f1, f2 = TUNE_FRACTIONS
 
     def warmup(key, position, problem, params):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from blackjax.sgmcmc import diffusions
 
 from llc.config import SGHMCConfig
@@ -42,7 +42,7 @@ def like(tree, reference):
 
 
 def make(cfg: SGHMCConfig) -> driver.Algorithm:
-    params = SGHMCParams(jnp.asarray(cfg.step_size, cfg.dtype), jnp.asarray(cfg.friction, cfg.dtype))
+    params = SGHMCParams(np.asarray(cfg.step_size, cfg.dtype), np.asarray(cfg.friction, cfg.dtype))
 
     def init(key, position, problem, params):
         del problem, params

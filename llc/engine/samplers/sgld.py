@@ -111,7 +111,7 @@ def mala_acceptance(problem, params: SGLDParams, w, w_new) -> jax.Array:
 
 def make(cfg: SGLDConfig) -> driver.Algorithm:
     dtype = cfg.dtype
-    params = SGLDParams(*(jnp.asarray(v, dtype) for v in (
+    params = SGLDParams(*(np.asarray(v, dtype) for v in (
         cfg.step_size, float(np.sqrt(cfg.step_size)), cfg.beta1, cfg.beta2, cfg.eps)))
 
     def init(key, position, problem, params):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from blackjax.sgmcmc import diffusions
 
 from llc.config import SGNHTConfig
@@ -39,7 +39,7 @@ class SGNHTParams(NamedTuple):
 
 
 def make(cfg: SGNHTConfig) -> driver.Algorithm:
-    params = SGNHTParams(jnp.asarray(cfg.step_size, cfg.dtype), jnp.asarray(cfg.diffusion, cfg.dtype))
+    params = SGNHTParams(np.asarray(cfg.step_size, cfg.dtype), np.asarray(cfg.diffusion, cfg.dtype))
 
     def init(key, position, problem, params):
         del problem

@@ -50,7 +50,7 @@ from llc.engine.targets.training import (Checkpoints, TrainingDiverged, cast_flo
 from llc.store import cache
 
 __all__ = ["Checkpoints", "PrecisionError", "Target", "TrainingDiverged", "analytic_llc", "build_target",
-           "get_target", "load_checkpoints", "load_training_log", "loss_fn_for", "target_id"]
+           "get_target", "load_checkpoints", "load_training_log", "loss_fn_for", "target_id", "untrained"]
 
 CHECKPOINTS_FILE = "checkpoints.npz"
 LOG_FILE = "training_log.csv"
@@ -181,6 +181,14 @@ def build_target(cfg: RunConfig, progress: Callable[[int, int], None] | None = N
     return Target(meta["id"], cfg.target.kind, loss_fn, params, x, y, L0, meta,
                   x_test=None if test is None else test[0], y_test=None if test is None else test[1],
                   checkpoints=checkpoints, log=trained.log if trained else None)
+
+
+def untrained(cfg: RunConfig) -> tuple[Callable, Any, Any, Any]:
+    """(loss_fn, initial parameters, x, y) as ``build_target`` starts from: the trained target's
+    shapes and dtypes, for compiling the samplers while it trains."""
+    built = target_module(cfg.target.kind).build(cfg)
+    params, x, y = (cast_floats(t, cfg.target.dtype) for t in (built.params, built.x, built.y))
+    return loss_fn_for(cfg), params, x, y
 
 
 def _leaves_npz(tree, prefix: str = "leaf_") -> dict[str, np.ndarray]:

@@ -188,38 +188,44 @@ def train(loss_fn: Callable, params, x, y, cfg: TrainingConfig, seed: int, *,
         return _Carry(p, opt_state, jnp.where(first_bad, t, carry.bad_step),
                       jnp.where(first_bad, loss, carry.bad_loss), rec)
 
+    chunk = math.ceil(steps / min(MAX_CHUNKS, steps)) if steps else 0
+    n_chunks = math.ceil(steps / chunk) if steps else 0
+
+    # Setup and chunks are each one compiled program (eager jnp calls would compile one small
+    # program per operation: on a GPU ~50 ms each, seconds of a quick run).
     @jax.jit
-    def run_chunk(carry: _Carry, keys, ts, data):
+    def start(params, data):
+        rec = (None, None, None)
+        if recording:
+            k = len(ck_steps)
+            rec = (jax.tree.map(lambda a: jnp.zeros((k, *a.shape), a.dtype), params) if k else None,
+                   jnp.full((k, len(names)), jnp.nan, dtype) if k else None,
+                   jnp.full((steps // log_every + 1, len(names)), jnp.nan, dtype) if log_every else None)
+            rec = record(rec, params, jnp.int32(0), data)
+        return _Carry(params, opt.init(params), jnp.int32(-1), jnp.zeros((), dtype), rec)
+
+    @jax.jit
+    def run_chunk(carry: _Carry, c, data):
+        keys = jax.random.split(jax.random.key(seed), steps)
+        keys = jnp.concatenate([keys, keys[: n_chunks * chunk - steps]])  # padding, never used
+        ts = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
+
         def body(c, xs):
             key, t = xs
             # Steps past the end (padding of the last chunk) leave the carry alone.
             return jax.lax.cond(t < steps, lambda c: one_step(c, key, t, data), lambda c: c, c), None
 
-        return jax.lax.scan(body, carry, (keys, ts))[0]
+        return jax.lax.scan(body, carry, (jax.lax.dynamic_slice_in_dim(keys, c * chunk, chunk), ts))[0]
 
-    params = jax.tree.map(jnp.asarray, params)
-    rec = (None, None, None)
-    if recording:
-        k = len(ck_steps)
-        rec = (jax.tree.map(lambda a: jnp.zeros((k, *a.shape), a.dtype), params) if k else None,
-               jnp.full((k, len(names)), jnp.nan, dtype) if k else None,
-               jnp.full((steps // log_every + 1, len(names)), jnp.nan, dtype) if log_every else None)
-        rec = jax.jit(record)(rec, params, jnp.int32(0), data)
-    carry = _Carry(params, opt.init(params), jnp.int32(-1), jnp.zeros((), dtype), rec)
-    if steps:
-        chunk = math.ceil(steps / min(MAX_CHUNKS, steps))
-        n_chunks = math.ceil(steps / chunk)
-        keys = jax.random.split(jax.random.key(seed), steps)
-        keys = jnp.concatenate([keys, keys[: n_chunks * chunk - steps]])  # padding, never used
-        for c in range(n_chunks):
-            ts = jnp.arange(c * chunk, (c + 1) * chunk, dtype=jnp.int32)
-            carry = run_chunk(carry, keys[c * chunk:(c + 1) * chunk], ts, data)
-            bad = int(carry.bad_step)
-            if bad >= 0:
-                raise TrainingDiverged(f"target training diverged: the loss became {float(carry.bad_loss)} at step "
-                                       f"{bad} ({describe(cfg)}); lower training.learning_rate or set training.clip_norm")
-            if progress is not None:
-                progress(min((c + 1) * chunk, steps), steps)
+    carry = start(params, data)
+    for c in range(n_chunks):
+        carry = run_chunk(carry, np.int32(c), data)
+        bad = int(carry.bad_step)
+        if bad >= 0:
+            raise TrainingDiverged(f"target training diverged: the loss became {float(carry.bad_loss)} at step "
+                                   f"{bad} ({describe(cfg)}); lower training.learning_rate or set training.clip_norm")
+        if progress is not None:
+            progress(min((c + 1) * chunk, steps), steps)
     to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
     ck_params, ck_metrics, log = carry.record
     checkpoints = None
@@ -234,8 +240,13 @@ def train(loss_fn: Callable, params, x, y, cfg: TrainingConfig, seed: int, *,
 
 
 def full_loss_and_grad_norm(loss_fn: Callable, params, x, y) -> tuple[float, float]:
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, x, y)
-    return float(loss), float(optax.global_norm(grads))
+    @jax.jit
+    def loss_and_norm(params, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        return loss, optax.global_norm(grads)
+
+    loss, norm = loss_and_norm(params, x, y)
+    return float(loss), float(norm)
 
 
 def cast_floats(tree, dtype):
