@@ -75,3 +75,33 @@ def test_batches_split_for_parallel_workers_and_by_program():
     assert sorted(len(t.members) or 1 for t in base.batch_tasks(tasks, cfgs)) == [1, 4]
     assert sorted(len(t.members) or 1 for t in base.batch_tasks(tasks, cfgs, parallelism=2)) == [1, 2, 2]
     assert sorted(len(t.members) or 1 for t in base.batch_tasks(tasks, cfgs, max_batch=3)) == [1, 1, 3]
+
+
+def test_batches_split_to_fit_memory(tmp_path, monkeypatch):
+    """A batch larger than the free memory allows runs in parts, each with the numbers it has alone."""
+    from llc.pipeline import experiment, resources
+
+    cfgs = [build_config(overrides=["target.kind=quadratic", "target.quadratic.dim=4", "data.n_data=300",
+                                    "samplers=sgld", "save_plots=false", "sgld.draws=30", "sgld.chains=2",
+                                    f"sgld.step_size={eps}"]) for eps in (1e-4, 2e-4, 3e-4, 4e-4, 5e-4)]
+    per_run = resources.estimate(cfgs[0])["device"]
+    assert resources.batch_cap(cfgs, device_available=None, host_available=10**12) == 5
+    cap = resources.batch_cap(cfgs, device_available=int(2.5 * per_run / resources.BATCH_MEMORY_FRACTION))
+    assert cap == 2
+    assert resources.split_batch([0, 1, 2, 3, 4], cap) == [[0, 1], [2, 3], [4]]
+    assert resources.split_batch([0, 1, 2, 3, 4], 4) == [[0, 1, 2], [3, 4]]
+
+    from llc.engine import driver
+
+    sizes = []
+    run_batch = driver.run_batch
+    monkeypatch.setattr(driver, "run_batch", lambda algs, *a, **k: sizes.append(len(algs)) or run_batch(algs, *a, **k))
+    monkeypatch.setattr(resources, "available_device_memory", lambda: int(2.5 * per_run / resources.BATCH_MEMORY_FRACTION))
+    split = experiment.run_experiments(cfgs, tmp_path / "split", skip=False)
+    assert sizes == [2, 2, 1]
+    monkeypatch.setattr(resources, "available_device_memory", lambda: None)
+    monkeypatch.setattr(resources, "available_host_memory", lambda: 10**12)
+    whole = experiment.run_experiments(cfgs, tmp_path / "whole", skip=False)
+    assert sizes == [2, 2, 1, 5]
+    for a, b in zip(split, whole):
+        assert a["samplers"]["sgld"]["llc_mean"] == pytest.approx(b["samplers"]["sgld"]["llc_mean"], rel=1e-6)

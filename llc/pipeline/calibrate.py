@@ -132,6 +132,7 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     from llc.engine.posterior import make_posterior
     from llc.engine.targets import get_target
     from llc.engine.targets import analytic_llc
+    from llc.pipeline.resources import batch_cap, split_batch
 
     target = get_target(p.base, root)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): n={target.n} d={target.d}")
@@ -140,12 +141,14 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
              for c in p.cfgs]
     algs = [module.make(getattr(c, p.sampler)) for c in p.cfgs]
     keys = [sampler_key(c.seed, p.sampler) for c in p.cfgs]
-    groups: dict[tuple, list[int]] = {}
+    signatures: dict[tuple, list[int]] = {}
     for i, alg in enumerate(algs):
-        groups.setdefault(driver.batch_signature(alg), []).append(i)
+        signatures.setdefault(driver.batch_signature(alg), []).append(i)
+    # One program per signature, in parts that fit in memory.
+    groups = [part for idx in signatures.values() for part in split_batch(idx, batch_cap([p.cfgs[i] for i in idx]))]
     outputs: list[Any] = [None] * len(algs)
     t0 = time.perf_counter()
-    for g, idx in enumerate(groups.values()):
+    for g, idx in enumerate(groups):
         def report(done, total, phase, _g=g):
             if progress:
                 progress(done, total, f"{phase} (batch {_g + 1}/{len(groups)}, {len(idx)} points)")
@@ -165,7 +168,7 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
         row["flags"] = _point_flags(m, out, post, analytic, cfg.target.kind)
         rows.append(row)
     compile_s = sum(o.info.get("batch_compile_s", o.work["compile_s"]) for o in
-                    (outputs[idx[0]] for idx in groups.values()))
+                    (outputs[idx[0]] for idx in groups))
     return {"target": target, "rows": rows, "outputs": outputs, "posts": posts, "wall_s": wall,
             "compile_s": compile_s, "batches": len(groups)}
 

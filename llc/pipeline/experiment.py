@@ -170,7 +170,8 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
     log(f"{runs}: {', '.join(first.samplers)} on {first.target.kind}; {backend_line()}")
     t_start = time.time()
     train_progress = (lambda done, total: progress("target", done, total, "training")) if progress else None
-    compiling = _precompile_in_background([cfgs[i] for i in todo])
+    batches = _batches(cfgs, todo)
+    compiling = _precompile_in_background(cfgs, batches)
     try:
         target = get_target(first, root, progress=train_progress, log=log)
         log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): "
@@ -178,7 +179,7 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
         _require_finite(target, first)
         posts = {i: make_posterior(target.loss_fn, target.params, target.x, target.y, cfgs[i].posterior,
                                    L0=target.L0) for i in todo}
-        outputs = _sample(cfgs, todo, posts, progress)
+        outputs = _sample(cfgs, todo, batches, posts, progress)
     finally:
         if compiling is not None:
             compiling.shutdown(wait=False, cancel_futures=True)
@@ -204,7 +205,7 @@ def compile_threads() -> int:
     return 0 if jax.default_backend() == "cpu" else max(1, (os.cpu_count() or 2) - 1)
 
 
-def _precompile_in_background(cfgs: list[RunConfig]) -> ThreadPoolExecutor | None:
+def _precompile_in_background(cfgs: list[RunConfig], batches: list) -> ThreadPoolExecutor | None:
     """Compile every sampler program of these runs on threads, from the untrained target's shapes,
     while the main thread trains (or loads) the target and runs the programs ready first: cold,
     compilation is most of a small run's time on a GPU, and XLA compiles without holding the GIL.
@@ -214,17 +215,17 @@ def _precompile_in_background(cfgs: list[RunConfig]) -> ThreadPoolExecutor | Non
     from llc.engine.posterior import make_posterior
     from llc.engine.targets import untrained
 
-    threads = min(compile_threads(), len(_sampler_names(cfgs)) * 2)  # warm-up and sampling programs
-    if threads == 0:
+    threads = min(compile_threads(), 2 * len(batches))  # warm-up and sampling programs
+    if threads == 0 or not batches:
         return None
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="llc-compile")
 
     def start() -> None:
-        loss_fn, params, x, y = untrained(cfgs[0])
-        posts = {i: make_posterior(loss_fn, params, x, y, cfg.posterior, L0=0.0) for i, cfg in enumerate(cfgs)}
+        runs = sorted({i for _, members, _ in batches for i in members})
+        loss_fn, params, x, y = untrained(cfgs[runs[0]])
+        posts = {i: make_posterior(loss_fn, params, x, y, cfgs[i].posterior, L0=0.0) for i in runs}
         # Tuners first: their programs compile longest.
-        batches = sorted(_batches(cfgs, range(len(cfgs))), key=lambda b: b[2][b[1][0]].warmup is None)
-        for _, members, algs in batches:
+        for _, members, algs in sorted(batches, key=lambda b: b[2][b[1][0]].warmup is None):
             programs = ("warmup", "sample") if algs[members[0]].warmup is not None else ("sample",)
             for program in programs:
                 pool.submit(driver.precompile, [algs[i] for i in members], [posts[i] for i in members],
@@ -240,8 +241,10 @@ def _sampler_names(cfgs: list[RunConfig]) -> list[str]:
 
 def _batches(cfgs: list[RunConfig], todo) -> list[tuple[str, list[int], dict[int, Any]]]:
     """(sampler, run indices, their Algorithms) for each group of runs that share one compiled
-    program; samplers without a driver module (VI) are left out."""
+    program, split into parts that fit in memory (``resources.batch_cap``); samplers without a
+    driver module (VI) are left out."""
     from llc.engine import driver
+    from llc.pipeline.resources import batch_cap, split_batch
 
     batches = []
     for name in _sampler_names([cfgs[i] for i in todo]):
@@ -253,7 +256,8 @@ def _batches(cfgs: list[RunConfig], todo) -> list[tuple[str, list[int], dict[int
         groups: dict[tuple, list[int]] = {}
         for i in runs:
             groups.setdefault((driver.batch_signature(algs[i]), cfgs[i].theta_proj_dim), []).append(i)
-        batches.extend((name, members, algs) for members in groups.values())
+        for group in groups.values():
+            batches.extend((name, part, algs) for part in split_batch(group, batch_cap([cfgs[i] for i in group])))
     return batches
 
 
@@ -272,14 +276,13 @@ def _require_finite(target: Any, cfg: RunConfig) -> None:
                       f"or use training.optimizer=adam")
 
 
-def _sample(cfgs: list[RunConfig], todo: list[int], posts: dict[int, Any],
+def _sample(cfgs: list[RunConfig], todo: list[int], batched: list, posts: dict[int, Any],
             progress: Callable[[str, int, int, str], None] | None) -> dict[int, dict[str, Any]]:
-    """Every sampler of every run, batched where the compiled program is shared."""
+    """Every sampler of every run, batched (``_batches``) where the compiled program is shared."""
     from llc.engine import driver
     from llc.engine.samplers import get_runner
 
     outputs: dict[int, dict[str, Any]] = {i: {} for i in todo}
-    batched = _batches(cfgs, todo)
     for name in _sampler_names([cfgs[i] for i in todo]):
         report = (lambda done, total, phase, _n=name: progress(_n, done, total, phase)) if progress else None
         kwargs = {"progress": report} if report is not None else {}

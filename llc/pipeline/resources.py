@@ -23,6 +23,8 @@ RECORD_SLOTS = 12
 RECORD_COPIES = 3
 # A forward and backward pass keeps about this many activation arrays per layer.
 ACTIVATION_COPIES = 3
+# Share of the free memory a batch of runs (one program) may plan to use: the estimate is coarse.
+BATCH_MEMORY_FRACTION = 0.5
 
 
 def _shapes(cfg: RunConfig) -> list[tuple[int, ...]]:
@@ -119,11 +121,12 @@ def available_device_memory() -> int | None:
 
 def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None = None,
                  device_available: int | None = -1) -> dict:
-    """ConfigError (one line with the estimate) when the run (or the batch of runs, which execute
-    as one program) cannot fit; returns the estimate."""
+    """ConfigError (one line with the estimate) when a run cannot fit: alone on the device (batches
+    are split to fit, ``batch_cap``), and with every run's recorded draws on the host. Returns
+    the estimate."""
     ests = [estimate(c) for c in (cfgs if isinstance(cfgs, list) else [cfgs])]
     est = max(ests, key=lambda e: e["total"])
-    est = {**est, "device": sum(e["device"] for e in ests), "host": sum(e["host"] for e in ests)}
+    est = {**est, "device": est["device"], "host": sum(e["host"] for e in ests)}
     est["total"] = est["device"] + est["host"]
     host_available = available_host_memory() if host_available is None else host_available
     if device_available == -1:
@@ -138,6 +141,28 @@ def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None =
     if host_available is not None and need_host > host_available:
         raise ConfigError(f"memory: this run needs about {_gb(need_host)}, {_gb(host_available)} is available; {hint}")
     return est
+
+
+def batch_cap(cfgs: list[RunConfig], device_available: int | None = -1, host_available: int | None = None) -> int:
+    """How many of these runs fit in memory at once as one batched program: the accelerator's free
+    memory (the host's on the CPU backend), at most ``BATCH_MEMORY_FRACTION`` of it, over the
+    largest run's estimate; at least 1 (a run that cannot fit alone is ``check_memory``'s to refuse)."""
+    if device_available == -1:
+        device_available = available_device_memory()
+    available = device_available if device_available is not None else (
+        available_host_memory() if host_available is None else host_available)
+    per_run = max(estimate(c)["device"] for c in cfgs)
+    if not available or per_run <= 0:
+        return len(cfgs)
+    return max(1, min(len(cfgs), int(BATCH_MEMORY_FRACTION * available // per_run)))
+
+
+def split_batch(members: list[int], cap: int) -> list[list[int]]:
+    """``members`` in consecutive parts of at most ``cap``, as equal as possible (one compiled shape
+    for all but at most one part)."""
+    parts = -(-len(members) // max(1, cap))
+    size = -(-len(members) // parts)
+    return [members[i:i + size] for i in range(0, len(members), size)]
 
 
 def backend_line() -> str:
