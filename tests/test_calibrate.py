@@ -79,3 +79,24 @@ def test_cli_calibrate_and_bad_grid(tmp_path):
                               "--grid", "sgld.stepsize=1,2"])
     assert bad.exit_code == 2
     assert "sgld.stepsize" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_rule_recommends_a_third_of_the_plateau_top():
+    """Bias linear in the step, SE ~ 1/sqrt(step) (ESS ~ step): the top agrees within 2 combined SE
+    with every smaller step yet sits 4 of its own SE off; the rule takes a step a third of it."""
+    steps = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+    plan = cal.plan(build_config(overrides=QUAD4), "sgld", ["sgld.step_size=" + ",".join(map(str, steps))])
+    truth, slope = 10.0, 400.0
+    rows = [{"sgld.step_size": e, "llc_mean": truth + slope * e, "llc_se": 0.1 * (1e-3 / e) ** 0.5, "rhat": 1.001,
+             "mala_acceptance": 0.99, "flags": []} for e in steps]
+    top = rows[-1]
+    assert abs(top["llc_mean"] - truth) > 3 * top["llc_se"]  # what "the largest on the plateau" would pick
+    rec = cal.recommend(plan, rows)
+    chosen = rows[rec["index"]]
+    assert chosen["sgld.step_size"] == 3e-4, rec["why"]
+    assert abs(chosen["llc_mean"] - truth) < chosen["llc_se"]
+    assert "1e-05" in rec["why"] and "0.001" in rec["why"]  # the plateau's ends are named
+    # A clear disagreement at 3e-4 ends the plateau at 1e-4; the rule takes a third of that.
+    rows[-2] = {**rows[-2], "llc_mean": truth + 2.0}
+    rec = cal.recommend(plan, rows)
+    assert rows[rec["index"]]["sgld.step_size"] == 3e-5, rec["why"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from llc.pipeline.calibrate import AGREE_SE, CAL_DIR, MALA_MIN, RHAT_MAX
+from llc.pipeline.calibrate import AGREE_SE, BACKOFF, CAL_DIR, MALA_MIN, RHAT_MAX
 from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
                                      cell, esc, fmt, kv_table, legend_only, log_axis, num, plot_html, read_json_file,
                                      rel_link, rgba, section, split_flags, stride_for, table, thin, value_text)
@@ -361,9 +361,10 @@ def _recommendation_html(summary: dict[str, Any], cal_dir: Path, page_dir: Path)
     rule = (f"A point is <i>healthy</i> with no failure flag, R̂ &lt; {RHAT_MAX} and, for SGLD, a mean MALA acceptance "
             f"≥ {MALA_MIN}. On the line of the base config's other values, walking up the step sizes from the "
             f"smallest healthy one, a point joins the plateau while its λ̂ agrees within {AGREE_SE:g} combined SE "
-            "with every healthy point below it; the largest step size on the plateau is recommended (the "
-            "fastest-mixing setting not yet measurably biased). γ and nβ define the posterior, so the rule leaves "
-            "them to you.")
+            f"with every healthy point below it. The recommended step size is the largest on the plateau that is at "
+            f"most 1/{BACKOFF:g} of the plateau's top: the bias grows about linearly with the step, and the top's "
+            "agreement bounds it there only to about 2 combined SE, which the smaller steps' larger SE dominate. "
+            "γ and nβ define the posterior, so the rule leaves them to you.")
     return (f'<div class="callout {state}"><div class="callout-title">{esc(title)}</div>'
             f'<p class="rec-setting">{head}</p><p class="why" id="recommendation-why">{esc(why)}</p>{run_line}'
             f'<details><summary>the rule</summary><p class="note">{rule}</p></details></div>')
