@@ -211,3 +211,16 @@ def test_full_batch_gradients_run_only_on_checked_draws():
         checked = (burnin + np.arange(draws)) % every == 0
         assert np.isfinite(acc[:, checked]).all() and np.isnan(acc[:, ~checked]).all()
         assert ((acc[:, checked] >= 0) & (acc[:, checked] <= 1)).all()
+
+
+def test_calibrate_reports_sampling_apart_from_compilation(tmp_path):
+    """``llc calibrate``'s sampling seconds are the points' sampling_s (what a sweep's CSV sums),
+    not the wall around the batch, which also holds compilation (most of it on a cold cache)."""
+    from llc.config import build_config
+    from llc.pipeline import calibrate as cal
+
+    base = build_config(overrides=["target.kind=quadratic", "target.quadratic.dim=3", "sgld.draws=20",
+                                   "sgld.burnin=4", "sgld.eval_every=2", "sgld.chains=2"])
+    res = cal.run_points(cal.plan(base, "sgld", ["sgld.step_size=1e-4,2e-4"]), tmp_path)
+    assert res["sampling_s"] == pytest.approx(sum(o.work["sampling_s"] for o in res["outputs"]))
+    assert 0 < res["sampling_s"] and res["sampling_s"] + res["compile_s"] <= res["wall_s"]
