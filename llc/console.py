@@ -196,7 +196,8 @@ def print_calibration(summary: dict[str, Any], console: Console) -> None:
     if summary.get("preset"):
         console.print(f"preset: {summary['preset']}  (llc run --preset {summary['preset']})", highlight=False)
     console.print(f"artifacts: {summary['artifacts']}  ({summary['points']} points in {summary['batches']} "
-                  f"batched program(s), {summary['wall_s']:.1f} s sampling, {summary['compile_s']:.1f} s compiling)",
+                  f"batched program(s), {summary['wall_s']:.1f} s wall: {_fmt(summary.get('sampling_s'), '.2f')} s "
+                  f"sampling, {summary['compile_s']:.1f} s compiling)",
                   highlight=False)
 
 

@@ -158,6 +158,7 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     # One program per signature, in parts that fit in memory.
     groups = [part for idx in signatures.values() for part in split_batch(idx, batch_cap([p.cfgs[i] for i in idx]))]
     outputs: list[Any] = [None] * len(algs)
+    sampling = 0.0
     t0 = time.perf_counter()
     for g, idx in enumerate(groups):
         def report(done, total, phase, _g=g):
@@ -167,6 +168,8 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
                                 proj_dim=p.base.theta_proj_dim, progress=report)
         for i, out in zip(idx, outs):
             outputs[i] = out
+        sampling += sum(o.work["sampling_s"] for o in outs)  # the same measure as a sweep's sampling_s column
+    # ``wall`` also holds compilation and the first calls' dispatch: on a cold XLA cache most of it.
     wall = time.perf_counter() - t0
     rows = []
     for point, cfg, post, out in zip(p.points, p.cfgs, posts, outputs):
@@ -181,7 +184,7 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     compile_s = sum(o.info.get("batch_compile_s", o.work["compile_s"]) for o in
                     (outputs[idx[0]] for idx in groups))
     return {"target": target, "rows": rows, "outputs": outputs, "posts": posts, "wall_s": wall,
-            "compile_s": compile_s, "batches": len(groups)}
+            "sampling_s": sampling, "compile_s": compile_s, "batches": len(groups)}
 
 
 # --------------------------------------------------------------------------- the rule
@@ -319,7 +322,7 @@ def calibrate(p: Plan, root: Path | str, *, reference: str = "none", skip: bool 
         "target": {"id": result["target"].id, "kind": result["target"].kind, "n": result["target"].n,
                    "d": result["target"].d},
         "points": len(rows), "batches": result["batches"], "wall_s": result["wall_s"],
-        "compile_s": result["compile_s"], "reference": ref,
+        "sampling_s": result["sampling_s"], "compile_s": result["compile_s"], "reference": ref,
         "recommended": {"index": rec["index"], "why": rec["why"],
                         "setting": {k: rows[rec["index"]][k] for k in p.axes} if rec["index"] is not None else None},
         "rows": _csv_rows(p, rows, rec["index"]),

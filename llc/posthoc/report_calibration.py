@@ -426,8 +426,8 @@ def calibration_page(cal_dir: Path, page_dir: Path | None = None, value_budget: 
              f"target <b>{esc(t.get('kind', '?'))}</b> {esc(t.get('id', ''))} (d = {esc(t.get('d', '—'))}, "
              f"n = {esc(t.get('n', '—'))})",
              f"{len(summary['rows'])} points: {axes_text}",
-             f"{esc(summary.get('batches', '—'))} batched program(s), {fmt(summary.get('wall_s'), '.3g')} s sampling, "
-             f"{fmt(summary.get('compile_s'), '.2g')} s compiling"]
+             f"{esc(summary.get('batches', '—'))} batched program(s), {fmt(summary.get('wall_s'), '.3g')} s wall: "
+             f"{fmt(summary.get('sampling_s'), '.3g')} s sampling, {fmt(summary.get('compile_s'), '.2g')} s compiling"]
     ref = summary.get("reference") or {}
     if num(ref.get("llc_mean")) is not None:
         facts.append(f"reference ({esc(ref.get('kind'))}) λ = <b>{fmt(ref['llc_mean'], '.4g')}</b>"

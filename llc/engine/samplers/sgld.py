@@ -96,9 +96,12 @@ def mala_acceptance(problem, params: SGLDParams, w, w_new) -> jax.Array:
     moves (devinterp's diagnostic, where ~0.9 or more is healthy); an accurate chain needs it high.
     """
     eps = params.step_size
-    value_and_grad = jax.value_and_grad(problem.logdensity)
-    lp, g = value_and_grad(w)
-    lp_new, g_new = value_and_grad(w_new)
+    # Both ends in one batched evaluation: one pass of twice the width instead of two passes
+    # (half the kernel launches inside the conditional on a GPU; the same arithmetic).
+    pair = jax.tree.map(lambda a, b: jnp.stack([a, b]), w, w_new)
+    lps, grads = jax.vmap(jax.value_and_grad(problem.logdensity))(pair)
+    lp, lp_new = lps[0], lps[1]
+    g, g_new = (jax.tree.map(lambda a, i=i: a[i], grads) for i in (0, 1))
 
     def log_q(to, frm, grad):  # log N(to; frm + eps/2 grad, eps I) up to a constant
         sq = sum(jnp.sum((a - b - 0.5 * eps * c) ** 2) for a, b, c in
