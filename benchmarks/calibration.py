@@ -87,7 +87,7 @@ def main() -> None:
         "host": platform.node(), "preset": args.preset, "draws": args.draws, "chains": args.chains,
         "points": len(STEPS) * len(GAMMAS),
         "run_sgld_wall_s": run_wall, "run_sgld_compile_s": run_rec["samplers"]["sgld"]["compile_s"],
-        "calibrate_wall_s": cal_wall, "calibrate_sampling_s": cal["wall_s"], "calibrate_compile_s": cal["compile_s"],
+        "calibrate_wall_s": cal_wall, "calibrate_sampling_s": cal["sampling_s"], "calibrate_compile_s": cal["compile_s"],
         "calibrate_over_run": cal_wall / run_wall,
         "calibrate_warm_wall_s": cal_warm_wall, "calibrate_warm_compile_s": json.loads(cal_warm_out)["compile_s"],
         "recommended": cal["recommended"], "sweeps": sweeps,
