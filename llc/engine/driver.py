@@ -253,15 +253,24 @@ def _stack(trees: list):
     return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
 def _batch_keys(keys: list, warm_chains: int | None, chains: int) -> tuple[jax.Array, jax.Array]:
-    """(warm-up or init keys, sampling keys), each (settings, chains), from each run's key: one
-    program rather than a few eager ones per run. ``warm_chains`` None: the sampler has no warm-up."""
-    if warm_chains is None:
-        sample = jnp.stack([chain_keys(k, chains) for k in keys])
-        return jnp.stack([chain_keys(jax.random.fold_in(k, 0x1A17), chains) for k in keys]), sample
-    splits = [jax.random.split(k) for k in keys]
-    return jnp.stack([chain_keys(k[0], warm_chains) for k in splits]), jnp.stack([chain_keys(k[1], chains) for k in splits])
+    """(warm-up or init keys, sampling keys), each (settings, chains), from each run's key.
+    ``warm_chains`` None: the sampler has no warm-up."""
+    data = np.stack([np.asarray(jax.random.key_data(k)) for k in keys])  # no device work
+    return _split_batch_keys(data, warm_chains, chains)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _split_batch_keys(data, warm_chains: int | None, chains: int) -> tuple[jax.Array, jax.Array]:
+    # vmapped over the runs: one small program whatever their number (eagerly, a few programs per
+    # shape; unrolled over a list, a GPU compile of many seconds for 16 runs).
+    def one(k):
+        if warm_chains is None:
+            return chain_keys(jax.random.fold_in(k, 0x1A17), chains), chain_keys(k, chains)
+        first, second = jax.random.split(k)
+        return chain_keys(first, warm_chains), chain_keys(second, chains)
+
+    return jax.vmap(one)(jax.random.wrap_key_data(data))
 
 
 def _check_batch(algs: list[Algorithm], posts: list[Posterior]) -> None:
