@@ -132,22 +132,22 @@ def _point_flags(m: dict[str, Any], out: Any, post: Any, analytic: dict[str, Any
 def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None] | None = None,
                log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Build (or load) the target, run every point (batched), return per-point results and traces."""
-    from llc.pipeline.experiment import enable_compilation_cache, enable_x64, sampler_key
+    from llc.pipeline.experiment import enable_compilation_cache, enable_x64, import_store_in_background, sampler_key
 
     enable_x64()
     enable_compilation_cache()
     import importlib
 
-    from llc.analysis.diagnostics import llc_metrics
     from llc.engine import driver
     from llc.engine.posterior import make_posterior
     from llc.engine.targets import get_target
     from llc.engine.targets import analytic_llc
     from llc.pipeline.resources import batch_cap, split_batch
 
+    module = importlib.import_module(registry.sampler(p.sampler).module)
+    import_store_in_background()  # ArviZ & co. load while the points compile and sample
     target = get_target(p.base, root)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): n={target.n} d={target.d}")
-    module = importlib.import_module(registry.sampler(p.sampler).module)
     posts = [make_posterior(target.loss_fn, target.params, target.x, target.y, c.posterior, L0=target.L0)
              for c in p.cfgs]
     algs = [module.make(getattr(c, p.sampler)) for c in p.cfgs]
@@ -171,6 +171,8 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
         sampling += sum(o.work["sampling_s"] for o in outs)  # the same measure as a sweep's sampling_s column
     # ``wall`` also holds compilation and the first calls' dispatch: on a cold XLA cache most of it.
     wall = time.perf_counter() - t0
+    from llc.analysis.diagnostics import llc_metrics
+
     rows = []
     for point, cfg, post, out in zip(p.points, p.cfgs, posts, outputs):
         analytic = analytic_llc(cfg, post.n, post.beta, post.gamma)

@@ -28,7 +28,7 @@ from llc.store import cache
 
 # The store and analysis modules (ArviZ, xarray, pandas, matplotlib: seconds of imports) are imported
 # where a run is saved or loaded, and on a thread while the first run trains and compiles
-# (``_import_store_in_background``): a cold run does not wait for them.
+# (``import_store_in_background``): a cold run does not wait for them.
 STORE_MODULES = ("llc.store.artifacts", "llc.analysis.diagnostics", "llc.posthoc.analyze")
 
 DEFAULT_ROOT = Path(os.environ.get("LLC_ARTIFACTS", "artifacts"))
@@ -160,7 +160,7 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
 
     for name in _sampler_names([cfgs[i] for i in todo]):  # the JAX side's imports first (see STORE_MODULES)
         importlib.import_module(registry.sampler(name).module)
-    threading.Thread(target=_import_store, name="llc-import-store", daemon=True).start()
+    import_store_in_background()
 
     if len({target_id(cfgs[i]) for i in todo}) > 1:
         raise ValueError("run_experiments: the runs of one batch must share their target")
@@ -187,9 +187,13 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
         records[i] = _save_run(cfgs[i], root, target, posts[i], outputs[i], t_start, log)
 
 
-def _import_store() -> None:
-    for module in STORE_MODULES:
-        importlib.import_module(module)
+def import_store_in_background() -> None:
+    """Import ``STORE_MODULES`` on a thread (after the JAX side's imports: the two share modules)."""
+    def load() -> None:
+        for module in STORE_MODULES:
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name="llc-import-store", daemon=True).start()
 
 
 def compile_threads() -> int:
