@@ -109,8 +109,8 @@ def capture_compiles():
     originals = {"compile_cached": base.compile_cached, "compile_timed": base.compile_timed}
 
     def wrap(original):
-        def wrapped(*args):
-            compiled, seconds = original(*args)
+        def wrapped(*args, **kwargs):
+            compiled, seconds = original(*args, **kwargs)
             records.append({"compile_s": seconds, **memory_stats(compiled)})
             return compiled, seconds
         return wrapped
