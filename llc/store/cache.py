@@ -478,30 +478,43 @@ def key_lock(final: Path, what: str, log: Log = lambda msg: None) -> Iterator[No
     if fcntl is None:
         yield
         return
-    while True:
-        fd = _open_lock(path)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = _read_owner(path)
-                log(f"{what} {final.name} is being computed by {owner or 'another process'}; waiting for it")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                yield
-                return
-            raise
-        if _same_file(fd, path):  # not unlinked by `llc clean` between open and lock
-            break
-        os.close(fd)
+    def busy() -> None:
+        owner = _read_owner(path)
+        log(f"{what} {final.name} is being computed by {owner or 'another process'}; waiting for it")
+
+    fd = _hold(path, lambda: _open_lock(path), busy)
+    if fd is None:
+        yield
+        return
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {HOST}\n".encode())
         yield
     finally:
         _release(fd, path)
+
+
+def _hold(path: Path, opener: Callable[[], int], busy: Callable[[], None] | None = None) -> int | None:
+    """Open ``path`` with ``opener`` and lock it exclusively, waiting for the holder (``busy`` is
+    called once the lock turns out to be held); the locked descriptor, or None where the file
+    system cannot lock. Reopens if the file was unlinked between open and lock (a holder's
+    ``_release``, or ``llc clean``)."""
+    while True:
+        fd = opener()
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+            except BlockingIOError:
+                busy()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return None
+            raise
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)
 
 
 def _read_owner(path: Path) -> str:
@@ -518,19 +531,10 @@ def file_lock(path: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                yield
-                return
-            raise
-        if _same_file(fd, path):
-            break
-        os.close(fd)
+    fd = _hold(path, lambda: os.open(path, os.O_RDWR | os.O_CREAT, 0o666))
+    if fd is None:
+        yield
+        return
     try:
         yield
     finally:
