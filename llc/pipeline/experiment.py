@@ -158,8 +158,7 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
     from llc.engine.targets import get_target, target_id
     from llc.pipeline.resources import backend_line, check_memory
 
-    for name in _sampler_names([cfgs[i] for i in todo]):  # the JAX side's imports first (see STORE_MODULES)
-        importlib.import_module(registry.sampler(name).module)
+    batches = _batches(cfgs, todo)  # imports the samplers: the JAX side first (see STORE_MODULES)
     import_store_in_background()
 
     if len({target_id(cfgs[i]) for i in todo}) > 1:
@@ -170,7 +169,6 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
     log(f"{runs}: {', '.join(first.samplers)} on {first.target.kind}; {backend_line()}")
     t_start = time.time()
     train_progress = (lambda done, total: progress("target", done, total, "training")) if progress else None
-    batches = _batches(cfgs, todo)
     compiling = _precompile_in_background(cfgs, batches)
     try:
         target = get_target(first, root, progress=train_progress, log=log)
