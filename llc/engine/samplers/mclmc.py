@@ -121,13 +121,13 @@ def make(cfg: MCLMCConfig) -> driver.Algorithm:
                                    jnp.ones((ENERGY_CHECK_ROUNDS,), wide)),
         }
 
-        def adapt_step_size(c, energy_change):
+        def adapt_step_size(eps, adapt, energy_change):
             """BlackJAX's predictor: a robust running estimate of the step size whose energy-error
             variance per dimension is ``desired`` (Var dE ~ eps^6)."""
-            time, x_average, eps_max = c["adapt"]
+            time, x_average, eps_max = adapt
             xi = jnp.square(energy_change) / (dim * desired) + 1e-8
             weight = jnp.exp(-0.5 * jnp.square(jnp.log(xi) / (6.0 * TRUST_IN_ESTIMATE)))
-            x_average = decay * x_average + weight * (xi / jnp.power(c["eps"], 6.0))
+            x_average = decay * x_average + weight * (xi / jnp.power(eps, 6.0))
             time = decay * time + weight
             eps = jnp.minimum(jnp.power(x_average / time, -1.0 / 6.0), eps_max)
             return eps, (time, x_average, eps_max)
@@ -170,7 +170,7 @@ def make(cfg: MCLMCConfig) -> driver.Algorithm:
             tuning = t < sched.end_retune
             success, reverted, eps_max, dE = handle_nans(c["state"], new, c["eps"], c["adapt"][2],
                                                          info.energy_change, info.nonans, k_nan)
-            eps, adapt = adapt_step_size({**c, "adapt": (*c["adapt"][:2], eps_max)}, dE.astype(wide))
+            eps, adapt = adapt_step_size(c["eps"], (*c["adapt"][:2], eps_max), dE.astype(wide))
             pick = functools.partial(jax.tree.map, lambda a, b: jnp.where(tuning, a, b))
             c = {**c, "state": pick(reverted, new), "eps": pick(eps, c["eps"]), "adapt": pick(adapt, c["adapt"])}
             x = c["state"].position.astype(wide)
