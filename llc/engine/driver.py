@@ -364,8 +364,7 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
             return per_setting(one)(keys, per, params)
 
         if not compile_only or "sample" in compile_only:
-            init_c, warm_compile = compile_cached(_program_key(alg, post, proj_dim, "init"), init, init_keys, per, hyper,
-                                                 shared, report=not compile_only)  # counted like a warm-up
+            init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init, init_keys, per, hyper, shared)
         states = on_shapes_if(bool(compile_only), init if compile_only else init_c, init_keys, per, hyper, shared)
         params = jax.device_put(jax.tree.map(lambda a: np.broadcast_to(np.asarray(a)[:, None], (S, chains, *a.shape[1:])),
                                              hyper))
