@@ -103,6 +103,16 @@ FiguresOpt = Annotated[Optional[str], typer.Option(
 ReportOpt = Annotated[bool, typer.Option("--report", help="Write the HTML report page at the end (llc report).")]
 
 
+def _figure_pool(cfg) -> contextlib.AbstractContextManager:
+    """Background processes that draw a run's figures once it is saved (the result prints first);
+    with figures off, nothing: the post-hoc layer (matplotlib) is then not imported at all."""
+    if cfg.figures == "none" or not cfg.save_plots:
+        return contextlib.nullcontext()
+    from llc.posthoc import figures as figure_step
+
+    return figure_step.background(log=lambda msg: err.print(msg, highlight=False))
+
+
 def _figures_override(figures: str | None, no_save_plots: bool) -> list[str]:
     """``--figures`` / ``--no-save-plots`` -> config overrides (checked before any work)."""
     from llc.config import FIGURE_MODES
@@ -212,11 +222,9 @@ def run(
     if backend == "local" and (workers or 1) == 1:
         from llc.store.artifacts import ArtifactError
         from llc.engine.targets import PrecisionError, TrainingDiverged
-        from llc.posthoc import figures as figure_step
         from llc.pipeline.experiment import TargetError
 
-        # Figures are drawn by background processes once the run is saved; the result prints first.
-        with figure_step.background(log=lambda msg: err.print(msg, highlight=False)) as drawing:
+        with _figure_pool(cfg) as drawing:
             try:
                 result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
             except ConfigError as exc:
@@ -224,10 +232,10 @@ def run(
             except (PrecisionError, TrainingDiverged, TargetError, ArtifactError, NotImplementedError) as exc:
                 fail(str(exc), code=1)
             _print_run(result, json_out)
-            if drawing.pending:
+            if drawing is not None and drawing.pending:
                 err.print(f"drawing {drawing.pending} figure task(s) in {drawing.workers} background process(es)…",
                           highlight=False)
-        drawn = sum(len(r.written) for r in drawing.reports)
+        drawn = sum(len(r.written) for r in drawing.reports) if drawing is not None else 0
         if drawn:
             err.print(f"figures: {drawn} PNG(s) in {result['artifacts']}", highlight=False)
     else:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llc.posthoc.analyze import metrics_document
+from llc.store.records import metrics_document
 from llc.store import cache
 from llc.store.artifacts import save_netcdf, set_flags, to_inference_data, write_json
 from llc.analysis.diagnostics import sampler_metrics

@@ -177,3 +177,14 @@ def test_a_failed_figure_is_not_recorded_as_drawn(tmp_path, monkeypatch):
     monkeypatch.undo()
     again = F.after_save(run, ("running_llc", "trace"))  # asked again: only the failed key is redrawn
     assert again is not None and set(again.written) == {"sgld_L_trace.png", "hmc_L_trace.png"}
+
+
+def test_every_figure_file_has_a_title_in_gallery_order():
+    """The store names figure files without importing the plotting module: its list must match."""
+    from llc.store.records import FIGURE_TITLES, figure_info
+
+    suffixes = [suffix for items in P.PER_SAMPLER.values() for suffix, _ in items]
+    assert suffixes == list(FIGURE_TITLES)
+    names = [f"hmc_{s}.png" for s in reversed(suffixes)] + [P.COMBINED_FILE, "sgld_L_trace.png"]
+    ranked = sorted(names, key=lambda n: figure_info(n)[:2])
+    assert ranked[0] == "sgld_L_trace.png" and ranked[1] == "hmc_llc_running.png" and ranked[-1] == P.COMBINED_FILE

@@ -108,13 +108,30 @@ def test_python_dash_m_help():
 
 
 def test_rewritten_records_name_the_analysis_files():
-    """experiment.py names them without importing llc.posthoc.analyze (ArviZ) at import time."""
+    """experiment.py names them without importing llc.store.records (ArviZ) at import time."""
     import subprocess
     import sys
 
     from llc.pipeline import experiment
-    from llc.posthoc.analyze import GALLERY_FILE, SNIPPET_FILE
+    from llc.store.records import FIGURE_RECORD, GALLERY_FILE, SNIPPET_FILE
 
-    assert experiment.REWRITTEN_RECORDS[:2] == (GALLERY_FILE, SNIPPET_FILE)
+    assert experiment.REWRITTEN_RECORDS == (GALLERY_FILE, SNIPPET_FILE, FIGURE_RECORD)
     code = "import sys, llc.pipeline.experiment; print('arviz' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_run_without_figures_never_imports_the_posthoc_layer(tmp_path):
+    """The run path (sampling, metrics, records, NetCDF) needs no post-hoc module; figures are the
+    only post-hoc step of a run, and with them off none is imported."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('POSTHOC', sorted(m for m in sys.modules if m.startswith('llc.posthoc')),"
+            " file=sys.stderr))\n"
+            "from llc.cli import main\n"
+            f"sys.argv = ['llc', 'run', *{QUAD!r}, '--set', 'sgld.draws=20', '--json', '--artifacts', {str(tmp_path)!r}]\n"
+            "main()\n")
+    env = dict(os.environ, LLC_CODE_VERSION="test-run")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["samplers"]["sgld"]["llc_mean"] is not None
+    line = next(line for line in proc.stderr.splitlines() if line.startswith("POSTHOC"))
+    assert line == "POSTHOC []", line

@@ -23,19 +23,18 @@ from typing import Any, Callable
 from llc import registry
 from llc.analysis.flags import add_cross_sampler_flags
 from llc.config import RunConfig, to_dict
-from llc.posthoc.figures import RECORD_FILE as FIGURE_RECORD
 from llc.store import cache
 
 # The store and analysis modules (ArviZ, xarray, pandas, matplotlib: seconds of imports) are imported
 # where a run is saved or loaded, and on a thread while the first run trains and compiles
 # (``import_store_in_background``): a cold run does not wait for them.
-STORE_MODULES = ("llc.store.artifacts", "llc.analysis.diagnostics", "llc.posthoc.analyze")
+STORE_MODULES = ("llc.store.artifacts", "llc.analysis.diagnostics", "llc.store.records")
 
 DEFAULT_ROOT = Path(os.environ.get("LLC_ARTIFACTS", "artifacts"))
 RESULT_FILE = "result.json"
 # Records rewritten in a complete run directory once its figures are drawn (llc.posthoc.figures);
-# the first two are llc.posthoc.analyze's GALLERY_FILE and SNIPPET_FILE (tests/test_run.py checks).
-REWRITTEN_RECORDS = ("gallery.md", "README_snippet.md", FIGURE_RECORD)
+# they are llc.store.records' GALLERY_FILE, SNIPPET_FILE and FIGURE_RECORD (tests/test_run.py checks).
+REWRITTEN_RECORDS = ("gallery.md", "README_snippet.md", "figures.json")
 SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "compile_s", "fde", "diverged_chains", "flags")
 
 
@@ -309,8 +308,8 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
     import jax
 
     from llc.analysis.diagnostics import sampler_metrics
-    from llc.posthoc.analyze import DEFAULT_TARGET_SE as TARGET_SE
-    from llc.posthoc.analyze import metrics_document, write_run_records
+    from llc.store.records import DEFAULT_TARGET_SE as TARGET_SE
+    from llc.store.records import FIGURE_RECORD, metrics_document, write_run_records
     from llc.store.artifacts import (optimisation_trace, save_netcdf, set_flags, to_inference_data, write_json,
                                      write_tensorboard)
 
@@ -385,9 +384,11 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
 def _figure_step(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -> None:
     """Figures come after the run is complete, from its saved files: queued on a background pool
     when the caller opened one (``llc run``, ``llc sweep``), else drawn here (llc.posthoc.figures)."""
+    cache.remove_stale_files(run_dir)  # half-written PNGs of a figure step killed earlier
+    if cfg.figures == "none" or not cfg.save_plots:
+        return  # without importing the post-hoc layer (matplotlib)
     from llc.posthoc import figures
 
-    cache.remove_stale_files(run_dir)  # half-written PNGs of a figure step killed earlier
     keys = figures.plot_keys(figures.resolve_mode(cfg.figures, save_plots=cfg.save_plots))
     try:
         figures.after_save(run_dir, keys, log=log)

@@ -1,10 +1,10 @@
-"""Post-hoc analysis of saved runs (``llc analyze``), run records and README figure promotion.
+"""Post-hoc analysis of saved runs (``llc analyze``) and README figure promotion.
 
 Everything here works from the files of a run directory alone (``<sampler>.nc``, plus
 ``config.json`` / ``manifest.json`` when present) and never imports JAX, so a run copied to a
-laptop can be re-analysed there. ``llc run`` calls the same functions (``sampler_metrics`` via
-``metrics_document``, ``plots.make_figures``, ``write_run_records``), which is why ``llc analyze``
-reproduces a run's ``metrics.json`` exactly.
+laptop can be re-analysed there. ``llc run`` computes its metrics with the same functions
+(``analysis.diagnostics.sampler_metrics``, ``store.records.metrics_document``), which is why
+``llc analyze`` reproduces a run's ``metrics.json`` exactly.
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from llc import registry
-from llc.store import cache
 from llc.store.artifacts import ArtifactError, load_netcdf, nc_attrs, read_json, write_json
 from llc.analysis.diagnostics import sampler_metrics
 from llc.analysis.flags import add_cross_sampler_flags, table_cells, table_notes
+from llc.store.records import (DEFAULT_TARGET_SE, GALLERY_FILE, METRICS_FILE, SNIPPET_FILE, fmt, metrics_document,
+                               write_gallery, write_snippet)
 
 SAMPLER_ORDER = registry.SAMPLER_NAMES
-METRICS_FILE = "metrics.json"
-GALLERY_FILE = "gallery.md"
-SNIPPET_FILE = "README_snippet.md"
-MANIFEST_TXT = "manifest.txt"
-DEFAULT_TARGET_SE = 1.0
 
 
 # --------------------------------------------------------------------------- loading
@@ -76,25 +72,6 @@ def load_run(run_dir: Path, which: str | Iterable[str] | None = None) -> dict[st
 
 # --------------------------------------------------------------------------- metrics
 
-def metrics_document(idatas: dict[str, Any], metrics: dict[str, dict[str, Any]],
-                     target_se: float = DEFAULT_TARGET_SE) -> dict[str, Any]:
-    """The content of ``metrics.json``: per-sampler metrics plus the run constants (from the files' attributes)."""
-    first = nc_attrs(next(iter(idatas.values()))) if idatas else {}
-    analytic = None
-    if first.get("analytic_llc") is not None:
-        analytic = {"value": first["analytic_llc"], "formula": first.get("analytic_formula")}
-    return {
-        "run_id": first.get("run_id"),
-        "target_se": float(target_se),
-        "samplers": metrics,
-        "analytic": analytic,
-        "posterior": {k: first.get(k) for k in ("n", "beta", "gamma", "nbeta")},
-        "target": {"id": first.get("target_id"), "kind": first.get("target_kind"), "n": first.get("n"),
-                   "d": first.get("dim"), "L0": first.get("L0"),
-                   "analytic_llc": analytic["value"] if analytic else None},
-    }
-
-
 def run_metrics(idatas: dict[str, Any], target_se: float = DEFAULT_TARGET_SE) -> dict[str, Any]:
     metrics = {name: sampler_metrics(idata, target_se) for name, idata in idatas.items()}
     add_cross_sampler_flags(metrics)
@@ -132,15 +109,6 @@ def compare_with_saved(doc: dict[str, Any], saved: dict[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------- tables
 
-def _fmt(value: Any, spec: str) -> str:
-    if value is None:
-        return "—"
-    try:
-        return format(value, spec)
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def metrics_tables(doc: dict[str, Any]):
     """Two Rich tables: the estimates with convergence diagnostics, and efficiency."""
     from rich.table import Table
@@ -150,7 +118,7 @@ def metrics_tables(doc: dict[str, Any]):
     if t.get("id"):
         head += f" — target {t['id']} ({t.get('kind') or '?'}, d={t.get('d')}, n={t.get('n')})"
     if p.get("nbeta") is not None:
-        head += f", nβ={p['nbeta']:.4g}, γ={_fmt(p.get('gamma'), '.4g')}"
+        head += f", nβ={p['nbeta']:.4g}, γ={fmt(p.get('gamma'), '.4g')}"
     est = Table(title=f"LLC estimates — {head}")
     for col in ("sampler", "λ̂ ± SE", "MCSE", "ESS bulk", "ESS tail", "R̂", "accept", "|ΔE| mean", "diverged", "flags"):
         est.add_column(col, justify="left" if col in ("sampler", "flags") else "right")
@@ -158,160 +126,24 @@ def metrics_tables(doc: dict[str, Any]):
     for col in ("sampler", "wall s", "FDE", "ESS/s", "ESS/FDE", "WNV·s", "WNV·FDE", "time→SE", "FDE→SE"):
         eff.add_column(col, justify="left" if col == "sampler" else "right")
     for name, m in (doc.get("samplers") or {}).items():
-        llc = "—" if m.get("llc_mean") is None else f"{m['llc_mean']:.3f} ± {_fmt(m.get('llc_se'), '.3f')}"
+        llc = "—" if m.get("llc_mean") is None else f"{m['llc_mean']:.3f} ± {fmt(m.get('llc_se'), '.3f')}"
         div = str(m.get("diverged_chains", 0))
         if m.get("divergent_transitions") is not None:
             div += f" ch / {m['divergent_transitions']} tr"
         cell, style = table_cells(m.get("flags"))
-        est.add_row(name, llc, _fmt(m.get("mcse"), ".3f"), _fmt(m.get("ess_bulk"), ".0f"),
-                    _fmt(m.get("ess_tail"), ".0f"), _fmt(m.get("rhat"), ".3f"),
-                    _fmt(m.get("acceptance_mean"), ".3f"), _fmt(m.get("energy_change_abs_mean"), ".3g"), div,
+        est.add_row(name, llc, fmt(m.get("mcse"), ".3f"), fmt(m.get("ess_bulk"), ".0f"),
+                    fmt(m.get("ess_tail"), ".0f"), fmt(m.get("rhat"), ".3f"),
+                    fmt(m.get("acceptance_mean"), ".3f"), fmt(m.get("energy_change_abs_mean"), ".3g"), div,
                     cell, style=style)
-        eff.add_row(name, _fmt(m.get("wall_s"), ".2f"), _fmt(m.get("fde"), ".3g"), _fmt(m.get("ess_per_sec"), ".3g"),
-                    _fmt(m.get("ess_per_fde"), ".3g"), _fmt(m.get("wnv_time"), ".3g"), _fmt(m.get("wnv_fde"), ".3g"),
-                    _fmt(m.get("time_to_se1"), ".3g"), _fmt(m.get("fde_to_se1"), ".3g"))
+        eff.add_row(name, fmt(m.get("wall_s"), ".2f"), fmt(m.get("fde"), ".3g"), fmt(m.get("ess_per_sec"), ".3g"),
+                    fmt(m.get("ess_per_fde"), ".3g"), fmt(m.get("wnv_time"), ".3g"), fmt(m.get("wnv_fde"), ".3g"),
+                    fmt(m.get("time_to_se1"), ".3g"), fmt(m.get("fde_to_se1"), ".3g"))
     notes = [f"analytic λ = {doc['analytic']['value']:.4f}"] if (doc.get("analytic") or {}).get("value") is not None else []
     notes += table_notes(doc.get("samplers") or {})
     if notes:
         est.caption = "\n".join(notes)
         est.caption_justify = "left"
     return est, eff
-
-
-# --------------------------------------------------------------------------- records
-
-def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(obj, dict):
-        out = []
-        for k, v in obj.items():
-            out.extend(_flatten(v, f"{prefix}{k}."))
-        return out
-    return [(prefix[:-1], obj)]
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, list):
-        return ", ".join(str(x) for x in v) if v else "[]"
-    return "—" if v is None else str(v)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Temp file + rename: these records are rewritten in complete run directories (after figures)."""
-    path = Path(path)
-    with cache.atomic_file(path, "w") as fh:  # the umask's permissions (mkstemp would force 0600)
-        fh.write(text)
-    return path
-
-
-def figure_files(out_dir: Path) -> list[str]:
-    """PNG figures in a directory, grouped by sampler (in sampler order), then the cross-sampler ones."""
-    from llc.posthoc.plots import figure_info
-
-    names = [p.name for p in Path(out_dir).glob("*.png")]
-    return sorted(names, key=lambda n: (*figure_info(n, SAMPLER_ORDER)[:2], n))
-
-
-def _figure_title(name: str) -> str:
-    from llc.posthoc.plots import figure_info
-
-    return figure_info(name, SAMPLER_ORDER)[2]
-
-
-def write_gallery(out_dir: Path, title: str) -> Path:
-    """``gallery.md``: every figure in the directory, as inline images under one heading per sampler."""
-    out_dir = Path(out_dir)
-    lines = [f"# {title}", ""]
-    figures = figure_files(out_dir)
-    if not figures:
-        lines.append("No figures yet: they are drawn after the run is saved, unless it was made with "
-                     "`--figures none`; `llc analyze` draws them on demand.")
-    for name in figures:
-        lines += [f"## {_figure_title(name)}", "", f"![{name}]({name})", ""]
-    path = out_dir / GALLERY_FILE
-    write_text_atomic(path, "\n".join(lines).rstrip() + "\n")
-    return path
-
-
-def _snippet(doc: dict[str, Any], out_dir: Path) -> str:
-    t, p = doc.get("target") or {}, doc.get("posterior") or {}
-    lines = [f"### LLC run `{doc.get('run_id')}`", ""]
-    if t.get("id"):
-        lines.append(f"Target `{t['id']}` ({t.get('kind')}, d = {t.get('d')}, n = {t.get('n')}); "
-                     f"nβ = {_fmt(p.get('nbeta'), '.4g')}, γ = {_fmt(p.get('gamma'), '.4g')}, "
-                     f"L₀ = {_fmt(t.get('L0'), '.6g')}.")
-    if (doc.get("analytic") or {}).get("value") is not None:
-        lines.append(f"Analytic λ = {doc['analytic']['value']:.4f} ({doc['analytic'].get('formula')}).")
-    lines += ["", "| sampler | λ̂ ± SE | ESS bulk | ESS tail | R̂ | accept | ESS/s | ESS/FDE | WNV·s | "
-              f"time to SE={doc.get('target_se')} (s) | diverged chains | flags |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in (doc.get("samplers") or {}).items():
-        llc = "—" if m.get("llc_mean") is None else f"{m['llc_mean']:.3f} ± {_fmt(m.get('llc_se'), '.3f')}"
-        lines.append(f"| {name} | {llc} | {_fmt(m.get('ess_bulk'), '.0f')} | {_fmt(m.get('ess_tail'), '.0f')} | "
-                     f"{_fmt(m.get('rhat'), '.3f')} | {_fmt(m.get('acceptance_mean'), '.3f')} | "
-                     f"{_fmt(m.get('ess_per_sec'), '.3g')} | {_fmt(m.get('ess_per_fde'), '.3g')} | "
-                     f"{_fmt(m.get('wnv_time'), '.3g')} | {_fmt(m.get('time_to_se1'), '.3g')} | "
-                     f"{m.get('diverged_chains', 0)} | {table_cells(m.get('flags'))[0]} |")
-    notes = table_notes(doc.get("samplers") or {})
-    if notes:
-        lines += ["", "Flags:", *[f"- {note}" for note in notes]]
-    figures = figure_files(out_dir)
-    if figures:
-        from llc.posthoc.plots import COMBINED_FILE
-
-        lines.append("")
-        if COMBINED_FILE in figures:
-            lines += [f"![Running LLC, all samplers]({COMBINED_FILE})", ""]
-        links = ", ".join(f"[{n[:-4]}]({n})" for n in figures)
-        lines.append(f"Figures: {links} (all in [{GALLERY_FILE}]({GALLERY_FILE})).")
-    return "\n".join(lines) + "\n"
-
-
-def write_snippet(out_dir: Path, doc: dict[str, Any]) -> Path:
-    path = Path(out_dir) / SNIPPET_FILE
-    write_text_atomic(path, _snippet(doc, Path(out_dir)))
-    return path
-
-
-def write_manifest_txt(run_dir: Path, manifest: dict[str, Any], config: dict[str, Any], doc: dict[str, Any]) -> Path:
-    """Human-readable record of a run: where/when/what versions, its runtime statistics, its config."""
-    lines = [f"llc run {manifest.get('run_id')}", "=" * 40]
-    for key in ("created", "host", "jax_backend", "code_fingerprint", "target_id"):
-        if key in manifest:
-            lines.append(f"{key:<18} {manifest[key]}")
-    if "total_seconds" in manifest:
-        lines.append(f"{'total_seconds':<18} {manifest['total_seconds']:.2f}")
-    versions = manifest.get("versions") or {}
-    if versions:
-        lines.append(f"{'versions':<18} " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    lines += ["", "Runtime statistics", "-" * 40]
-    for name, m in (doc.get("samplers") or {}).items():
-        parts = [f"wall {_fmt(m.get('wall_s'), '.3f')} s", f"compile {_fmt(m.get('compile_s'), '.3f')} s",
-                 f"warm-up {_fmt(m.get('warmup_s'), '.3f')} s", f"grad evals {_fmt(m.get('n_grad_evals'), '.6g')}",
-                 f"FDE {_fmt(m.get('fde'), '.6g')}"]
-        est = [f"λ̂ {_fmt(m.get('llc_mean'), '.4f')} ± {_fmt(m.get('llc_se'), '.4f')}",
-               f"ESS {_fmt(m.get('ess_bulk'), '.0f')}", f"R̂ {_fmt(m.get('rhat'), '.3f')}",
-               f"diverged chains {m.get('diverged_chains', 0)}"]
-        if m.get("acceptance_mean") is not None:
-            est.append(f"acceptance {m['acceptance_mean']:.3f}")
-        lines.append(f"{name:<15} " + ", ".join(parts))
-        lines.append(f"{'':<15} " + ", ".join(est))
-        lines += [f"{'':<15} FLAG {flag}" for flag in m.get("flags") or []]
-        info = m.get("info") or {}
-        if info:
-            shown = {k: v for k, v in info.items() if not isinstance(v, (list, dict))}
-            lines.append(f"{'':<15} tuned/info: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
-    lines += ["", "Configuration", "-" * 40]
-    lines += [f"{k} = {_fmt_value(v)}" for k, v in _flatten(config)]
-    path = Path(run_dir) / MANIFEST_TXT
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_run_records(run_dir: Path, manifest: dict[str, Any], config: dict[str, Any],
-                      doc: dict[str, Any]) -> list[Path]:
-    """manifest.txt, README_snippet.md and gallery.md of a run directory (after its figures)."""
-    return [write_manifest_txt(run_dir, manifest, config, doc), write_snippet(run_dir, doc),
-            write_gallery(run_dir, f"Figures of run {manifest.get('run_id')}")]
 
 
 # --------------------------------------------------------------------------- llc analyze

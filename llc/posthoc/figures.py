@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from llc.store.records import FIGURE_RECORD as RECORD_FILE
+
 MODES = ("none", "summary", "all")
 SUMMARY_PLOTS = ("running_llc", "trace", "combined")
-RECORD_FILE = "figures.json"
 WORKERS_ENV = "LLC_FIGURE_WORKERS"
 Log = Callable[[str], None]
 
@@ -179,7 +180,7 @@ class FigureReport:
 
 def finish(report: FigureReport, log: Log = _quiet) -> FigureReport:
     """After a run's figures: ``figures.json``, then ``gallery.md`` and ``README_snippet.md`` listing them."""
-    from llc.posthoc.analyze import METRICS_FILE, write_gallery, write_snippet, write_text_atomic
+    from llc.store.records import METRICS_FILE, write_gallery, write_snippet, write_text_atomic
     from llc.posthoc.plots import PLOT_KEYS
 
     run_dir = Path(report.run_dir)

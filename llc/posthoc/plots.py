@@ -35,11 +35,11 @@ from matplotlib.figure import Figure
 
 from llc import registry
 from llc.analysis import diagnostics as D
+from llc.store.records import COMBINED_FILE
 
 DPI = 120
 PLOT_KEYS = ("running_llc", "trace", "autocorr", "ess_evolution", "ess_quantile", "rhat", "rank", "theta",
              "centered", "acceptance", "energy", "optimisation", "combined")
-COMBINED_FILE = "llc_running_combined.png"
 # Reference acceptance rates: 0.651 is the asymptotically optimal HMC rate (Beskos et al. 2013);
 # 0.8 is the usual target of step-size adaptation (Stan, BlackJAX window adaptation).
 ACCEPT_REFS = ((0.651, "0.651: optimal (Beskos et al.)"), (0.8, "0.8: adaptation target"))
@@ -546,30 +546,6 @@ PER_SAMPLER: dict[str, list[tuple[str, PlotFn]]] = {
     "energy": [("energy", fig_energy), ("energy_hist", fig_energy_hist)],
     "optimisation": [("opt_trace", fig_optimisation)],
 }
-
-
-# Order and titles of the figures in galleries and README snippets.
-FIGURE_SUFFIXES = tuple(suffix for items in PER_SAMPLER.values() for suffix, _ in items)
-FIGURE_TITLES = {
-    "llc_running": "running LLC estimate", "L_trace": "trace of L_n", "L_acf": "autocorrelation of L_n",
-    "L_ess": "ESS evolution", "L_ess_quantile": "ESS of quantiles", "L_rhat": "R-hat evolution",
-    "llc_rank": "rank plot of λ̂ draws", "theta_trace": "θ-projection traces", "theta_rank": "θ-projection ranks",
-    "Ln_centered": "centered loss L_n − L₀", "acceptance": "acceptance rate", "energy": "energy diagnostic",
-    "energy_hist": "energy-change histogram", "opt_trace": "optimisation trace",
-}
-
-
-def figure_info(name: str, samplers: tuple[str, ...]) -> tuple[int, int, str]:
-    """(sampler rank, figure rank, title) of a figure file name, for ordering and captions."""
-    stem = name[:-4] if name.endswith(".png") else name
-    if stem == COMBINED_FILE[:-4]:
-        return (len(samplers) + 1, 0, "Running LLC estimate, all samplers")
-    for i, sampler in sorted(enumerate(samplers), key=lambda t: -len(t[1])):
-        if stem.startswith(sampler + "_"):
-            suffix = stem[len(sampler) + 1:]
-            rank = FIGURE_SUFFIXES.index(suffix) if suffix in FIGURE_SUFFIXES else len(FIGURE_SUFFIXES)
-            return (i, rank, f"{label(sampler)}: {FIGURE_TITLES.get(suffix, suffix.replace('_', ' '))}")
-    return (len(samplers), 0, stem)
 
 
 def parse_plots(plots: str | list[str] | None) -> tuple[str, ...]:

@@ -703,7 +703,7 @@ def _filter_controls(table_id: str, samplers: list[str], statuses: list[str]) ->
             f'<select class="filter-sampler"><option value="">all samplers</option>{opts(samplers)}</select>'
             + (f'<select class="filter-status"><option value="">any status</option>{opts(statuses)}</select>'
                if statuses else "") +
-            f'<span class="count"></span></div>')
+            '<span class="count"></span></div>')
 
 
 # --------------------------------------------------------------------------- index page

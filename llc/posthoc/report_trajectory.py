@@ -252,7 +252,6 @@ def training_figure(members: list[Member], names: list[str], chain_means: list[n
         rows = doc["rows"]
         color = "#1f5fbf" if single else member_colors(len(members))[m]
         xs = ax.x([r.get("step") for r in rows])
-        steps = [r.get("step") for r in rows]
         llc, se = _col(rows, "llc_mean"), [v or 0.0 for v in _col(rows, "llc_se")]
         ok = [i for i, v in enumerate(llc) if v is not None]
         group = f"m{m}"
