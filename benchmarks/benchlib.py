@@ -102,11 +102,11 @@ def capture_compiles():
     """Record every program the driver (or VI) compiles (memory, flops); in-process cache hits
     (0 s, the same executable) are recorded too.
 
-    Samplers keep their compiled programs to themselves; wrapping the driver's two compile
-    helpers is the one place to see them without changing sampler code.
+    Samplers keep their compiled programs to themselves; wrapping the driver's compile helper is
+    the one place to see them without changing sampler code.
     """
     records: list[dict[str, Any]] = []
-    originals = {"compile_cached": base.compile_cached, "compile_timed": base.compile_timed}
+    originals = {"compile_cached": base.compile_cached}
 
     def wrap(original):
         def wrapped(*args, **kwargs):

@@ -364,7 +364,7 @@ class VIConfig:
     factor_form: str = _f("covariance", choices=("covariance", "precision"))  # low rank in Sigma or Sigma^-1
     steps: int = _f(5000, gt=0)  # optimisation steps (a multiple of eval_every)
     batch_size: int = _f(256, gt=0)
-    learning_rate: float = _f(1e-2, gt=0.0)  # Adam
+    learning_rate: float = _f(1e-2, gt=0.0, runtime=True)  # Adam
     lr_schedule: str | None = _f(None, choices=("cosine", "linear_decay"))
     lr_warmup_frac: float = _f(0.05, ge=0.0, lt=1.0)  # warm-up fraction, with a schedule
     clip_global_norm: float | None = _f(5.0, gt=0.0)  # none: no clipping
@@ -375,7 +375,7 @@ class VIConfig:
     whitening_mode: str = _f("none", choices=("none", "rmsprop", "adam"))
     whitening_decay: float = _f(0.99, gt=0.0, lt=1.0)  # EMA decay of the pre-pass moments
     whitening_steps: int = _f(200, gt=0)  # minibatch gradients in the whitening pre-pass
-    init_scale: float = _f(1.0, gt=0.0)  # initial q std, in units of 1/sqrt(n*beta + gamma)
+    init_scale: float = _f(1.0, gt=0.0, runtime=True)  # initial q std, in units of 1/sqrt(n*beta + gamma)
     learn_means: bool = _f(True)  # per-component mean offsets from w* (start at 0)
     alpha_temperature: float = _f(1.0, gt=0.0)  # pi = softmax(alpha / T)
     alpha_dirichlet_prior: float | None = _f(None, gt=0.0)  # symmetric Dirichlet(a0) on pi

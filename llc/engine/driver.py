@@ -139,7 +139,8 @@ _COMPILED: dict[Any, _Compiled] = {}
 _COMPILED_LOCK = threading.Lock()
 
 
-def _signature(args) -> tuple:
+def signature(args) -> tuple:
+    """Tree structure, shapes and dtypes of ``args``: what a compiled program is specialised to."""
     leaves, treedef = jax.tree.flatten(args)
     return (treedef, tuple((np.shape(a), jnp.result_type(a).name, getattr(a, "weak_type", False)) for a in leaves))
 
@@ -149,7 +150,7 @@ def compile_cached(key: tuple, fn: Callable, *args, report: bool = True) -> tupl
     later call with the same ``key`` and argument shapes/dtypes, also while another thread is
     still compiling it (``precompile``). Returns (executable, compile seconds): the seconds go to
     the first caller with ``report=True``, later ones get 0.0."""
-    full_key = (key, _signature(args))
+    full_key = (key, signature(args))
     with _COMPILED_LOCK:
         entry = _COMPILED.get(full_key)
         owner = entry is None
@@ -175,13 +176,6 @@ def compile_cached(key: tuple, fn: Callable, *args, report: bool = True) -> tupl
         seconds = entry.seconds if report and not entry.reported else 0.0
         entry.reported |= report
     return entry.executable, seconds
-
-
-def compile_timed(fn: Callable, *args) -> tuple[Callable, float]:
-    """Compile without the in-process cache (for programs that bake constants in, e.g. VI)."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    return compiled, time.perf_counter() - t0
 
 
 def run_chunks(compiled: Callable, state, key, total_draws: int, size: int, data,

@@ -44,12 +44,18 @@ all of pi), closed-form E_q||theta||^2, factor column norms, diagonal scale spre
 cumulative FGE. ``info["trace"]``: "step" (points,), "pi" (chains, points, M), every other key
 (chains, points), as nested lists.
 
+Compiled programs. The pre-pass, the optimisation chunk and the evaluation take nβ, γ, L0, w*, the
+data, the learning rate and sigma0 as runtime arguments; only shapes and structural options are
+baked in, so runs that differ in those values (a sweep over γ or β0, another seed or w*) reuse the
+executables (``driver.compile_cached``, keyed by ``_program_key``).
+
 TensorBoard: with ``tensorboard=true`` the run writes the trace as scalars under
 ``<run>/tensorboard/vi`` (``llc.store.artifacts.write_tensorboard``; needs tensorboardX).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, NamedTuple
@@ -58,9 +64,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 
-from llc.config import VIConfig, check_vi
+from llc.config import VIConfig, check_vi, runtime_fields
 from llc.engine.posterior import Posterior, cast
 from llc.engine import driver
 from llc.engine.samplers import vi_eval
@@ -85,28 +90,38 @@ def _check(cfg: VIConfig, n: int) -> tuple[int, ...]:
     return tuple(cfg.r_per_component) if cfg.r_per_component is not None else (cfg.rank,) * cfg.components
 
 
-def learning_rate_schedule(cfg: VIConfig):
-    lr, steps = cfg.learning_rate, cfg.steps
+def unit_schedule(cfg: VIConfig):
+    """The configured learning-rate schedule divided by the learning rate (peak 1): the rate itself
+    is a runtime argument of the programs and multiplies it there."""
+    steps = cfg.steps
     warmup = int(round(cfg.lr_warmup_frac * steps))
     if cfg.lr_schedule is None:
-        return optax.constant_schedule(lr)
+        return optax.constant_schedule(1.0)
     if cfg.lr_schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps, end_value=0.0)
-    pieces = [optax.linear_schedule(0.0, lr, warmup), optax.linear_schedule(lr, 0.0, steps - warmup)]
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, steps, end_value=0.0)
+    pieces = [optax.linear_schedule(0.0, 1.0, warmup), optax.linear_schedule(1.0, 0.0, steps - warmup)]
     return optax.join_schedules(pieces, [warmup])
 
 
-def make_optimizer(cfg: VIConfig) -> optax.GradientTransformation:
-    parts = []
-    if cfg.clip_global_norm is not None:
-        parts.append(optax.clip_by_global_norm(cfg.clip_global_norm))
-    parts.append(optax.adam(learning_rate_schedule(cfg)))
-    return optax.chain(*parts)
+def learning_rate_schedule(cfg: VIConfig):
+    unit = unit_schedule(cfg)
+    return lambda count: cfg.learning_rate * unit(count)
+
+
+def make_optimizer(cfg: VIConfig, lr=None) -> optax.GradientTransformation:
+    """Adam (after optional clipping) at ``lr`` (``cfg.learning_rate`` by default, a traced array in
+    the programs) times ``unit_schedule``. Its state does not depend on ``lr``: it is initialised
+    outside the programs and updated inside them with the runtime value."""
+    parts = [optax.clip_by_global_norm(cfg.clip_global_norm)] if cfg.clip_global_norm is not None else []
+    lr = cfg.learning_rate if lr is None else lr
+    return optax.chain(*parts, optax.scale_by_adam(), optax.scale_by_schedule(unit_schedule(cfg)), optax.scale(-lr))
 
 
 def flat_loss(post: Posterior):
-    """(theta, x, y) -> loss at w* + theta, with theta flat; plus w*'s flat vector."""
-    w_flat, unravel = ravel_pytree(post.w_star)
+    """(theta, w0, x, y) -> loss at w0 + theta, with theta and w0 flat; plus w*'s flat vector
+    (ravelled on the host: an eager ravel compiles a program per leaf shape)."""
+    unravel = driver.unravel_function(post.w_star)
+    w_flat = jax.device_put(np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(post.w_star)]))
 
     def loss(theta, w0, x, y):
         return post.loss_fn(unravel(w0 + theta), x, y)
@@ -114,20 +129,37 @@ def flat_loss(post: Posterior):
     return loss, w_flat
 
 
+def hyperparameters(post: Posterior, cfg: VIConfig, dtype) -> dict[str, np.ndarray]:
+    """The runtime values of the programs, computed on the host in double precision, then cast."""
+    values = {"nbeta": post.nbeta, "gamma": post.gamma, "L0": post.L0, "learning_rate": cfg.learning_rate,
+              "sigma0": cfg.init_scale / math.sqrt(post.nbeta + post.gamma)}
+    return {k: np.asarray(v, dtype) for k, v in values.items()}
+
+
+_RUNTIME = {f.rpartition(".")[2] for f in runtime_fields() if f.startswith("vi.")}
+
+
+def _program_key(cfg: VIConfig, post: Posterior, what: str, *extra) -> tuple:
+    """What a VI program bakes in: the structural options (not the runtime fields), the loss, n and
+    the parameter tree (``unravel``); shapes and dtypes of the arguments are added by the cache."""
+    static = tuple((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in _RUNTIME)
+    return ("vi", what, static, post.loss_fn, post.n, driver.signature(post.w_star), *extra)
+
+
 # --------------------------------------------------------------------------- whitening pre-pass
 
-def whitening_scale(post: Posterior, cfg: VIConfig, key: jax.Array) -> tuple[jax.Array, float, float]:
+def whitening_scale(post: Posterior, cfg: VIConfig, key: jax.Array, hyper: dict) -> tuple[jax.Array, float, float]:
     """Coordinate scale c (d,) in the optimisation dtype; returns (c, wall_s, compile_s)."""
     dtype = jnp.dtype(cfg.dtype)
-    sigma0 = cfg.init_scale / math.sqrt(post.nbeta + post.gamma)
     d = post.dim
     if cfg.whitening_mode == "none":
-        return jnp.full((d,), sigma0, dtype=dtype), 0.0, 0.0
+        return jnp.full((d,), hyper["sigma0"], dtype=dtype), 0.0, 0.0
     loss, w_flat = flat_loss(post)
-    n, b, rho, nbeta = post.n, cfg.batch_size, cfg.whitening_decay, post.nbeta
+    n, b, rho = post.n, cfg.batch_size, cfg.whitening_decay
 
-    def prepass(key, data):
+    def prepass(key, data, hyper):
         w0, x, y = data
+        nbeta, sigma0 = hyper["nbeta"], hyper["sigma0"]
 
         def step(carry, xs):
             m, v = carry
@@ -144,24 +176,24 @@ def whitening_scale(post: Posterior, cfg: VIConfig, key: jax.Array) -> tuple[jax
         m, v = m / correction, v / correction
         second = jnp.maximum(v - m * m, 0.0) if cfg.whitening_mode == "adam" else v
         h = jnp.sqrt(second) / sigma0
-        c = 1.0 / jnp.sqrt(h + post.gamma + 1e-30)
+        c = 1.0 / jnp.sqrt(h + hyper["gamma"] + 1e-30)
         return jnp.clip(c, sigma0 / SCALE_CLIP, sigma0 * SCALE_CLIP)
 
     data = (w_flat, post.x, post.y)
-    compiled, compile_s = driver.compile_timed(prepass, key, data)
+    compiled, compile_s = driver.compile_cached(_program_key(cfg, post, "whitening"), prepass, key, data, hyper)
     t0 = time.perf_counter()
-    c = compiled(key, data).block_until_ready()
+    c = compiled(key, data, hyper).block_until_ready()
     return c, time.perf_counter() - t0, compile_s
 
 
 # --------------------------------------------------------------------------- optimisation
 
-def build_step(fam: fam_mod.Family, cfg: VIConfig, post: Posterior, loss, opt: optax.GradientTransformation):
-    """One optimisation step for one chain: (state, noise, data) -> (state, per-step outputs)."""
-    nbeta, gamma, L0 = post.nbeta, post.gamma, post.L0
+def build_step(fam: fam_mod.Family, cfg: VIConfig, loss):
+    """One optimisation step for one chain: (state, noise, data, hyper) -> (state, per-step outputs)."""
     a0, lam = cfg.alpha_dirichlet_prior, cfg.entropy_bonus
 
-    def per_draw(params, normals, gumbel, idx, baseline, w0, x, y, c, sum_log_c):
+    def per_draw(params, normals, gumbel, idx, baseline, w0, x, y, c, sum_log_c, hyper):
+        nbeta, gamma, L0 = hyper["nbeta"], hyper["gamma"], hyper["L0"]
         u, _ = fam_mod.sample_u(fam, params, normals, gumbel)
         theta = c * u
         Lb = loss(theta, w0, x[idx], y[idx])
@@ -176,9 +208,9 @@ def build_step(fam: fam_mod.Family, cfg: VIConfig, post: Posterior, loss, opt: o
         score = (jax.lax.stop_gradient(f) - baseline) * jnp.sum(jax.lax.stop_gradient(resp) * logw)
         return f + score, (f, logp, logq, Lb, sq)
 
-    def objective(params, normals, gumbel, idx, baseline, w0, x, y, c, sum_log_c):
-        terms, aux = jax.vmap(per_draw, in_axes=(None, 0, 0, 0, None, None, None, None, None, None))(
-            params, normals, gumbel, idx, baseline, w0, x, y, c, sum_log_c)
+    def objective(params, normals, gumbel, idx, baseline, w0, x, y, c, sum_log_c, hyper):
+        terms, aux = jax.vmap(per_draw, in_axes=(None, 0, 0, 0, None, None, None, None, None, None, None))(
+            params, normals, gumbel, idx, baseline, w0, x, y, c, sum_log_c, hyper)
         logw = fam_mod.log_weights(fam, params)
         extra = jnp.zeros((), dtype=logw.dtype)
         if a0 is not None:
@@ -187,8 +219,9 @@ def build_step(fam: fam_mod.Family, cfg: VIConfig, post: Posterior, loss, opt: o
             extra = extra - lam * jnp.sum(jnp.exp(logw) * logw)
         return -(jnp.mean(terms) + extra), (aux, extra)
 
-    def step(state: VIState, noise, data):
+    def step(state: VIState, noise, data, hyper):
         """``noise``: this step's (normals (S, d+R), gumbel (S, M), minibatch indices (S, b))."""
+        opt = make_optimizer(cfg, hyper["learning_rate"])
         w0, x, y, c = data
         normals, gumbel, idx = noise
         sum_log_c = jnp.sum(jnp.log(c))
@@ -196,14 +229,14 @@ def build_step(fam: fam_mod.Family, cfg: VIConfig, post: Posterior, loss, opt: o
         corr = 1.0 - BASELINE_DECAY ** tf
         baseline = jnp.where(state.t > 0, state.baseline / jnp.where(corr > 0, corr, 1.0), 0.0)
         grads, ((f, logp, logq, Lb, sq), extra) = jax.grad(objective, has_aux=True)(
-            state.params, normals, gumbel, idx, baseline, w0, x, y, c, sum_log_c)
+            state.params, normals, gumbel, idx, baseline, w0, x, y, c, sum_log_c, hyper)
         gnorm = optax.global_norm(grads)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = fam_mod.project_columns(fam, optax.apply_updates(state.params, updates))
         new_baseline = (BASELINE_DECAY * state.baseline
                         + (1 - BASELINE_DECAY) * jnp.mean(f).astype(state.baseline.dtype))
         out = {"elbo": jnp.mean(f), "elbo_like": jnp.mean(logp), "entropy": -jnp.mean(logq),
-               "objective_extra": extra, "llc": nbeta * (jnp.mean(Lb) - L0), "radius2_draw": jnp.mean(sq),
+               "objective_extra": extra, "llc": hyper["nbeta"] * (jnp.mean(Lb) - hyper["L0"]), "radius2_draw": jnp.mean(sq),
                "grad_norm": gnorm}
         return VIState(params, opt_state, new_baseline, state.t + 1), out
 
@@ -229,26 +262,26 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
     k_white, k_init, k_opt, k_eval = jax.random.split(key, 4)
 
     # Whitening pre-pass (shared by all chains: it fixes coordinates, not q).
-    c, white_wall, white_compile = whitening_scale(post_opt, cfg, k_white)
+    hyper = hyperparameters(post, cfg, dtype)
+    c, white_wall, white_compile = whitening_scale(post_opt, cfg, k_white, hyper)
     white_grads = cfg.whitening_steps if cfg.whitening_mode != "none" else 0
 
     # Optimisation, in chunks of trace records.
-    opt = make_optimizer(cfg)
     loss, w_flat = flat_loss(post_opt)
-    step = build_step(fam, cfg, post_opt, loss, opt)
+    step = build_step(fam, cfg, loss)
     points = cfg.steps // cfg.eval_every
     size = driver.chunk_size(points)
-    data = (w_flat, post_opt.x, post_opt.y, c)
+    data = (w_flat, post_opt.x, post_opt.y, c, hyper)
 
     def chunk(states, keys, chunk_index, data):
-        w0, x, y, cc = data
+        w0, x, y, cc, hyper = data
 
         def one_point(state, point_key):
             # The noise of all eval_every steps at once (few PRNG call sites: faster compiles).
             k_noise, k_idx = jax.random.split(point_key)
             normals, gumbel = fam_mod.draw_noise(fam, k_noise, (cfg.eval_every, cfg.mc_samples), dtype)
             idx = jax.random.randint(k_idx, (cfg.eval_every, cfg.mc_samples, cfg.batch_size), 0, post.n)
-            state, outs = jax.lax.scan(lambda s, xs: step(s, xs, data), state, (normals, gumbel, idx))
+            state, outs = jax.lax.scan(lambda s, xs: step(s, xs, (w0, x, y, cc), hyper), state, (normals, gumbel, idx))
             rec = {k: jnp.mean(v) for k, v in outs.items()}
             rec.update(fam_mod.summary(fam, state.params, cc))
             rec["pi"] = jnp.exp(fam_mod.log_weights(fam, state.params))
@@ -257,9 +290,14 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
         point_keys = driver.chunk_draw_keys(keys, chunk_index, size)
         return jax.vmap(lambda s, k: jax.lax.scan(one_point, s, k))(states, point_keys)
 
-    states = jax.vmap(lambda k: _init_state(fam, opt, k, dtype))(driver.chain_keys(k_init, cfg.chains))
+    opt = make_optimizer(cfg)
+    init_keys = driver.chain_keys(k_init, cfg.chains)
+    init, init_compile = driver.compile_cached(_program_key(cfg, post, "init"),
+                                               jax.vmap(lambda k: _init_state(fam, opt, k, dtype)), init_keys)
+    states = init(init_keys)
     keys = driver.chain_keys(k_opt, cfg.chains)
-    compiled, opt_compile = driver.compile_timed(chunk, states, keys, jnp.asarray(0, jnp.int32), data)
+    compiled, opt_compile = driver.compile_cached(_program_key(cfg, post, "optimise"), chunk,
+                                                  states, keys, np.int32(0), data)
     states, trace, opt_wall = driver.run_chunks(compiled, states, keys, points, size, data, progress, "vi")
 
     # Evaluation: draws of each fitted q, full-batch L_n and the control variate.
@@ -276,7 +314,8 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
 
     eval_data = (w_flat_e, post_eval.x, post_eval.y, matrix)
     eval_keys = driver.chain_keys(k_eval, cfg.chains)
-    eval_compiled, eval_compile = driver.compile_timed(evaluate, states.params, c, eval_keys, eval_data)
+    eval_compiled, eval_compile = driver.compile_cached(_program_key(cfg, post, "evaluate", proj_dim, eval_dtype),
+                                                        evaluate, states.params, c, eval_keys, eval_data)
     t0 = time.perf_counter()
     ev = jax.tree.map(np.asarray, driver.block(eval_compiled(states.params, c, eval_keys, eval_data)))
     eval_wall = time.perf_counter() - t0
@@ -292,7 +331,7 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
         "fde": minibatch_grads * cfg.batch_size / post.n + full_grads,
         "full_loss_evals": float(cfg.chains * cfg.eval_samples),
         "wall_s": white_wall + opt_wall + eval_wall,
-        "compile_s": white_compile + opt_compile + eval_compile,
+        "compile_s": white_compile + init_compile + opt_compile + eval_compile,
         "warmup_s": white_wall,
     }
 
