@@ -250,28 +250,16 @@ def _init_state(fam: fam_mod.Family, opt, key, dtype) -> VIState:
 
 # --------------------------------------------------------------------------- run
 
-def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
-        progress: driver.ProgressFn = driver.no_progress) -> driver.SamplerOutput:
-    ranks = _check(cfg, post.n)
-    eval_dtype = "float64" if jax.config.jax_enable_x64 else "float32"
-    post_opt = cast(post, cfg.dtype)
-    post_eval = cast(post, eval_dtype)
+def optimise(post: Posterior, cfg: VIConfig, fam: fam_mod.Family, c: jax.Array, hyper: dict, k_init: jax.Array,
+             k_steps: jax.Array, progress: driver.ProgressFn) -> tuple[VIState, dict[str, np.ndarray], float, float]:
+    """Fit q on every chain (initial q from ``k_init``, the steps' noise from ``k_steps``), in chunks
+    of trace records; returns (states, trace, wall_s, compile_s)."""
     dtype = jnp.dtype(cfg.dtype)
-    fam = fam_mod.make_family(cfg.components, post.dim, ranks, cfg.alpha_temperature, cfg.learn_means,
-                              cfg.dtype, cfg.factor_form)
-    k_white, k_init, k_opt, k_eval = jax.random.split(key, 4)
-
-    # Whitening pre-pass (shared by all chains: it fixes coordinates, not q).
-    hyper = hyperparameters(post, cfg, dtype)
-    c, white_wall, white_compile = whitening_scale(post_opt, cfg, k_white, hyper)
-    white_grads = cfg.whitening_steps if cfg.whitening_mode != "none" else 0
-
-    # Optimisation, in chunks of trace records.
-    loss, w_flat = flat_loss(post_opt)
+    loss, w_flat = flat_loss(post)
     step = build_step(fam, cfg, loss)
     points = cfg.steps // cfg.eval_every
     size = driver.chunk_size(points)
-    data = (w_flat, post_opt.x, post_opt.y, c, hyper)
+    data = (w_flat, post.x, post.y, c, hyper)
 
     def chunk(states, keys, chunk_index, data):
         w0, x, y, cc, hyper = data
@@ -295,32 +283,55 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
     init, init_compile = driver.compile_cached(_program_key(cfg, post, "init"),
                                                jax.vmap(lambda k: _init_state(fam, opt, k, dtype)), init_keys)
     states = init(init_keys)
-    keys = driver.chain_keys(k_opt, cfg.chains)
+    keys = driver.chain_keys(k_steps, cfg.chains)
     compiled, opt_compile = driver.compile_cached(_program_key(cfg, post, "optimise"), chunk,
                                                   states, keys, np.int32(0), data)
-    states, trace, opt_wall = driver.run_chunks(compiled, states, keys, points, size, data, progress, "vi")
+    states, trace, wall = driver.run_chunks(compiled, states, keys, points, size, data, progress, "vi")
+    return states, trace, wall, init_compile + opt_compile
 
-    # Evaluation: draws of each fitted q, full-batch L_n and the control variate.
-    loss_e, w_flat_e = flat_loss(post_eval)
+
+def evaluate(post: Posterior, cfg: VIConfig, fam: fam_mod.Family, params, c: jax.Array, key: jax.Array,
+             proj_dim: int) -> tuple[dict[str, np.ndarray], float, float]:
+    """Draws of each fitted q: full-batch L_n, θ projections and the control variate, in the
+    evaluation dtype (float64 under x64); returns (per-chain arrays, wall_s, compile_s)."""
+    eval_dtype = "float64" if jax.config.jax_enable_x64 else "float32"
+    post = cast(post, eval_dtype)
+    loss, w_flat = flat_loss(post)
     exact_diag = post.dim <= cfg.cv_exact_max_dim
     matrix = driver.projection_matrix(post.dim, proj_dim, seed=0, dtype=eval_dtype)
 
-    def evaluate(params, c, keys, eval_data):
+    def chains(params, c, keys, eval_data):
         w0, x, y, mat = eval_data
-        loss_at = lambda theta: loss_e(theta, w0, x, y)  # noqa: E731
+        loss_at = lambda theta: loss(theta, w0, x, y)  # noqa: E731
         return jax.vmap(lambda p, k: vi_eval.evaluate_chain(
             fam, p, c, k, loss_at, mat, draws=cfg.eval_samples, eval_dtype=eval_dtype,
             control_variate=cfg.control_variate, exact_diag=exact_diag, probes=cfg.cv_probes))(params, keys)
 
-    eval_data = (w_flat_e, post_eval.x, post_eval.y, matrix)
-    eval_keys = driver.chain_keys(k_eval, cfg.chains)
-    eval_compiled, eval_compile = driver.compile_cached(_program_key(cfg, post, "evaluate", proj_dim, eval_dtype),
-                                                        evaluate, states.params, c, eval_keys, eval_data)
+    eval_data = (w_flat, post.x, post.y, matrix)
+    keys = driver.chain_keys(key, cfg.chains)
+    compiled, compile_s = driver.compile_cached(_program_key(cfg, post, "evaluate", proj_dim, eval_dtype),
+                                                chains, params, c, keys, eval_data)
     t0 = time.perf_counter()
-    ev = jax.tree.map(np.asarray, driver.block(eval_compiled(states.params, c, eval_keys, eval_data)))
-    eval_wall = time.perf_counter() - t0
+    ev = jax.tree.map(np.asarray, driver.block(compiled(params, c, keys, eval_data)))
+    return ev, time.perf_counter() - t0, compile_s
 
-    # Work.
+
+def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
+        progress: driver.ProgressFn = driver.no_progress) -> driver.SamplerOutput:
+    """Whitening pre-pass, optimisation of q per chain, evaluation; work and info as the samplers'."""
+    ranks = _check(cfg, post.n)
+    post_opt = cast(post, cfg.dtype)
+    fam = fam_mod.make_family(cfg.components, post.dim, ranks, cfg.alpha_temperature, cfg.learn_means,
+                              cfg.dtype, cfg.factor_form)
+    k_white, k_init, k_steps, k_eval = jax.random.split(key, 4)
+    hyper = hyperparameters(post, cfg, jnp.dtype(cfg.dtype))
+    # The pre-pass is shared by all chains: it fixes coordinates, not q.
+    c, white_wall, white_compile = whitening_scale(post_opt, cfg, k_white, hyper)
+    states, trace, opt_wall, opt_compile = optimise(post_opt, cfg, fam, c, hyper, k_init, k_steps, progress)
+    ev, eval_wall, eval_compile = evaluate(post, cfg, fam, states.params, c, k_eval, proj_dim)
+
+    exact_diag = post.dim <= cfg.cv_exact_max_dim
+    white_grads = cfg.whitening_steps if cfg.whitening_mode != "none" else 0
     opt_grads = cfg.chains * cfg.steps * cfg.mc_samples
     hvps = cfg.chains * vi_eval.hvp_count(fam, cfg.eval_samples, exact_diag, cfg.cv_probes) \
         if cfg.control_variate else 0
@@ -331,25 +342,18 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
         "fde": minibatch_grads * cfg.batch_size / post.n + full_grads,
         "full_loss_evals": float(cfg.chains * cfg.eval_samples),
         "wall_s": white_wall + opt_wall + eval_wall,
-        "compile_s": white_compile + init_compile + opt_compile + eval_compile,
+        "compile_s": white_compile + opt_compile + eval_compile,
         "warmup_s": white_wall,
     }
-
     info = _info(cfg, post, fam, trace, ev, work, white_grads, hvps, exact_diag,
                  walls={"whitening_s": white_wall, "optimisation_s": opt_wall, "evaluation_s": eval_wall})
     stats = {"component": ev["component"].astype(np.int64)}
     if cfg.control_variate:
         stats["cv_quadratic"] = np.asarray(ev["cv"], dtype=np.float64)
-    Ln = np.asarray(ev["Ln"], dtype=np.float64)
-    return driver.SamplerOutput(
-        name="vi",
-        Ln=Ln,
-        Ln_warmup=np.zeros((cfg.chains, 0)),
-        theta_proj=np.asarray(ev["theta_proj"], dtype=np.float64),
-        stats=stats,
-        work=work,
-        info=info,
-    )
+    return driver.SamplerOutput(name="vi", Ln=np.asarray(ev["Ln"], dtype=np.float64),
+                                Ln_warmup=np.zeros((cfg.chains, 0)),
+                                theta_proj=np.asarray(ev["theta_proj"], dtype=np.float64),
+                                stats=stats, work=work, info=info)
 
 
 def _info(cfg: VIConfig, post: Posterior, fam: fam_mod.Family, trace: dict[str, np.ndarray],
