@@ -9,3 +9,15 @@ os.environ.setdefault("LLC_ARTIFACTS", os.path.join(os.path.dirname(__file__), "
 from llc.pipeline.experiment import enable_compilation_cache  # noqa: E402
 
 enable_compilation_cache()
+
+
+def tanh_net():
+    """A user's own model for the Python-API tests: a 2 -> 4 -> 1 tanh network (flax.linen)."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(1)(nn.tanh(nn.Dense(4)(x)))
+
+    return Net()

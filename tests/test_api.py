@@ -1,10 +1,10 @@
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import llc
+from conftest import tanh_net
 from llc.config import ConfigError
 from llc.pipeline.experiment import enable_x64
 from llc.theory import quadratic_learning_coefficient
@@ -37,15 +37,10 @@ def test_estimate_flags_an_impossible_answer():
 
 
 def test_estimate_flax_module():
-    class Net(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return nn.Dense(1)(nn.tanh(nn.Dense(4)(x)))
-
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 2))
     y = np.tanh(x[:, :1]) + 0.1 * rng.standard_normal((256, 1))
-    model = Net()
+    model = tanh_net()
     params = model.init(jax.random.key(0), x)
     est = llc.estimate(model, params, x, y, sampler_config={"draws": 100, "chains": 2})
     assert est.metrics["chains"] == 2 and est.output.Ln.shape == (2, 100)

@@ -442,23 +442,18 @@ def test_gpu_extras_and_readme_notes():
 
 @pytest.fixture(scope="module")
 def tiny_net():
-    import flax.linen as nn
     import jax
+    from conftest import tanh_net
     import optax
 
     from llc.pipeline.experiment import enable_x64
 
     enable_x64()
 
-    class Net(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return nn.Dense(1)(nn.tanh(nn.Dense(4)(x)))
-
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 2))
     y = np.tanh(x[:, 0]) + 0.1 * rng.standard_normal(256)
-    model = Net()
+    model = tanh_net()
     init = model.init(jax.random.key(0), x)
     loss = lambda p: 0.5 * ((model.apply(p, x) - y[:, None]) ** 2).sum(-1).mean()  # noqa: E731
     opt = optax.adam(1e-2)

@@ -292,88 +292,95 @@ def precompile(algs: list[Algorithm], posts: list[Posterior], *, proj_dim: int =
     run_batch(algs, posts, [jax.random.key(0)] * len(algs), proj_dim=proj_dim, compile_only=programs)
 
 
-def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj_dim: int = 4,
-              progress: ProgressFn = no_progress, compile_only: tuple[str, ...] = ()) -> list[SamplerOutput]:
-    """Several runs differing only in runtime values (epsilon, gamma, n*beta, seed, w*) as one
-    program, ``vmap``ped over settings x chains; each run's random stream is the one it has alone.
+class _Inputs(NamedTuple):
+    """A batch's arguments: per-setting values stacked over settings, the data shared by all, the
+    sampler's runtime parameters (stacked), the θ projection, and how a setting's Problem is built."""
 
-    Work is shared: each run reports ``1/len(algs)`` of the batch's wall and compile time, and the
-    batch totals in ``info`` (``batch_size``, ``batch_wall_s``, ``batch_compile_s``).
-    ``compile_only``: compile only these programs ("warmup", "sample"), traced on shapes, and
-    return ``[]`` (see ``precompile``).
-    """
-    _check_batch(algs, posts)
-    alg, S = algs[0], len(algs)
-    posts = [cast(p, alg.dtype) for p in posts]
-    post = posts[0]
+    per: dict[str, Any]
+    shared: dict[str, Any]
+    hyper: Any
+    matrix: jax.Array
+    problem_for: Callable[[dict, dict], Problem]
+
+
+def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int) -> _Inputs:
+    alg, post = algs[0], posts[0]
     unravel = unravel_function(post.w_star)
     arrays = [problem_arrays(p) for p in posts]
-    shared = {"x": arrays[0]["x"], "y": arrays[0]["y"]}  # the data: one copy, not vmapped
-    per = _stack([{k: a[k] for k in ("w_star", "nbeta", "gamma")} for a in arrays])
-    hyper = _stack([a.params for a in algs])
-    matrix = projection_matrix(post.dim, proj_dim, seed=0, dtype=alg.dtype)
 
     def problem_for(shared, per_setting) -> Problem:
         return Problem.build(post.loss_fn, {**shared, **per_setting}, post.n, unravel if alg.flat else None)
 
-    def per_setting(fn):
-        """Lift ``fn(setting arrays, ...)`` to every setting of the batch."""
-        return jax.vmap(fn)
+    return _Inputs(per=_stack([{k: a[k] for k in ("w_star", "nbeta", "gamma")} for a in arrays]),
+                   shared={"x": arrays[0]["x"], "y": arrays[0]["y"]},  # the data: one copy, not vmapped
+                   hyper=_stack([a.params for a in algs]),
+                   matrix=projection_matrix(post.dim, proj_dim, seed=0, dtype=alg.dtype),
+                   problem_for=problem_for)
 
-    # ------------------------------------------------------------------ warm-up
-    chains = alg.chains
-    warm_record: Any = None
-    warm_compile = warm_wall = 0.0
-    if alg.warmup is not None:
-        n_tune = alg.warmup_chains or chains
-        warm_keys, sample_keys = _batch_keys(list(keys), n_tune, chains)
 
-        def warm(keys, per, params, shared):
-            def one(keys, per, params):
-                problem = problem_for(shared, per)
-                return jax.vmap(lambda k: alg.warmup(k, problem.position0, problem, params))(keys)
-            return per_setting(one)(keys, per, params)
-
-        if not compile_only or "warmup" in compile_only:
-            compiled, warm_compile = compile_cached(_program_key(alg, post, proj_dim, "warmup", n_tune), warm,
-                                                    warm_keys, per, hyper, shared, report=not compile_only)
-        if compile_only:
-            states, params, warm_record = jax.eval_shape(warm, warm_keys, per, hyper, shared)
-        else:
-            progress(0, 1, "warmup")
-            t0 = time.perf_counter()
-            states, params, warm_record = block(compiled(warm_keys, per, hyper, shared))
-            warm_wall = time.perf_counter() - t0
-            progress(1, 1, "warmup")
-        if n_tune != chains:  # shared adaptation: every chain starts from chain 0's tuned state
-            states, params = on_shapes_if(bool(compile_only), lambda *t: tuple(
-                jax.tree.map(lambda a: jnp.repeat(a[:, :1], chains, axis=1), x) for x in t), states, params)
-    else:
-        init_keys, sample_keys = _batch_keys(list(keys), None, chains)
+def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_dim: int, progress: ProgressFn,
+           compile_only: tuple[str, ...]):
+    """Every chain's starting state and parameters: tuned by the sampler's warm-up (a program of
+    its own), else its ``init`` with the configured parameters. Returns (states, params, the
+    warm-up's record, the sampling keys, warm-up wall s, warm-up compile s); on shapes alone with
+    ``compile_only``."""
+    chains, S = alg.chains, len(keys)
+    if alg.warmup is None:
+        init_keys, sample_keys = _batch_keys(keys, None, chains)
 
         def init(keys, per, params, shared):
             def one(keys, per, params):
-                problem = problem_for(shared, per)
+                problem = inp.problem_for(shared, per)
                 return jax.vmap(lambda k: alg.init(k, problem.position0, problem, params))(keys)
-            return per_setting(one)(keys, per, params)
+            return jax.vmap(one)(keys, per, params)  # over settings
 
+        args = (init_keys, inp.per, inp.hyper, inp.shared)
         if not compile_only or "sample" in compile_only:
-            init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init, init_keys, per, hyper, shared)
-        states = on_shapes_if(bool(compile_only), init if compile_only else init_c, init_keys, per, hyper, shared)
-        params = jax.device_put(jax.tree.map(lambda a: np.broadcast_to(np.asarray(a)[:, None], (S, chains, *a.shape[1:])),
-                                             hyper))
+            init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init, *args)
+        states = on_shapes_if(bool(compile_only), init if compile_only else init_c, *args)
+        params = jax.device_put(jax.tree.map(
+            lambda a: np.broadcast_to(np.asarray(a)[:, None], (S, chains, *a.shape[1:])), inp.hyper))
+        return states, params, None, sample_keys, 0.0, 0.0
 
-    # ------------------------------------------------------------------ sampling
-    total = alg.burnin + alg.draws
-    size = chunk_size(total)
+    n_tune = alg.warmup_chains or chains
+    warm_keys, sample_keys = _batch_keys(keys, n_tune, chains)
+
+    def warm(keys, per, params, shared):
+        def one(keys, per, params):
+            problem = inp.problem_for(shared, per)
+            return jax.vmap(lambda k: alg.warmup(k, problem.position0, problem, params))(keys)
+        return jax.vmap(one)(keys, per, params)  # over settings
+
+    args = (warm_keys, inp.per, inp.hyper, inp.shared)
+    warm_compile = warm_wall = 0.0
+    if not compile_only or "warmup" in compile_only:
+        compiled, warm_compile = compile_cached(_program_key(alg, post, proj_dim, "warmup", n_tune), warm, *args,
+                                                report=not compile_only)
+    if compile_only:
+        states, params, record = jax.eval_shape(warm, *args)
+    else:
+        progress(0, 1, "warmup")
+        t0 = time.perf_counter()
+        states, params, record = block(compiled(*args))
+        warm_wall = time.perf_counter() - t0
+        progress(1, 1, "warmup")
+    if n_tune != chains:  # shared adaptation: every chain starts from chain 0's tuned state
+        states, params = on_shapes_if(bool(compile_only), lambda *t: tuple(
+            jax.tree.map(lambda a: jnp.repeat(a[:, :1], chains, axis=1), x) for x in t), states, params)
+    return states, params, record, sample_keys, warm_wall, warm_compile
+
+
+def _sampling_chunk(alg: Algorithm, problem_for: Callable, size: int) -> Callable:
+    """The sampling program: ``size`` recorded draws (each ``alg.steps_per_draw`` steps) of every
+    chain of every setting, with L_n, the θ projection and the sampler's per-draw statistics."""
     spd = alg.steps_per_draw
 
     def chunk(carry, keys, chunk_index, data):
         states, params = carry
-        per, shared_, matrix = data
+        per, shared, matrix = data
 
         def one_setting(states, params, keys, per):
-            problem = problem_for(shared_, per)
+            problem = problem_for(shared, per)
 
             def one_chain(state, params, draw_keys):
                 def one_step(carry, k):
@@ -403,18 +410,39 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
             draws = chunk_index * size + jnp.arange(size, dtype=jnp.int32)
             return jax.vmap(one_chain)(states, params, draw_keys)
 
-        new_states, out = per_setting(one_setting)(states, params, keys, per)
+        new_states, out = jax.vmap(one_setting)(states, params, keys, per)
         return (new_states, params), out
 
-    carry = (states, params)
-    data = (per, shared, matrix)
+    return chunk
+
+
+def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj_dim: int = 4,
+              progress: ProgressFn = no_progress, compile_only: tuple[str, ...] = ()) -> list[SamplerOutput]:
+    """Several runs differing only in runtime values (epsilon, gamma, n*beta, seed, w*) as one
+    program, ``vmap``ped over settings x chains; each run's random stream is the one it has alone.
+
+    Work is shared: each run reports ``1/len(algs)`` of the batch's wall and compile time, and the
+    batch totals in ``info`` (``batch_size``, ``batch_wall_s``, ``batch_compile_s``).
+    ``compile_only``: compile only these programs ("warmup", "sample"), traced on shapes, and
+    return ``[]`` (see ``precompile``).
+    """
+    _check_batch(algs, posts)
+    alg, S = algs[0], len(algs)
+    posts = [cast(p, alg.dtype) for p in posts]
+    inp = _inputs(algs, posts, proj_dim)
+    states, params, warm_record, sample_keys, warm_wall, warm_compile = _start(
+        alg, posts[0], inp, list(keys), proj_dim=proj_dim, progress=progress, compile_only=compile_only)
+
+    total = alg.burnin + alg.draws
+    size = chunk_size(total)
+    chunk = _sampling_chunk(alg, inp.problem_for, size)
+    carry, data = (states, params), (inp.per, inp.shared, inp.matrix)
+    key = _program_key(alg, posts[0], proj_dim, "sample", size, total)
     if compile_only:
         if "sample" in compile_only:
-            compile_cached(_program_key(alg, post, proj_dim, "sample", size, total), chunk,
-                           carry, sample_keys, np.int32(0), data, report=False)
+            compile_cached(key, chunk, carry, sample_keys, np.int32(0), data, report=False)
         return []
-    compiled, compile_s = compile_cached(_program_key(alg, post, proj_dim, "sample", size, total), chunk,
-                                         carry, sample_keys, np.int32(0), data)
+    compiled, compile_s = compile_cached(key, chunk, carry, sample_keys, np.int32(0), data)
     _, (Ln, theta, stats), wall = run_chunks(compiled, carry, sample_keys, total, size, data, progress, alg.name,
                                              axis=2)
 
