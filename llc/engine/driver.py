@@ -318,6 +318,19 @@ def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int) -> _In
                    problem_for=problem_for)
 
 
+def _every_chain(inp: _Inputs, start: Callable) -> Callable:
+    """``start(key, position0, problem, params)`` (a sampler's init or warm-up) lifted to
+    ``(keys, per, params, shared)``: every chain (keys) of every setting (per, params)."""
+
+    def every_chain(keys, per, params, shared):
+        def one_setting(keys, per, params):
+            problem = inp.problem_for(shared, per)
+            return jax.vmap(lambda k: start(k, problem.position0, problem, params))(keys)
+        return jax.vmap(one_setting)(keys, per, params)
+
+    return every_chain
+
+
 def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_dim: int, progress: ProgressFn,
            compile_only: tuple[str, ...]):
     """Every chain's starting state and parameters: tuned by the sampler's warm-up (a program of
@@ -328,12 +341,7 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
     if alg.warmup is None:
         init_keys, sample_keys = _batch_keys(keys, None, chains)
 
-        def init(keys, per, params, shared):
-            def one(keys, per, params):
-                problem = inp.problem_for(shared, per)
-                return jax.vmap(lambda k: alg.init(k, problem.position0, problem, params))(keys)
-            return jax.vmap(one)(keys, per, params)  # over settings
-
+        init = _every_chain(inp, alg.init)
         args = (init_keys, inp.per, inp.hyper, inp.shared)
         if not compile_only or "sample" in compile_only:
             init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init, *args)
@@ -345,12 +353,7 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
     n_tune = alg.warmup_chains or chains
     warm_keys, sample_keys = _batch_keys(keys, n_tune, chains)
 
-    def warm(keys, per, params, shared):
-        def one(keys, per, params):
-            problem = inp.problem_for(shared, per)
-            return jax.vmap(lambda k: alg.warmup(k, problem.position0, problem, params))(keys)
-        return jax.vmap(one)(keys, per, params)  # over settings
-
+    warm = _every_chain(inp, alg.warmup)
     args = (warm_keys, inp.per, inp.hyper, inp.shared)
     warm_compile = warm_wall = 0.0
     if not compile_only or "warmup" in compile_only:
