@@ -790,9 +790,18 @@ def runtime_fields(cls: type = RunConfig, prefix: str = "") -> list[str]:
 
 def batch_key(cfg: RunConfig) -> str:
     """Runs with the same key share every compiled program (same target, shapes and structural
-    options) and can execute as one batch: the normalized config without its runtime fields."""
+    options) and can execute as one batch: the normalized config without its runtime fields.
+
+    Only the runtime fields of samplers the driver batches count: VI's (learning rate, initial
+    scale) make its programs reusable, but VI runs one run at a time, so merging its runs into one
+    task would only serialise them. A run with no batched sampler is never merged."""
     norm = normalized(cfg)
+    if not any(registry.sampler(s).batched for s in cfg.samplers):
+        return json.dumps(norm, sort_keys=True)
     for dotted in runtime_fields():
+        section = dotted.split(".")[0]
+        if section in registry.SAMPLERS and not registry.SAMPLERS[section].batched:
+            continue
         *parents, leaf = dotted.split(".")
         node = norm
         for part in parents:

@@ -21,6 +21,7 @@ class SamplerSpec:
     stream: int  # random-stream id: fold_in(key(seed), stream); never change an existing one
     minibatch: bool  # uses minibatch gradients (calibration grids over epsilon make sense)
     independent_draws: bool = False  # draws are i.i.d. (VI's draws from q): ESS is at most their number
+    batched: bool = True  # runs of it that differ in runtime values share one vmapped program (driver.run_batch)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("mclmc", "llc.engine.samplers.mclmc", "MCLMCConfig", "MCLMC", "#2ca02c", 2, False),
     SamplerSpec("mclmc_adjusted", "llc.engine.samplers.mclmc_adjusted", "MCLMCAdjustedConfig",
                 "adjusted MCLMC", "#d62728", 3, False),
-    SamplerSpec("vi", "llc.engine.samplers.vi", "VIConfig", "VI", "#9467bd", 4, True, independent_draws=True),
+    SamplerSpec("vi", "llc.engine.samplers.vi", "VIConfig", "VI", "#9467bd", 4, True, independent_draws=True,
+                batched=False),
     SamplerSpec("sgnht", "llc.engine.samplers.sgnht", "SGNHTConfig", "SGNHT", "#8c564b", 5, True),
     SamplerSpec("sghmc", "llc.engine.samplers.sghmc", "SGHMCConfig", "SGHMC", "#e377c2", 6, True),
 )}

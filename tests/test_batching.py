@@ -105,3 +105,19 @@ def test_batches_split_to_fit_memory(tmp_path, monkeypatch):
     assert sizes == [2, 2, 1, 5]
     for a, b in zip(split, whole):
         assert a["samplers"]["sgld"]["llc_mean"] == pytest.approx(b["samplers"]["sgld"]["llc_mean"], rel=1e-6)
+
+
+def test_only_driver_batched_samplers_merge_runs():
+    """Runs merge into one task only where the driver vmaps them: SGLD runs differing in ε do; VI
+    runs (one at a time, even though their programs take γ and the learning rate as arguments)
+    never do, and VI's runtime fields keep runs that also hold SGLD apart."""
+    from llc.config import batch_key
+
+    def key(*overrides):
+        return batch_key(build_config("quick", list(overrides)))
+
+    assert key("samplers=sgld", "sgld.step_size=1e-4") == key("samplers=sgld", "sgld.step_size=3e-4", "seed=2")
+    assert key("samplers=vi", "vi.learning_rate=0.01") != key("samplers=vi", "vi.learning_rate=0.02")
+    assert key("samplers=vi", "posterior.gamma=100") != key("samplers=vi", "posterior.gamma=200")
+    assert key("samplers=sgld,vi", "vi.learning_rate=0.01") != key("samplers=sgld,vi", "vi.learning_rate=0.02")
+    assert key("samplers=sgld,vi", "posterior.gamma=100") == key("samplers=sgld,vi", "posterior.gamma=200")

@@ -209,7 +209,7 @@ def on_shapes_if(abstract: bool, fn: Callable, *args):
 
 def _program_key(alg: Algorithm, post: Posterior, proj_dim: int, what: str, *extra) -> tuple:
     return (what, alg.name, alg.static, alg.chains, alg.steps_per_draw, alg.flat, alg.dtype,
-            post.loss_fn, post.n, proj_dim, *extra)
+            post.loss_fn, post.n, proj_dim, jax.config.jax_enable_x64, *extra)
 
 
 def sampler_runner(module) -> Callable:

@@ -3,7 +3,7 @@
 
 The run path writes them when it saves a run (no figure exists yet); the post-hoc layer rewrites
 the gallery and snippet once figures are drawn, and ``llc analyze`` writes the same from the files.
-No JAX and no matplotlib: ``llc run`` writes them without importing the post-hoc layer.
+No JAX, no matplotlib and, at import, no ArviZ: ``llc run`` writes them without the post-hoc layer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 from llc import registry
 from llc.analysis.flags import table_cells, table_notes
 from llc.store import cache
-from llc.store.artifacts import nc_attrs
 
 METRICS_FILE = "metrics.json"
 GALLERY_FILE = "gallery.md"
@@ -36,6 +35,8 @@ FIGURE_TITLES = {
 def metrics_document(idatas: dict[str, Any], metrics: dict[str, dict[str, Any]],
                      target_se: float = DEFAULT_TARGET_SE) -> dict[str, Any]:
     """The content of ``metrics.json``: per-sampler metrics plus the run constants (from the files' attributes)."""
+    from llc.store.artifacts import nc_attrs  # ArviZ: only where the InferenceData already exist
+
     first = nc_attrs(next(iter(idatas.values()))) if idatas else {}
     analytic = None
     if first.get("analytic_llc") is not None:
@@ -195,6 +196,6 @@ def write_manifest_txt(run_dir: Path, manifest: dict[str, Any], config: dict[str
 
 def write_run_records(run_dir: Path, manifest: dict[str, Any], config: dict[str, Any],
                       doc: dict[str, Any]) -> list[Path]:
-    """manifest.txt, README_snippet.md and gallery.md of a run directory (after its figures)."""
+    """manifest.txt, README_snippet.md and gallery.md of a run directory (rewritten by the figure step)."""
     return [write_manifest_txt(run_dir, manifest, config, doc), write_snippet(run_dir, doc),
             write_gallery(run_dir, f"Figures of run {manifest.get('run_id')}")]
