@@ -184,3 +184,13 @@ def test_vi_reuses_its_programs_across_runtime_values(tmp_path):
     alone = run_experiment(build_config(overrides=base + other), tmp_path / "b")["samplers"]["vi"]
     assert alone["compile_s"] > 0
     assert alone["llc_mean"] == second["llc_mean"] and alone["llc_mean"] != first["llc_mean"]
+
+
+def test_hmc_window_adaptation_in_float32(tmp_path):
+    """BlackJAX's window adaptation works in float64 under x64 while a float32 HMC keeps its state and
+    parameters in float32: it must still trace and run (the slow variant tests cover the other tuners)."""
+    enable_x64()
+    short = ["target.kind=quadratic", "target.quadratic.dim=2", "data.n_data=200", "save_plots=false",
+             "samplers=hmc", "hmc.warmup=30", "hmc.draws=20", "hmc.dtype=float32"]
+    s = run_experiment(build_config(overrides=short), tmp_path)["samplers"]["hmc"]
+    assert s["diverged_chains"] == 0 and np.isfinite(s["llc_mean"]), s

@@ -65,9 +65,12 @@ def make(cfg: HMCConfig) -> driver.Algorithm:
             state = algorithm.init(position, problem.logdensity)
             trace = (jnp.zeros((0,), dtype), jnp.zeros((0,), jnp.int32))
             return state, params._replace(inverse_mass=jnp.ones_like(position)), {"Ln": trace[0], "steps": trace[1]}
+        # BlackJAX's dual averaging runs in the default float type (float64 under x64): a float32
+        # initial step size would give its branches different dtypes.
+        wide = jnp.result_type(float)
         adaptation = blackjax.window_adaptation(
             algorithm, problem.logdensity, is_mass_matrix_diagonal=True,
-            initial_step_size=params.step_size, target_acceptance_rate=params.target_accept,
+            initial_step_size=params.step_size.astype(wide), target_acceptance_rate=params.target_accept.astype(wide),
             adaptation_info_fn=info_fn, **extra)
         (state, tuned), (Ln, steps) = adaptation.run(key, position, num_steps=cfg.warmup)
         # Keep the carry in the sampler's dtype (the step-size adaptation works in float64 under x64).
