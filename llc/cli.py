@@ -345,9 +345,9 @@ def trajectory(
             for v in values:
                 build_config(preset, [*overrides, *(set_ or []), f"{k}={v}"])
         name = sampler or cfg.samplers[0]
-        if name not in registry.SAMPLERS or name == "vi":
+        if name not in registry.batched_names():
             raise ConfigError(f"--sampler: {name!r} is not allowed; choose one of "
-                              + ", ".join(n for n in registry.SAMPLERS if n != "vi"))
+                              + ", ".join(registry.batched_names()))
     except ConfigError as exc:
         fail(str(exc))
     overlay = None

@@ -21,7 +21,9 @@ class SamplerSpec:
     stream: int  # random-stream id: fold_in(key(seed), stream); never change an existing one
     minibatch: bool  # uses minibatch gradients (calibration grids over epsilon make sense)
     independent_draws: bool = False  # draws are i.i.d. (VI's draws from q): ESS is at most their number
-    batched: bool = True  # runs of it that differ in runtime values share one vmapped program (driver.run_batch)
+    # A Markov chain run by the driver (module exposes ``make``): runs that differ in runtime values
+    # share one vmapped program. VI, an optimiser, exposes its own ``run`` and runs one run at a time.
+    batched: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ def sampler(name: str) -> SamplerSpec:
         return SAMPLERS[name]
     except KeyError:
         raise KeyError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
+
+
+def batched_names() -> tuple[str, ...]:
+    """The samplers the driver runs (Markov chains), in registry order."""
+    return tuple(n for n, s in SAMPLERS.items() if s.batched)
 
 
 def label(name: str) -> str:

@@ -1,6 +1,7 @@
 """The package's layers: no import cycle, and the engine never imports the store/analysis layers' post-hoc parts."""
 
 import ast
+import importlib
 from pathlib import Path
 
 import llc
@@ -105,3 +106,7 @@ def test_registry_is_the_one_list():
         {"sgld": 0, "hmc": 1, "mclmc": 2, "mclmc_adjusted": 3, "vi": 4}
     for spec in registry.SAMPLERS.values():
         assert hasattr(config, spec.config) and hasattr(config.RunConfig(), spec.name)
+        # ``batched`` says what the module is: a driver plug-in (``make``) or its own loop (``run``).
+        module = importlib.import_module(spec.module)
+        assert hasattr(module, "make") == spec.batched, spec.name
+        assert spec.batched or hasattr(module, "run"), spec.name

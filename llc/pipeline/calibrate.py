@@ -91,9 +91,9 @@ def plan(base: RunConfig, sampler: str = "sgld", grid: list[str] | None = None) 
     """The grid's points as validated configs; every bad field or value is one ConfigError line."""
     if sampler not in registry.SAMPLERS:
         raise ConfigError(f"sampler: {sampler!r} is not allowed; choose one of {', '.join(registry.SAMPLERS)}")
-    if sampler == "vi":
-        raise ConfigError("sampler: 'vi' is not a Markov chain; calibrate one of "
-                          + ", ".join(s for s in registry.SAMPLERS if s != "vi"))
+    if not registry.sampler(sampler).batched:
+        raise ConfigError(f"sampler: {sampler!r} is not a Markov chain; calibrate one of "
+                          + ", ".join(registry.batched_names()))
     base = validate(dataclasses.replace(base, samplers=(sampler,), save_plots=False))
     if sampler == "sgld":
         base = dataclasses.replace(base, sgld=dataclasses.replace(base.sgld, mala_check=True))

@@ -249,9 +249,9 @@ def _batches(cfgs: list[RunConfig], todo) -> list[tuple[str, list[int], dict[int
 
     batches = []
     for name in _sampler_names([cfgs[i] for i in todo]):
-        module = importlib.import_module(registry.sampler(name).module)
-        if not hasattr(module, "make"):
+        if not registry.sampler(name).batched:
             continue
+        module = importlib.import_module(registry.sampler(name).module)
         runs = [i for i in todo if name in cfgs[i].samplers]
         algs = {i: module.make(getattr(cfgs[i], name)) for i in runs}
         groups: dict[tuple, list[int]] = {}
@@ -287,13 +287,12 @@ def _sample(cfgs: list[RunConfig], todo: list[int], batched: list, posts: dict[i
     for name in _sampler_names([cfgs[i] for i in todo]):
         report = (lambda done, total, phase, _n=name: progress(_n, done, total, phase)) if progress else None
         kwargs = {"progress": report} if report is not None else {}
-        mine = [(members, algs) for n, members, algs in batched if n == name]
-        if not mine:  # VI: its own loop, one run at a time
+        if not registry.sampler(name).batched:  # VI: its own loop, one run at a time
             for i in (i for i in todo if name in cfgs[i].samplers):
                 outputs[i][name] = get_runner(name)(posts[i], getattr(cfgs[i], name), sampler_key(cfgs[i].seed, name),
                                                     proj_dim=cfgs[i].theta_proj_dim, **kwargs)
             continue
-        for members, algs in mine:
+        for members, algs in [(members, algs) for n, members, algs in batched if n == name]:
             outs = driver.run_batch([algs[i] for i in members], [posts[i] for i in members],
                                     [sampler_key(cfgs[i].seed, name) for i in members],
                                     proj_dim=cfgs[members[0]].theta_proj_dim, **kwargs)

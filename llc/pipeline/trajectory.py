@@ -112,10 +112,10 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
     out_dir = Path(out_dir)
     (out_dir / "points").mkdir(parents=True, exist_ok=True)
     spec = registry.sampler(sampler)
-    module = importlib.import_module(spec.module)
-    if not hasattr(module, "make"):
+    if not spec.batched:
         raise C.ConfigError(f"sampler: {sampler!r} has no Markov chain to batch over checkpoints; choose one of "
-                            + ", ".join(n for n, s in registry.SAMPLERS.items() if n != "vi"))
+                            + ", ".join(registry.batched_names()))
+    module = importlib.import_module(spec.module)
     scfg = sampler_cfg if sampler_cfg is not None else getattr(C, spec.config)()
     pcfg = posterior_cfg if posterior_cfg is not None else C.PosteriorConfig()
     steps = [int(s) for s in data.steps]

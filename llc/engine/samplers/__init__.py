@@ -14,8 +14,9 @@ from llc import registry
 
 def get_runner(name: str) -> Callable:
     """``run(post, cfg, key, *, proj_dim, progress) -> SamplerOutput`` for the named sampler."""
-    module = importlib.import_module(registry.sampler(name).module)
-    if hasattr(module, "make"):
+    spec = registry.sampler(name)
+    module = importlib.import_module(spec.module)
+    if spec.batched:
         from llc.engine.driver import sampler_runner
 
         return sampler_runner(module)
