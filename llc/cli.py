@@ -106,7 +106,9 @@ ReportOpt = Annotated[bool, typer.Option("--report", help="Write the HTML report
 def _figure_pool(cfg) -> contextlib.AbstractContextManager:
     """Background processes that draw a run's figures once it is saved (the result prints first);
     with figures off, nothing: the post-hoc layer (matplotlib) is then not imported at all."""
-    if cfg.figures == "none" or not cfg.save_plots:
+    from llc.config import figure_mode
+
+    if figure_mode(cfg.figures, save_plots=cfg.save_plots) == "none":
         return contextlib.nullcontext()
     from llc.posthoc import figures as figure_step
 

@@ -226,6 +226,18 @@ class ModularTargetConfig(TargetKind):
             raise ConfigError(f"target.modular.transformer.heads: must divide d_model = {t.d_model}, got {t.heads}")
 
 
+def figure_mode(mode: str, *, save_plots: bool = True, default: str = "all") -> str:
+    """The effective ``--figures`` mode (none, summary, all): ``save_plots=False`` wins; ``auto`` is
+    the calling command's default. ValueError (one line) for any other mode."""
+    if not save_plots:
+        return "none"
+    mode = default if mode == "auto" else mode
+    modes = [m for m in FIGURE_MODES if m != "auto"]
+    if mode not in modes:
+        raise ValueError(f"--figures: {mode!r} is not allowed; choose one of {', '.join(modes)}")
+    return mode
+
+
 def modular_train_size(p: int, train_frac: float) -> int:
     return int(round(train_frac * p * p))
 

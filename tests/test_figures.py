@@ -15,6 +15,7 @@ import pytest
 from synthetic_runs import hmc_stats, make_idata, write_run
 from typer.testing import CliRunner
 
+from llc.config import figure_mode
 from llc.posthoc import figures as F
 from llc.posthoc import plots as P
 
@@ -41,12 +42,12 @@ def _complete_png(path: Path) -> bool:
 
 
 def test_modes_and_keys():
-    assert F.resolve_mode("auto") == "all" and F.resolve_mode("auto", default="summary") == "summary"
-    assert F.resolve_mode("all", save_plots=False) == "none"
+    assert figure_mode("auto") == "all" and figure_mode("auto", default="summary") == "summary"
+    assert figure_mode("all", save_plots=False) == "none"
     assert F.plot_keys("none") == () and F.plot_keys("all") == P.PLOT_KEYS
     assert set(F.plot_keys("summary")) <= set(P.PLOT_KEYS) and "combined" in F.plot_keys("summary")
     with pytest.raises(ValueError, match="--figures: 'most' is not allowed"):
-        F.resolve_mode("most")
+        figure_mode("most")
 
 
 def test_figures_do_not_change_the_run_id():
@@ -159,9 +160,9 @@ def test_figures_flag_wins_over_a_space_without_plots():
 
     space = sw.load_space("smoke")  # its [base] says save_plots = false
     points = sw.plan_sweep(space, overrides=_figures_override("summary", False))
-    assert points and all(F.resolve_mode(p.cfg.figures, save_plots=p.cfg.save_plots) == "summary" for p in points)
+    assert points and all(figure_mode(p.cfg.figures, save_plots=p.cfg.save_plots) == "summary" for p in points)
     plain = sw.plan_sweep(space)
-    assert all(F.resolve_mode(p.cfg.figures, save_plots=p.cfg.save_plots, default="summary") == "none" for p in plain)
+    assert all(figure_mode(p.cfg.figures, save_plots=p.cfg.save_plots, default="summary") == "none" for p in plain)
 
 
 def test_a_failed_figure_is_not_recorded_as_drawn(tmp_path, monkeypatch):

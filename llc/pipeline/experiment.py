@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from llc import registry
 from llc.analysis.flags import add_cross_sampler_flags
-from llc.config import RunConfig, to_dict
+from llc.config import RunConfig, figure_mode, to_dict
 from llc.store import cache
 
 # The store and analysis modules (ArviZ, xarray, pandas, matplotlib: seconds of imports) are imported
@@ -384,11 +384,12 @@ def _figure_step(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -> N
     """Figures come after the run is complete, from its saved files: queued on a background pool
     when the caller opened one (``llc run``, ``llc sweep``), else drawn here (llc.posthoc.figures)."""
     cache.remove_stale_files(run_dir)  # half-written PNGs of a figure step killed earlier
-    if cfg.figures == "none" or not cfg.save_plots:
+    mode = figure_mode(cfg.figures, save_plots=cfg.save_plots)
+    if mode == "none":
         return  # without importing the post-hoc layer (matplotlib)
     from llc.posthoc import figures
 
-    keys = figures.plot_keys(figures.resolve_mode(cfg.figures, save_plots=cfg.save_plots))
+    keys = figures.plot_keys(mode)
     try:
         figures.after_save(run_dir, keys, log=log)
     except Exception as exc:  # noqa: BLE001 - the run is saved; a figure problem must not fail it

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from llc.config import figure_mode
 from llc.store.records import FIGURE_RECORD as RECORD_FILE
 
-MODES = ("none", "summary", "all")
 SUMMARY_PLOTS = ("running_llc", "trace", "combined")
 WORKERS_ENV = "LLC_FIGURE_WORKERS"
 Log = Callable[[str], None]
@@ -41,20 +41,10 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def resolve_mode(mode: str, *, save_plots: bool = True, default: str = "all") -> str:
-    """The effective mode: ``save_plots=False`` wins; ``auto`` is the calling command's default."""
-    if not save_plots:
-        return "none"
-    mode = default if mode == "auto" else mode
-    if mode not in MODES:
-        raise ValueError(f"--figures: {mode!r} is not allowed; choose one of {', '.join(MODES)}")
-    return mode
-
-
 def plot_keys(mode: str) -> tuple[str, ...]:
     from llc.posthoc.plots import PLOT_KEYS
 
-    return {"none": (), "summary": SUMMARY_PLOTS, "all": PLOT_KEYS}[resolve_mode(mode)]
+    return {"none": (), "summary": SUMMARY_PLOTS, "all": PLOT_KEYS}[figure_mode(mode)]
 
 
 def default_workers() -> int:
