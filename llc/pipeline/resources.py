@@ -126,7 +126,7 @@ def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None =
     the estimate."""
     ests = [estimate(c) for c in (cfgs if isinstance(cfgs, list) else [cfgs])]
     est = max(ests, key=lambda e: e["total"])
-    est = {**est, "device": est["device"], "host": sum(e["host"] for e in ests)}
+    est = {**est, "host": sum(e["host"] for e in ests)}
     est["total"] = est["device"] + est["host"]
     host_available = available_host_memory() if host_available is None else host_available
     if device_available == -1:
