@@ -345,7 +345,7 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
         args = (init_keys, inp.per, inp.hyper, inp.shared)
         if not compile_only or "sample" in compile_only:
             init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init, *args)
-        states = on_shapes_if(bool(compile_only), init if compile_only else init_c, *args)
+        states = jax.eval_shape(init, *args) if compile_only else init_c(*args)
         params = jax.device_put(jax.tree.map(
             lambda a: np.broadcast_to(np.asarray(a)[:, None], (S, chains, *a.shape[1:])), inp.hyper))
         return states, params, None, sample_keys, 0.0, 0.0
