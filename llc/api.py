@@ -17,10 +17,10 @@ import numpy as np
 
 from llc import config as C
 from llc import registry
-from llc.analysis.diagnostics import diverged_chains, llc_draws, llc_metrics, running_llc
-from llc.engine.posterior import make_posterior
-from llc.engine.samplers import get_runner
+from llc.analysis.diagnostics import diverged_chains, llc_draws, running_llc
 from llc.engine.driver import SamplerOutput
+from llc.engine.posterior import make_posterior
+from llc.pipeline import sampling
 
 _SAMPLER_CONFIGS = {name: getattr(C, spec.config) for name, spec in registry.SAMPLERS.items()}
 
@@ -138,13 +138,8 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     _check_inputs(model, loss_fn, params, x, y, pcfg)
     post = make_posterior(loss_fn, params, x, y, pcfg)
     key = jax.random.key(seed)
-    out = get_runner(sampler)(post, scfg, key, proj_dim=proj_dim)
-    metrics = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj,
-                          independent=registry.sampler(sampler).independent_draws)
-    from llc.analysis.flags import sampler_flags
-
-    ok = ~diverged_chains(out.Ln, out.theta_proj)
-    metrics["flags"] = sampler_flags(llc_draws(out.Ln[ok], post.L0, post.nbeta), metrics, {"dim": post.dim}, out.info)
+    out = sampling.sample_one(sampler, post, scfg, key, proj_dim=proj_dim)
+    metrics = sampling.evaluate(out, post)
     metrics.update(out.work)
     return Estimate(sampler, metrics["llc_mean"], metrics["llc_se"], metrics, out,
                     post.n, post.beta, post.gamma, post.L0)

@@ -6,7 +6,7 @@ os.environ.setdefault("LLC_ARTIFACTS", os.path.join(os.path.dirname(__file__), "
 
 # Many tests compile the same sampler programs from fresh closures; the persistent XLA cache
 # (keyed by the compiled program) lets later tests reuse them within one session.
-from llc.pipeline.experiment import enable_compilation_cache  # noqa: E402
+from llc.pipeline.sampling import enable_compilation_cache  # noqa: E402
 
 enable_compilation_cache()
 

@@ -6,7 +6,7 @@ import pytest
 import llc
 from conftest import tanh_net
 from llc.config import ConfigError
-from llc.pipeline.experiment import enable_x64
+from llc.pipeline.sampling import enable_x64
 from llc.theory import quadratic_learning_coefficient
 
 enable_x64()

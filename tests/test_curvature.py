@@ -9,7 +9,7 @@ from jax.flatten_util import ravel_pytree
 from llc.engine import curvature
 from llc.engine.targets.losses import cross_entropy, mse
 from llc.engine.targets.mlp import apply_mlp, init_mlp
-from llc.pipeline.experiment import enable_x64
+from llc.pipeline.sampling import enable_x64
 
 enable_x64()
 

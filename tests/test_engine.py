@@ -15,7 +15,8 @@ import numpy as np
 from llc.config import SGLDConfig, build_config
 from llc.engine import driver
 from llc.engine.posterior import Problem, problem_arrays
-from llc.pipeline.experiment import enable_x64, run_experiment
+from llc.pipeline.experiment import run_experiment
+from llc.pipeline.sampling import enable_x64
 
 QUAD = ["target.kind=quadratic", "target.quadratic.dim=5", "data.n_data=777", "samplers=sgld", "save_plots=false",
         "sgld.draws=60", "sgld.burnin=0", "sgld.eval_every=5", "sgld.chains=2"]

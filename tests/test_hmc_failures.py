@@ -16,7 +16,8 @@ from llc.config import ConfigError, HMCConfig, MCLMCConfig, PosteriorConfig, bui
 from llc.analysis.diagnostics import llc_metrics
 from llc.engine.posterior import make_posterior
 from llc.engine import driver
-from llc.engine.samplers import fullbatch, get_runner
+from llc.engine.samplers import fullbatch
+from llc.pipeline.sampling import sample_one
 
 jax.config.update("jax_enable_x64", True)
 
@@ -56,7 +57,7 @@ def test_collapsed_isokinetic_step_is_detected():
 
 def test_all_nan_loss_returns_all_chains_diverged():
     post = _posterior(lambda p, x, y: jnp.nan * jnp.sum(p["theta"]))
-    out = get_runner("hmc")(post, HMCConfig(chains=2, draws=10, warmup=30), jax.random.key(0))
+    out = sample_one("hmc", post, HMCConfig(chains=2, draws=10, warmup=30), jax.random.key(0))
     assert out.Ln.shape == (2, 10)
     m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
     assert m["diverged_chains"] == 2
@@ -72,7 +73,7 @@ def test_mclmc_survives_a_region_where_the_loss_is_nan():
         return 0.5 * jnp.sum(th**2) + jnp.where(th[0] > 1.0, jnp.nan, 0.0)
 
     post = _posterior(loss)
-    out = get_runner("mclmc")(post, MCLMCConfig(chains=2, draws=200, warmup=300, energy_check_steps=30), jax.random.key(0))
+    out = sample_one("mclmc", post, MCLMCConfig(chains=2, draws=200, warmup=300, energy_check_steps=30), jax.random.key(0))
     assert out.Ln.shape == (2, 200)
     assert out.stats["nan_steps"].sum() > 0  # counted per draw, never propagated into the state
     assert np.isfinite(out.theta_proj).all()

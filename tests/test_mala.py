@@ -20,7 +20,7 @@ from llc.config import SGLDConfig
 from llc.engine import driver
 from llc.engine.posterior import Posterior, Problem, problem_arrays
 from llc.engine.samplers import sgld
-from llc.pipeline.experiment import enable_x64
+from llc.pipeline.sampling import enable_x64
 
 N = 97  # full-batch size: no other array dimension of these programs is 97
 BATCH = 13

@@ -10,7 +10,8 @@ from llc.engine.posterior import cast, make_posterior
 from llc.engine.targets import get_target, load_checkpoints, loss_fn_for
 from llc.engine.targets.modular import dataset, split, template
 from llc.engine.targets.training import decay_mask
-from llc.pipeline.experiment import enable_x64, run_experiment
+from llc.pipeline.experiment import run_experiment
+from llc.pipeline.sampling import enable_x64
 
 enable_x64()
 

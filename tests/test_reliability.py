@@ -357,7 +357,7 @@ def test_read_only_artifacts_root_is_one_line():
 def test_a_target_with_non_finite_L0_stops_before_sampling(tmp_path):
     """A NaN target left in the cache (as older versions saved them) is never sampled."""
     from llc.engine.targets import build_target, save_target
-    from llc.pipeline.experiment import enable_x64
+    from llc.pipeline.sampling import enable_x64
 
     enable_x64()
     art = tmp_path / "A"
@@ -446,7 +446,7 @@ def tiny_net():
     from conftest import tanh_net
     import optax
 
-    from llc.pipeline.experiment import enable_x64
+    from llc.pipeline.sampling import enable_x64
 
     enable_x64()
 

@@ -30,7 +30,7 @@ from llc.config import (HMCConfig, MCLMCAdjustedConfig, MCLMCConfig, PosteriorCo
 from llc.analysis.diagnostics import llc_metrics
 from llc.engine.posterior import make_posterior
 from llc.engine import driver as base
-from llc.engine.samplers import get_runner
+from llc.pipeline.sampling import sample_one
 
 jax.config.update("jax_enable_x64", True)
 
@@ -76,7 +76,7 @@ def _mcse_mean(x: np.ndarray) -> float:
 def test_standard_gaussian_moments(name):
     post = standard_gaussian_posterior(GAUSS_DIM)
     cfg = GAUSS_CONFIGS[name]
-    out = get_runner(name)(post, cfg, jax.random.key(1), proj_dim=GAUSS_DIM)
+    out = sample_one(name, post, cfg, jax.random.key(1), proj_dim=GAUSS_DIM)
     assert out.Ln.shape == (cfg.chains, cfg.draws)
     assert out.theta_proj.shape == (cfg.chains, cfg.draws, GAUSS_DIM)
     assert np.isfinite(out.Ln).all(), out.info
@@ -128,7 +128,7 @@ def quadratic_posterior(d: int, tmp_path):
 
 def check_quadratic(name, cfg, d, tmp_path):
     post, exact = quadratic_posterior(d, tmp_path)
-    out = get_runner(name)(post, cfg, jax.random.key(2))
+    out = sample_one(name, post, cfg, jax.random.key(2))
     m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
     assert m["diverged_chains"] == 0, out.info
     rel_err = m["llc_mean"] / exact - 1.0
@@ -187,7 +187,7 @@ def sg_momentum_config(name: str, d: int):
 
 def check_within_3se(name, d, tmp_path):
     post, exact = quadratic_posterior(d, tmp_path)
-    out = get_runner(name)(post, sg_momentum_config(name, d), jax.random.key(2))
+    out = sample_one(name, post, sg_momentum_config(name, d), jax.random.key(2))
     m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
     print(f"{name} d={d}: llc={m['llc_mean']:.4f} +- {m['llc_se']:.4f} exact={exact:.4f}")
     assert m["diverged_chains"] == 0, out.info

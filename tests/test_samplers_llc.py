@@ -31,7 +31,7 @@ from llc import theory
 from llc.config import build_config
 from llc.analysis.diagnostics import llc_metrics
 from llc.engine.posterior import make_posterior
-from llc.engine.samplers import get_runner
+from llc.pipeline.sampling import sample_one
 from llc.engine.targets import get_target
 
 jax.config.update("jax_enable_x64", True)
@@ -89,7 +89,7 @@ def test_dln_llc_matches_aoyagi(widths, rank, tmp_path):
     errors = {}
     for name in ("hmc", "mclmc", "sgld"):
         p = post if name == "sgld" else small
-        out = get_runner(name)(p, getattr(cfg, name), jax.random.key(3))
+        out = sample_one(name, p, getattr(cfg, name), jax.random.key(3))
         m = llc_metrics(out.Ln, p.L0, p.nbeta, out.theta_proj)
         _report(name, m, exact)
         errors[name] = (m["llc_mean"] / exact - 1.0, m["llc_se"] / exact, m["diverged_chains"])
@@ -121,7 +121,7 @@ def test_relu_teacher_student_samplers_agree(tmp_path):
     print(f"\nReLU teacher-student d={post.dim} n={post.n} n*beta={post.nbeta:.1f} gamma={post.gamma}")
     results = {}
     for name in ("hmc", "mclmc", "mclmc_adjusted", "sgld"):
-        out = get_runner(name)(post, getattr(cfg, name), jax.random.key(4))
+        out = sample_one(name, post, getattr(cfg, name), jax.random.key(4))
         m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
         _report(name, m)
         assert m["diverged_chains"] == 0, (name, out.info)

@@ -6,7 +6,7 @@ import pytest
 
 from llc import theory
 from llc.config import build_config
-from llc.pipeline.experiment import enable_x64
+from llc.pipeline.sampling import enable_x64
 from llc.engine.targets import (PrecisionError, TrainingDiverged, analytic_llc, get_target, load_checkpoints,
                                 load_training_log, target_id)
 from llc.engine.targets.mlp import build, count_params, student_sizes

@@ -212,16 +212,6 @@ def _program_key(alg: Algorithm, post: Posterior, proj_dim: int, what: str, *ext
             post.loss_fn, post.n, proj_dim, jax.config.jax_enable_x64, *extra)
 
 
-def sampler_runner(module) -> Callable:
-    """``run(post, cfg, key, *, proj_dim, progress)`` for a sampler module exposing ``make(cfg)``."""
-
-    def run_module(post: Posterior, cfg, key: jax.Array, *, proj_dim: int = 4,
-                   progress: ProgressFn = no_progress) -> SamplerOutput:
-        return run(module.make(cfg), post, key, proj_dim=proj_dim, progress=progress)
-
-    return run_module
-
-
 def run(alg: Algorithm, post: Posterior, key: jax.Array, *, proj_dim: int = 4,
         progress: ProgressFn = no_progress) -> SamplerOutput:
     """Warm up (if the algorithm tunes), then sample ``alg.burnin + alg.draws`` recorded draws."""

@@ -4,7 +4,7 @@ documented rule that picks a setting.
 The grid is the product of ``field=v1,v2,...`` axes (default: the step size times 0.1, 0.3, 1, 3,
 10 and gamma times 0.5, 1, 2 around the base config). Points that share the compiled program's
 static signature (everything but runtime values such as epsilon, gamma, beta0, seed) run as one
-``vmap``ped program (``llc.engine.driver.run_batch``); each point gets the random stream it would
+``vmap``ped program (``llc.pipeline.sampling``); each point gets the random stream it would
 have alone.
 
 Recommendation rule (``recommend``), for the line of the grid at the base config's other values
@@ -117,76 +117,48 @@ def calibration_id(p: Plan) -> str:
 
 # --------------------------------------------------------------------------- running
 
-def _point_flags(m: dict[str, Any], out: Any, post: Any, analytic: dict[str, Any] | None = None,
-                 kind: str | None = None) -> list[str]:
-    """The failure flags of ``llc run`` (llc.analysis.flags) for one grid point."""
-    from llc.analysis.diagnostics import llc_draws
-    from llc.analysis.flags import sampler_flags
-
-    kept = [i for i, v in enumerate(m["llc_per_chain"]) if v is not None]
-    attrs = {"dim": post.dim, "nbeta": post.nbeta, "gamma": post.gamma, "target_kind": kind,
-             **({f"analytic_{k}" if k != "value" else "analytic_llc": v for k, v in analytic.items()} if analytic else {})}
-    return sampler_flags(llc_draws(out.Ln[kept], post.L0, post.nbeta), m, attrs, out.info)
-
-
 def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None] | None = None,
                log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Build (or load) the target, run every point (batched), return per-point results and traces."""
-    from llc.pipeline.experiment import enable_compilation_cache, enable_x64, import_store_in_background, sampler_key
+    from llc.pipeline import sampling
 
-    enable_x64()
-    enable_compilation_cache()
-    import importlib
-
-    from llc.engine import driver
+    sampling.prepare()
     from llc.engine.posterior import make_posterior
-    from llc.engine.targets import get_target
-    from llc.engine.targets import analytic_llc
-    from llc.pipeline.resources import batch_cap, split_batch
+    from llc.engine.targets import analytic_llc, get_target
+    from llc.pipeline.resources import batch_cap
 
-    module = importlib.import_module(registry.sampler(p.sampler).module)
-    import_store_in_background()  # ArviZ & co. load while the points compile and sample
+    jobs = [sampling.Job(p.sampler, getattr(c, p.sampler), sampling.sampler_key(c.seed, p.sampler),
+                         p.base.theta_proj_dim) for c in p.cfgs]
+    batches = sampling.plan(jobs, cap=lambda group: batch_cap([p.cfgs[i] for i in group]))
+    sampling.import_store_in_background()  # ArviZ & co. load while the points compile and sample
     target = get_target(p.base, root)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): n={target.n} d={target.d}")
     posts = [make_posterior(target.loss_fn, target.params, target.x, target.y, c.posterior, L0=target.L0)
              for c in p.cfgs]
-    algs = [module.make(getattr(c, p.sampler)) for c in p.cfgs]
-    keys = [sampler_key(c.seed, p.sampler) for c in p.cfgs]
-    signatures: dict[tuple, list[int]] = {}
-    for i, alg in enumerate(algs):
-        signatures.setdefault(driver.batch_signature(alg), []).append(i)
-    # One program per signature, in parts that fit in memory.
-    groups = [part for idx in signatures.values() for part in split_batch(idx, batch_cap([p.cfgs[i] for i in idx]))]
-    outputs: list[Any] = [None] * len(algs)
-    sampling = 0.0
+
+    def report(index, batch, done, total, phase):
+        if progress:
+            progress(done, total, f"{phase} (batch {index + 1}/{len(batches)}, {len(batch.members)} points)")
+
     t0 = time.perf_counter()
-    for g, idx in enumerate(groups):
-        def report(done, total, phase, _g=g):
-            if progress:
-                progress(done, total, f"{phase} (batch {_g + 1}/{len(groups)}, {len(idx)} points)")
-        outs = driver.run_batch([algs[i] for i in idx], [posts[i] for i in idx], [keys[i] for i in idx],
-                                proj_dim=p.base.theta_proj_dim, progress=report)
-        for i, out in zip(idx, outs):
-            outputs[i] = out
-        sampling += sum(o.work["sampling_s"] for o in outs)  # the same measure as a sweep's sampling_s column
+    outputs = sampling.sample(batches, jobs, posts, progress=report)
     # ``wall`` also holds compilation and the first calls' dispatch: on a cold XLA cache most of it.
     wall = time.perf_counter() - t0
-    from llc.analysis.diagnostics import llc_metrics
-
+    sampling_s = sum(o.work["sampling_s"] for o in outputs)  # the same measure as a sweep's sampling_s column
     rows = []
     for point, cfg, post, out in zip(p.points, p.cfgs, posts, outputs):
         analytic = analytic_llc(cfg, post.n, post.beta, post.gamma)
-        m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
+        m = sampling.evaluate(out, post, analytic=analytic, kind=cfg.target.kind)
         acc = out.stats.get("mala_acceptance")
-        row = {**point, "nbeta": post.nbeta, "gamma": post.gamma, "llc_mean": m["llc_mean"], "llc_se": m["llc_se"],
-               "rhat": m["rhat"], "ess": m["ess"], "mala_acceptance": float(np.nanmean(acc)) if acc is not None else None,
-               "analytic_llc": analytic["value"] if analytic else None, "run_id": cache.run_id(cfg)}
-        row["flags"] = _point_flags(m, out, post, analytic, cfg.target.kind)
-        rows.append(row)
+        rows.append({**point, "nbeta": post.nbeta, "gamma": post.gamma, "llc_mean": m["llc_mean"],
+                     "llc_se": m["llc_se"], "rhat": m["rhat"], "ess": m["ess"],
+                     "mala_acceptance": float(np.nanmean(acc)) if acc is not None else None,
+                     "analytic_llc": analytic["value"] if analytic else None, "run_id": cache.run_id(cfg),
+                     "flags": m["flags"]})
     compile_s = sum(o.info.get("batch_compile_s", o.work["compile_s"]) for o in
-                    (outputs[idx[0]] for idx in groups))
+                    (outputs[b.members[0]] for b in batches))
     return {"target": target, "rows": rows, "outputs": outputs, "posts": posts, "wall_s": wall,
-            "sampling_s": sampling, "compile_s": compile_s, "batches": len(groups)}
+            "sampling_s": sampling_s, "compile_s": compile_s, "batches": len(batches)}
 
 
 # --------------------------------------------------------------------------- the rule

@@ -7,28 +7,19 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
 import math
 import os
 import platform
 import socket
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from llc import registry
 from llc.analysis.flags import add_cross_sampler_flags
 from llc.config import RunConfig, figure_mode, to_dict
+from llc.pipeline import sampling
 from llc.store import cache
-
-# The store and analysis modules (ArviZ, xarray, pandas, matplotlib: seconds of imports) are imported
-# where a run is saved or loaded, and on a thread while the first run trains and compiles
-# (``import_store_in_background``): a cold run does not wait for them.
-STORE_MODULES = ("llc.store.artifacts", "llc.analysis.diagnostics", "llc.store.records")
 
 DEFAULT_ROOT = Path(os.environ.get("LLC_ARTIFACTS", "artifacts"))
 RESULT_FILE = "result.json"
@@ -36,41 +27,6 @@ RESULT_FILE = "result.json"
 # they are llc.store.records' GALLERY_FILE, SNIPPET_FILE and FIGURE_RECORD (tests/test_run.py checks).
 REWRITTEN_RECORDS = ("gallery.md", "README_snippet.md", "figures.json")
 SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "compile_s", "fde", "diverged_chains", "flags")
-
-
-def enable_x64() -> None:
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-
-
-def enable_compilation_cache() -> None:
-    """Persist compiled XLA programs across processes: sweeps, backends and repeated runs of
-    similar configs otherwise spend most of their time recompiling identical samplers.
-    ``LLC_JAX_CACHE`` sets the directory; ``LLC_JAX_CACHE=off`` disables it."""
-    import jax
-
-    where = os.environ.get("LLC_JAX_CACHE", str(Path.home() / ".cache" / "llc" / "xla"))
-    if where.lower() in ("off", "0", "none", ""):
-        return
-    if jax.config.jax_compilation_cache_dir is None:
-        jax.config.update("jax_compilation_cache_dir", where)
-        # Every program: with hyperparameters as arguments, a sweep's runs share executables, and
-        # even sub-second compiles add up over its points.
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def sampler_key(seed: int, name: str):
-    """Each sampler's own random stream, stable whatever other samplers are selected."""
-    return _fold_in_stream()(seed, registry.sampler(name).stream)
-
-
-@functools.cache
-def _fold_in_stream():
-    import jax
-
-    # One compiled program for every seed and sampler (eager calls compile two per call).
-    return jax.jit(lambda seed, stream: jax.random.fold_in(jax.random.key(seed), stream))
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -151,24 +107,33 @@ class TargetError(RuntimeError):
 
 def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any] | None], root: Path,
              progress: Callable[[str, int, int, str], None] | None, log: Callable[[str], None]) -> None:
-    enable_x64()
-    enable_compilation_cache()
+    sampling.prepare()
     from llc.engine.posterior import make_posterior
-    from llc.engine.targets import get_target, target_id
-    from llc.pipeline.resources import backend_line, check_memory
+    from llc.engine.targets import get_target, target_id, untrained
+    from llc.pipeline.resources import backend_line, batch_cap, check_memory
 
-    batches = _batches(cfgs, todo)  # imports the samplers: the JAX side first (see STORE_MODULES)
-    import_store_in_background()
+    # One job per (run, sampler), runs in order: batches come out sampler by sampler, as run alone.
+    runs = [(i, name) for i in todo for name in cfgs[i].samplers]
+    jobs = [sampling.Job(name, getattr(cfgs[i], name), sampling.sampler_key(cfgs[i].seed, name),
+                         cfgs[i].theta_proj_dim) for i, name in runs]
+    # Plan first: it imports the samplers, the JAX side before the store's modules.
+    batches = sampling.plan(jobs, cap=lambda group: batch_cap([cfgs[runs[j][0]] for j in group]))
+    sampling.import_store_in_background()
 
     if len({target_id(cfgs[i]) for i in todo}) > 1:
         raise ValueError("run_experiments: the runs of one batch must share their target")
     check_memory([cfgs[i] for i in todo])  # before the header: a refused run is one line
     first = cfgs[todo[0]]
-    runs = f"run {cache.run_id(first)}" if len(todo) == 1 else f"{len(todo)} runs"
-    log(f"{runs}: {', '.join(first.samplers)} on {first.target.kind}; {backend_line()}")
+    what = f"run {cache.run_id(first)}" if len(todo) == 1 else f"{len(todo)} runs"
+    log(f"{what}: {', '.join(first.samplers)} on {first.target.kind}; {backend_line()}")
     t_start = time.time()
     train_progress = (lambda done, total: progress("target", done, total, "training")) if progress else None
-    compiling = _precompile_in_background(cfgs, batches)
+
+    def shaped_posts() -> dict[int, Any]:  # the untrained target's shapes, for compiling ahead
+        loss_fn, params, x, y = untrained(first)
+        return {j: make_posterior(loss_fn, params, x, y, cfgs[i].posterior, L0=0.0) for j, (i, _) in enumerate(runs)}
+
+    compiling = sampling.precompile_in_background(batches, jobs, shaped_posts)
     try:
         target = get_target(first, root, progress=train_progress, log=log)
         log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): "
@@ -176,90 +141,17 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
         _require_finite(target, first)
         posts = {i: make_posterior(target.loss_fn, target.params, target.x, target.y, cfgs[i].posterior,
                                    L0=target.L0) for i in todo}
-        outputs = _sample(cfgs, todo, batches, posts, progress)
+        report = (lambda index, batch, done, total, phase: progress(batch.sampler, done, total, phase)) \
+            if progress else None
+        outs = sampling.sample(batches, jobs, [posts[i] for i, _ in runs], progress=report)
     finally:
         if compiling is not None:
             compiling.shutdown(wait=False, cancel_futures=True)
+    outputs: dict[int, dict[str, Any]] = {i: {} for i in todo}
+    for (i, name), out in zip(runs, outs):
+        outputs[i][name] = out
     for i in todo:
         records[i] = _save_run(cfgs[i], root, target, posts[i], outputs[i], t_start, log)
-
-
-def import_store_in_background() -> None:
-    """Import ``STORE_MODULES`` on a thread (after the JAX side's imports: the two share modules)."""
-    def load() -> None:
-        for module in STORE_MODULES:
-            importlib.import_module(module)
-
-    threading.Thread(target=load, name="llc-import-store", daemon=True).start()
-
-
-def compile_threads() -> int:
-    """Threads that compile sampler programs ahead of use (``LLC_COMPILE_THREADS`` overrides).
-
-    On an accelerator, one per program up to the host's cores: the host is otherwise idle.
-    None on the CPU backend, where the same cores train the target and sample.
-    """
-    import jax
-
-    if "LLC_COMPILE_THREADS" in os.environ:
-        return max(0, int(os.environ["LLC_COMPILE_THREADS"]))
-    return 0 if jax.default_backend() == "cpu" else max(1, (os.cpu_count() or 2) - 1)
-
-
-def _precompile_in_background(cfgs: list[RunConfig], batches: list) -> ThreadPoolExecutor | None:
-    """Compile every sampler program of these runs on threads, from the untrained target's shapes,
-    while the main thread trains (or loads) the target and runs the programs ready first: cold,
-    compilation is most of a small run's time on a GPU, and XLA compiles without holding the GIL.
-    ``run_batch`` then finds each program compiled or waits for its compile; if one fails here,
-    it compiles again and raises there."""
-    from llc.engine import driver
-    from llc.engine.posterior import make_posterior
-    from llc.engine.targets import untrained
-
-    threads = min(compile_threads(), 2 * len(batches))  # warm-up and sampling programs
-    if threads == 0 or not batches:
-        return None
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="llc-compile")
-
-    def start() -> None:
-        runs = sorted({i for _, members, _ in batches for i in members})
-        loss_fn, params, x, y = untrained(cfgs[runs[0]])
-        posts = {i: make_posterior(loss_fn, params, x, y, cfgs[i].posterior, L0=0.0) for i in runs}
-        # Tuners first: their programs compile longest.
-        for _, members, algs in sorted(batches, key=lambda b: b[2][b[1][0]].warmup is None):
-            programs = ("warmup", "sample") if algs[members[0]].warmup is not None else ("sample",)
-            for program in programs:
-                pool.submit(driver.precompile, [algs[i] for i in members], [posts[i] for i in members],
-                            proj_dim=cfgs[members[0]].theta_proj_dim, programs=(program,))
-
-    pool.submit(start)
-    return pool
-
-
-def _sampler_names(cfgs: list[RunConfig]) -> list[str]:
-    return list(dict.fromkeys(name for cfg in cfgs for name in cfg.samplers))
-
-
-def _batches(cfgs: list[RunConfig], todo) -> list[tuple[str, list[int], dict[int, Any]]]:
-    """(sampler, run indices, their Algorithms) for each group of runs that share one compiled
-    program, split into parts that fit in memory (``resources.batch_cap``); samplers without a
-    driver module (VI) are left out."""
-    from llc.engine import driver
-    from llc.pipeline.resources import batch_cap, split_batch
-
-    batches = []
-    for name in _sampler_names([cfgs[i] for i in todo]):
-        if not registry.sampler(name).batched:
-            continue
-        module = importlib.import_module(registry.sampler(name).module)
-        runs = [i for i in todo if name in cfgs[i].samplers]
-        algs = {i: module.make(getattr(cfgs[i], name)) for i in runs}
-        groups: dict[tuple, list[int]] = {}
-        for i in runs:
-            groups.setdefault((driver.batch_signature(algs[i]), cfgs[i].theta_proj_dim), []).append(i)
-        for group in groups.values():
-            batches.extend((name, part, algs) for part in split_batch(group, batch_cap([cfgs[i] for i in group])))
-    return batches
 
 
 def _require_finite(target: Any, cfg: RunConfig) -> None:
@@ -275,30 +167,6 @@ def _require_finite(target: Any, cfg: RunConfig) -> None:
     raise TargetError(f"target {target.id}: {what}, nothing to sample around (training: optimizer={t.optimizer}, "
                       f"learning_rate={t.learning_rate:g}, steps={t.steps}); lower training.learning_rate "
                       f"or use training.optimizer=adam")
-
-
-def _sample(cfgs: list[RunConfig], todo: list[int], batched: list, posts: dict[int, Any],
-            progress: Callable[[str, int, int, str], None] | None) -> dict[int, dict[str, Any]]:
-    """Every sampler of every run, batched (``_batches``) where the compiled program is shared."""
-    from llc.engine import driver
-    from llc.engine.samplers import get_runner
-
-    outputs: dict[int, dict[str, Any]] = {i: {} for i in todo}
-    for name in _sampler_names([cfgs[i] for i in todo]):
-        report = (lambda done, total, phase, _n=name: progress(_n, done, total, phase)) if progress else None
-        kwargs = {"progress": report} if report is not None else {}
-        if not registry.sampler(name).batched:  # VI: its own loop, one run at a time
-            for i in (i for i in todo if name in cfgs[i].samplers):
-                outputs[i][name] = get_runner(name)(posts[i], getattr(cfgs[i], name), sampler_key(cfgs[i].seed, name),
-                                                    proj_dim=cfgs[i].theta_proj_dim, **kwargs)
-            continue
-        for members, algs in [(members, algs) for n, members, algs in batched if n == name]:
-            outs = driver.run_batch([algs[i] for i in members], [posts[i] for i in members],
-                                    [sampler_key(cfgs[i].seed, name) for i in members],
-                                    proj_dim=cfgs[members[0]].theta_proj_dim, **kwargs)
-            for i, out in zip(members, outs):
-                outputs[i][name] = out
-    return outputs
 
 
 def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[str, Any], t_start: float,
@@ -362,8 +230,8 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
     with cache.atomic_dir(run_dir) as tmp:
         for name, idata in idatas.items():
             save_netcdf(idata, tmp / f"{name}.nc")
-        if "vi" in outputs and cfg.vi.tensorboard:
-            write_tensorboard(optimisation_trace(idatas["vi"]), tmp / "tensorboard" / "vi")
+        for name in (n for n in outputs if getattr(getattr(cfg, n), "tensorboard", False)):  # an optimiser's trace
+            write_tensorboard(optimisation_trace(idatas[name]), tmp / "tensorboard" / name)
         write_json(tmp / "config.json", to_dict(cfg))
         metrics_doc = metrics_document(idatas, metrics, TARGET_SE)
         write_json(tmp / "metrics.json", metrics_doc)

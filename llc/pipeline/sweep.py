@@ -36,11 +36,11 @@ import os
 import time
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, get_type_hints
 
 from llc.store import cache
 from llc.pipeline.backends.base import CACHED, FAILED, Backend, BackendUnavailable, Outcome, execute  # noqa: F401
-from llc.config import PRESETS_DIR, ConfigError, RunConfig, build_config, canonical, parse_value, _resolved_hints
+from llc.config import PRESETS_DIR, ConfigError, RunConfig, build_config, canonical, parse_value
 
 DEFAULT_SPACE = PRESETS_DIR / "sweep_default.toml"
 DEFAULT_CSV = Path("llc_sweep_results.csv")
@@ -145,7 +145,7 @@ def _field_type(dotted: str) -> Any:
         obj = getattr(obj, part, None)
         if obj is None or not dataclasses.is_dataclass(obj):
             raise ConfigError(f"--axis {dotted}: unknown config section {part!r}")
-    hints = _resolved_hints(type(obj))
+    hints = get_type_hints(type(obj))
     if parts[-1] not in hints:
         raise ConfigError(f"--axis {dotted}: unknown config field {parts[-1]!r}")
     return hints[parts[-1]]

@@ -2,7 +2,7 @@
 
 Every checkpoint is a run with w* = that checkpoint's parameters: all share the loss, the data and
 the compiled program, so they execute in batches of ``max_batch`` checkpoints as one ``vmap``ped
-program (``llc.engine.driver.run_batch``), each with the random stream of the trajectory's seed.
+program (``llc.pipeline.sampling``), each with the random stream of the trajectory's seed.
 Each checkpoint's result is written to ``points/`` as soon as its batch finishes (atomically), so
 an interrupted trajectory resumes with only the missing checkpoints; a trajectory with other
 sampler settings is another directory and never retrains the target (checkpoints live in the
@@ -98,31 +98,24 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
 
     Checkpoints already in ``out_dir/points`` are not recomputed.
     """
-    import importlib
-
     from llc import config as C
-    from llc.analysis.diagnostics import llc_metrics
-    from llc.engine import driver
     from llc.engine.posterior import make_posterior
-    from llc.pipeline.calibrate import _point_flags
-    from llc.pipeline.experiment import enable_compilation_cache, enable_x64, sampler_key
+    from llc.pipeline import sampling
 
-    enable_x64()
-    enable_compilation_cache()
+    sampling.prepare()
     out_dir = Path(out_dir)
     (out_dir / "points").mkdir(parents=True, exist_ok=True)
     spec = registry.sampler(sampler)
     if not spec.batched:
         raise C.ConfigError(f"sampler: {sampler!r} has no Markov chain to batch over checkpoints; choose one of "
                             + ", ".join(registry.batched_names()))
-    module = importlib.import_module(spec.module)
     scfg = sampler_cfg if sampler_cfg is not None else getattr(C, spec.config)()
     pcfg = posterior_cfg if posterior_cfg is not None else C.PosteriorConfig()
     steps = [int(s) for s in data.steps]
     todo = [i for i, s in enumerate(steps) if _load_point(_point_file(out_dir, s)) is None]
     if len(todo) < len(steps):
         log(f"trajectory: {len(steps) - len(todo)} of {len(steps)} checkpoints already done; computing {len(todo)}")
-    key = sampler_key(seed, sampler)
+    key = sampling.sampler_key(seed, sampler)
     t0 = time.perf_counter()
     compile_s = 0.0
     size = min(max_batch, len(todo)) or 1
@@ -131,21 +124,20 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
         # The last batch is padded with its last checkpoint: one compiled program for every batch.
         padded = idx + [idx[-1]] * (size - len(idx))
         posts = [make_posterior(data.loss_fn, data.params[i], data.x, data.y, pcfg) for i in padded]
-        algs = [module.make(scfg) for _ in padded]
+        jobs = [sampling.Job(sampler, scfg, key, proj_dim) for _ in padded]
 
-        def report(done, total, phase, _n=len(idx), _b=start):
+        def report(index, batch, done, total, phase, _n=len(idx), _b=start):
             if progress:
                 progress(_b, len(todo), f"{phase}: checkpoints {_b + 1}-{_b + _n} of {len(todo)}, draw {done}/{total}")
 
-        outs = driver.run_batch(algs, posts, [key] * len(padded), proj_dim=proj_dim, progress=report)
+        outs = sampling.sample(sampling.plan(jobs), jobs, posts, progress=report)
         compile_s += outs[0].info.get("batch_compile_s", outs[0].work["compile_s"])
         curv = _curvature(data.loss_fn, [data.params[i] for i in idx], data.x, data.y, seed)
         for i, post, out, c in zip(idx, posts, outs, curv):
-            m = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj)
+            m = sampling.evaluate(out, post)
             row = {"step": steps[i], "llc_mean": m["llc_mean"], "llc_se": m["llc_se"], "rhat": m["rhat"],
                    "ess": m["ess"], "L0": post.L0, "nbeta": post.nbeta, "gamma": post.gamma, **c,
-                   **{k: float(np.asarray(v)[i]) for k, v in data.metrics.items()}}
-            row["flags"] = _point_flags(m, out, post)
+                   **{k: float(np.asarray(v)[i]) for k, v in data.metrics.items()}, "flags": m["flags"]}
             _atomic_write(_point_file(out_dir, steps[i]), lambda p, r=row, o=out: _save_npz(
                 p, row=json.dumps(r, default=float), Ln=o.Ln, theta=o.theta_proj))
         log(f"trajectory: checkpoints {start + 1}-{start + len(idx)} of {len(todo)} done")
@@ -206,10 +198,9 @@ def run_trajectory(cfg: Any, root: Path | str, *, sampler: str | None = None, ma
                    progress: Callable[[int, int, str], None] | None = None,
                    log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Train (or load) the config's target with its checkpoints, then ``compute`` its trajectory."""
-    from llc.pipeline.experiment import enable_compilation_cache, enable_x64
+    from llc.pipeline import sampling
 
-    enable_x64()
-    enable_compilation_cache()
+    sampling.prepare()
     from llc.engine.targets import get_target, load_checkpoints
 
     sampler = sampler or cfg.samplers[0]
