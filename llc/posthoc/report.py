@@ -42,7 +42,6 @@ import numpy as np
 
 from llc import registry
 from llc.analysis import diagnostics as D
-from llc.pipeline.trajectory import TRAJ_DIR
 from llc.posthoc.report_calibration import INDEX_HEADERS as CAL_INDEX_HEADERS
 from llc.posthoc.report_calibration import calibration_page, is_calibration
 from llc.posthoc.report_calibration import index_rows as cal_index_rows
@@ -54,6 +53,7 @@ from llc.posthoc.report_trajectory import INDEX_HEADERS as TRAJ_INDEX_HEADERS
 from llc.posthoc.report_trajectory import index_rows as traj_index_rows
 from llc.posthoc.report_trajectory import is_overlay, is_trajectory, trajectory_page
 from llc.store.artifacts import ArtifactError
+from llc.store.layout import TRAJ_DIR
 
 
 def _attrs(idata: Any) -> dict[str, Any]:

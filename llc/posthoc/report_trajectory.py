@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from llc.pipeline.calibrate import RHAT_MAX
-from llc.pipeline.trajectory import TRAJ_DIR
+from llc.analysis.health import RHAT_MAX
 from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
                                      cell, esc, f32, flatten, fmt, kv_table, legend_only, log_axis, num, plot_html,
                                      read_json_file, rel_link, rgba, section, split_flags, table, value_text)
+from llc.store.layout import TRAJ_DIR
 
 Member = tuple[Path, dict[str, Any], "dict[str, Any] | None"]  # directory, summary, the setting that made it
 BAD = "#c00000"
