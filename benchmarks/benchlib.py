@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llc.engine.posterior import Posterior, logdensity_fn, sq_distance
+from llc.engine.posterior import Posterior, sq_distance
 from llc.engine import driver as base
 
 # --------------------------------------------------------------------------- timing
@@ -36,6 +36,20 @@ def posterior_data(post: Posterior):
 def with_data(post: Posterior, data) -> Posterior:
     w_star, x, y = data
     return post._replace(w_star=w_star, x=x, y=y)
+
+
+def replicate(tree, chains: int):
+    """``tree`` with a leading chain axis: every chain starts at the same point."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (chains, *jnp.shape(a))), tree)
+
+
+def logdensity_fn(post: Posterior) -> Callable:
+    """Full-batch log density w -> log p(w) of the localized, tempered posterior."""
+
+    def logdensity(w):
+        return -post.nbeta * post.loss_fn(w, post.x, post.y) - 0.5 * post.gamma * sq_distance(w, post.w_star)
+
+    return logdensity
 
 
 def compile_program(fn: Callable, *args) -> tuple[Any, float]:
@@ -177,7 +191,7 @@ def minibatch_limit(post: Posterior, chains: int, batch: int, steps: int, *, ran
         return jax.lax.scan(body, ws, jnp.arange(steps))
 
     dtype = jax.tree.leaves(post.w_star)[0].dtype
-    args = (base.replicate(post.w_star, chains), jax.random.key(0), jnp.asarray(0.0, dtype),
+    args = (replicate(post.w_star, chains), jax.random.key(0), jnp.asarray(0.0, dtype),
             post.x, post.y, post.w_star)
     compiled, compile_s = compile_program(program, *args)
     t = time_compiled(compiled, args, repeats)
@@ -253,7 +267,7 @@ def lean_step_limit(post: Posterior, step_size: float, chains: int, batch: int, 
 
         return jax.vmap(one_chain)(ws, keys)
 
-    args = (base.replicate(post.w_star, chains), base.chain_keys(jax.random.key(4), chains), posterior_data(post))
+    args = (replicate(post.w_star, chains), base.chain_keys(jax.random.key(4), chains), posterior_data(post))
     compiled, compile_s = compile_program(program, *args)
     t = time_compiled(compiled, args, repeats)
     grads = chains * steps
@@ -275,7 +289,7 @@ def fullbatch_limit(post: Posterior, chains: int, steps: int, repeats: int) -> d
         return jax.lax.scan(body, ws, None, length=steps)
 
     dtype = jax.tree.leaves(post.w_star)[0].dtype
-    args = (base.replicate(post.w_star, chains), jnp.asarray(0.0, dtype), posterior_data(post))
+    args = (replicate(post.w_star, chains), jnp.asarray(0.0, dtype), posterior_data(post))
     compiled, compile_s = compile_program(program, *args)
     t = time_compiled(compiled, args, repeats)
     grads = chains * steps

@@ -55,7 +55,7 @@ def _root() -> None:
 
 def _log(msg: str) -> None:
     """A timestamped progress line on stderr (no source path, unlike Console.log)."""
-    from llc.console import clock
+    from llc.pipeline.progress import clock
 
     err.print(f"{clock()} {msg}", highlight=False, soft_wrap=True)
 

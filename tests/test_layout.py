@@ -1,4 +1,4 @@
-"""The package's layers: no import cycle, and the engine never imports the store/analysis layers' post-hoc parts."""
+"""The package's layers: no import cycle, and every import (function-level ones included) goes down the layer order."""
 
 import ast
 import importlib
@@ -73,28 +73,37 @@ def test_no_import_cycles():
     assert cycle is None, " -> ".join(cycle)
 
 
-def _reachable(graph, start: str) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        n = todo.pop()
-        for m in graph.get(n, ()):
-            if m not in seen:
-                seen.add(m)
-                todo.append(m)
-    return seen
+# The layers, lowest first: a module imports only from its own layer or those below.
+LAYERS = (
+    ("llc.registry", "llc.config", "llc.theory"),  # foundation
+    ("llc.store",),  # files: atomic writes, cache, NetCDF, records, stored targets (no JAX)
+    ("llc.analysis",),  # metrics, diagnostics, flags, health thresholds (no JAX)
+    ("llc.engine",),  # JAX: targets, training, posterior, driver, samplers
+    ("llc.posthoc",),  # figures and reports drawn from stored artifacts (no JAX)
+    ("llc.pipeline",),  # experiment, calibrate, trajectory, sweep, backends (may draw what it just wrote)
+    ("llc.api", "llc.cli", "llc.console", "llc.__main__", "llc"),  # entry points
+)
+NO_JAX = ("llc.store", "llc.analysis", "llc.posthoc")
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or (prefix != "llc" and name.startswith(prefix + "."))
+
+
+def layer(name: str) -> int:
+    found = [i for i, prefixes in enumerate(LAYERS) for p in prefixes if _within(name, p)]
+    assert found, f"{name} is in no layer of tests/test_layout.py::LAYERS"
+    return found[0]
 
 
 def test_layers():
     graph = import_graph()
-    for name, deps in graph.items():
-        if name.startswith(("llc.store", "llc.analysis", "llc.posthoc")):
-            assert not any(d.startswith("llc.engine") for d in deps), f"{name} imports the JAX engine"
-        if name.startswith(("llc.store", "llc.analysis")):  # what a run writes needs no post-hoc module
-            bad = [d for d in _reachable(graph, name) if d.startswith(("llc.posthoc", "llc.pipeline", "llc.cli"))]
-            assert not bad, f"{name} reaches {bad}"
-        if name.startswith("llc.engine"):
-            bad = [d for d in _reachable(graph, name) if d.startswith(("llc.posthoc", "llc.pipeline", "llc.cli"))]
-            assert not bad, f"{name} reaches {bad}"
+    bad = [f"{name} (layer {layer(name)}) imports {dep} (layer {layer(dep)})"
+           for name, deps in sorted(graph.items()) for dep in sorted(deps) if layer(dep) > layer(name)]
+    assert not bad, "imports against the layer order:\n" + "\n".join(bad)
+    jax = [f"{name} imports {dep}" for name, deps in sorted(graph.items()) if name.startswith(NO_JAX)
+           for dep in sorted(deps) if dep.startswith("llc.engine")]
+    assert not jax, "the JAX engine imported by a layer without JAX:\n" + "\n".join(jax)
 
 
 def test_registry_is_the_one_list():

@@ -388,7 +388,7 @@ def test_progress_in_a_log_is_plain_lines_without_source_paths(tmp_path):
 
 
 def test_plain_progress_beats_while_a_phase_reports_nothing():
-    from llc.console import PlainProgress
+    from llc.pipeline.progress import PlainProgress
 
     out: list[str] = []
     with PlainProgress(out.append, every_s=0.3) as plain:

@@ -47,6 +47,9 @@ from typing import Any
 
 import numpy as np
 
+# How a flag reads in a table is the stored records' business (README_snippet.md shows them too).
+from llc.store.records import flag_code as code, table_cells, table_notes  # noqa: F401  (re-exported)
+
 Z_SE = 3.0  # SEs for above_d_half, negative, analytic, disagree
 VARIANCE_RATIO_MAX = 3.0
 DRIFT_Z = 4.0
@@ -62,11 +65,6 @@ FLAG_CODES = ("diverged", "above_d_half", "negative", "excess_variance", "drift"
 
 def _g(x: float) -> str:
     return f"{x:.4g}"
-
-
-def code(flag: str) -> str:
-    """The code word of a flag (``"drift: ..."`` -> ``"drift"``)."""
-    return flag.split(":", 1)[0]
 
 
 def codes_in(text: str) -> list[str]:
@@ -226,15 +224,3 @@ def add_cross_sampler_flags(metrics: dict[str, dict[str, Any]]) -> None:
     cross = cross_sampler_flags(metrics)
     for name, m in metrics.items():
         m["flags"] = [f for f in m.get("flags", []) if code(f) != "disagree"] + cross[name]
-
-
-def table_cells(flags: list[str] | None) -> tuple[str, str | None]:
-    """(flags cell, row style) for a result table: the codes in red, or "ok" for a clean row."""
-    if not flags:
-        return "ok", None
-    return "⚠ " + ", ".join(dict.fromkeys(code(f) for f in flags)), "red"
-
-
-def table_notes(samplers: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per flag, "sampler: flag", for under a table."""
-    return [f"{name}: {flag}" for name, m in samplers.items() for flag in (m.get("flags") or [])]

@@ -114,10 +114,6 @@ def chunk_draw_keys(keys: jax.Array, chunk_index, size: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, chunk_index), size))(keys)
 
 
-def replicate(tree, chains: int):
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (chains, *jnp.shape(a))), tree)
-
-
 def block(tree) -> Any:
     return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
 

@@ -118,27 +118,3 @@ class Problem:
 
 def sq_distance(params, center) -> jax.Array:
     return sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(center)))
-
-
-def full_loss(post: Posterior) -> Callable:
-    """w -> L_n(w) on the full data."""
-    return lambda w: post.loss_fn(w, post.x, post.y)
-
-
-def logdensity_fn(post: Posterior) -> Callable:
-    """Full-batch log density, for HMC and MCLMC."""
-
-    def logdensity(w):
-        return -post.nbeta * post.loss_fn(w, post.x, post.y) - 0.5 * post.gamma * sq_distance(w, post.w_star)
-
-    return logdensity
-
-
-def minibatch_logdensity_grad(post: Posterior) -> Callable:
-    """(w, (xb, yb)) -> unbiased estimate of grad log p(w) from a minibatch, for SGLD."""
-
-    def logdensity(w, batch):
-        xb, yb = batch
-        return -post.nbeta * post.loss_fn(w, xb, yb) - 0.5 * post.gamma * sq_distance(w, post.w_star)
-
-    return jax.grad(logdensity)

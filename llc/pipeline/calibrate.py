@@ -47,11 +47,8 @@ from llc.store import cache
 
 STEP_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
 GAMMA_FACTORS = (0.5, 1.0, 2.0)
-RHAT_MAX = 1.01
-MALA_MIN = 0.9
-AGREE_SE = 2.0
-BACKOFF = 3.0  # the recommended step is at most the plateau's top / BACKOFF (see the module docstring)
-CAL_DIR = "calibrations"
+from llc.analysis.health import AGREE_SE, BACKOFF, MALA_MIN, RHAT_MAX
+from llc.store.layout import CAL_DIR
 
 
 @dataclasses.dataclass(frozen=True)

@@ -404,7 +404,7 @@ def run_sweep(points: Sequence[SweepPoint], backend: Backend, root: Path | str, 
     # In a log (stderr not a terminal) a Rich bar prints nothing until the end: plain lines instead.
     plain = None
     if console is not None and not console.is_terminal:
-        from llc.console import PlainProgress, stderr_line_writer
+        from llc.pipeline.progress import PlainProgress, stderr_line_writer
 
         plain = PlainProgress(stderr_line_writer(console.file))
     progress = Progress(*columns, console=console, transient=False, disable=console is None or plain is not None)

@@ -27,7 +27,7 @@ import numpy as np
 from llc import registry
 from llc.store import cache
 
-TRAJ_DIR = "trajectories"
+from llc.store.layout import TRAJ_DIR
 CSV_COLUMNS = ("step", "llc_mean", "llc_se", "rhat", "ess", "train_loss", "test_loss", "train_acc", "test_acc",
                "grad_norm", "hessian_trace", "hessian_trace_se", "fisher_trace", "weight_norm", "L0", "flags")
 HUTCHINSON_PROBES = 64

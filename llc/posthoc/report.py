@@ -42,7 +42,7 @@ import numpy as np
 
 from llc import registry
 from llc.analysis import diagnostics as D
-from llc.pipeline.trajectory import TRAJ_DIR
+from llc.analysis.health import RHAT_MAX
 from llc.posthoc.report_calibration import INDEX_HEADERS as CAL_INDEX_HEADERS
 from llc.posthoc.report_calibration import calibration_page, is_calibration
 from llc.posthoc.report_calibration import index_rows as cal_index_rows
@@ -54,6 +54,7 @@ from llc.posthoc.report_trajectory import INDEX_HEADERS as TRAJ_INDEX_HEADERS
 from llc.posthoc.report_trajectory import index_rows as traj_index_rows
 from llc.posthoc.report_trajectory import is_overlay, is_trajectory, trajectory_page
 from llc.store.artifacts import ArtifactError
+from llc.store.layout import TRAJ_DIR
 
 
 def _attrs(idata: Any) -> dict[str, Any]:
@@ -770,11 +771,127 @@ def _created(run_dir: Path, manifest: dict[str, Any]) -> tuple[float, str]:
     return mtime, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime))
 
 
+def _runs_by_age(runs: list[Path]) -> list[tuple[float, str, Path, dict[str, Any]]]:
+    """(timestamp, created, run directory, manifest) of each run, newest first."""
+    info = []
+    for run_dir in runs:
+        manifest = read_json_file(run_dir / "manifest.json")
+        ts, created = _created(run_dir, manifest)
+        info.append((ts, created, run_dir, manifest))
+    info.sort(key=lambda x: (-x[0], x[2].name))
+    return info
+
+
+def _overlay_traces(fig, i: int, run_dir: Path, samplers: dict[str, Any], kind: str, per_line: int,
+                    visible: bool) -> int:
+    """Add run ``i``'s pooled running λ̂ lines (one per sampler) to the overlay; returns how many."""
+    import plotly.graph_objects as go
+
+    added = 0
+    for name in samplers or [p.stem for p in sorted(run_dir.glob("*.nc"))]:
+        pooled = _pooled_from_file(run_dir / f"{name}.nc")
+        if pooled is None:
+            continue
+        stride = stride_for(pooled.size, per_line)
+        fig.add_trace(go.Scatter(x0=100 / pooled.size, dx=100 * stride / pooled.size, y=thin(pooled, stride),
+                                 mode="lines",
+                                 name=f"{run_dir.name} · {registry.label(name)}", visible=visible,
+                                 line={"width": 1.8, "color": CHAIN_COLORS[i % len(CHAIN_COLORS)], "dash": ("solid", "dash", "dot", "dashdot")[registry.order_key(name)[0] % 4]},
+                                 hovertemplate=f"run {run_dir.name} ({esc(kind)})<br>{registry.label(name)}"
+                                               "<br>%{x:.1f} % of draws<br>λ̂ %{y:.4g}<extra></extra>"))
+        added += 1
+    return added
+
+
+def _run_row(run_dir: Path, ts: float, created: str, manifest: dict[str, Any], doc: dict[str, Any],
+             trace_ids: list[int], checked: bool, page_dir: Path) -> list[str]:
+    """A run's row of the index: overlay tick box, age, target, estimates, R̂, flags, time, link."""
+    samplers = doc.get("samplers") or {}
+    t = doc.get("target") or {}
+    est = "<br>".join(f"{esc(registry.label(s))}: {fmt(m.get('llc_mean'), '.4g')} ± {fmt(m.get('llc_se'), '.2g')}"
+                      for s, m in samplers.items())
+    flags = [f for m in samplers.values() for f in (m.get("flags") or [])]
+    rhat = max((num(m.get("rhat")) or 0 for m in samplers.values()), default=None)
+    page_file = run_dir / PAGE_FILE
+    link = (f'<a href="{esc(rel_link(page_file, page_dir))}">page</a>' if page_file.is_file()
+            else f'<a href="{esc(rel_link(run_dir, page_dir))}/" title="llc report {esc(run_dir)}">folder</a>')
+    check = (f'<input type="checkbox" class="overlay-pick" data-traces="{esc(json.dumps(trace_ids))}"'
+             f'{" checked" if checked and trace_ids else ""}{" disabled" if not trace_ids else ""}'
+             f' aria-label="overlay {esc(run_dir.name)}">')
+    return [cell(check, raw=True), cell(created, sort=ts), cell(run_dir.name),
+            cell(f"{t.get('kind') or '—'} (d={t.get('d', '—')}, n={t.get('n', '—')})"),
+            cell(est or "—", raw=True, sort=num(next(iter(samplers.values()), {}).get("llc_mean"))),
+            cell(fmt(rhat, ".3f"), sort=rhat, cls="warn" if rhat and rhat > RHAT_MAX else ""),
+            cell(badges(flags) or "", raw=True, sort=len(flags)),
+            cell(fmt(manifest.get("total_seconds"), ".3g"), sort=num(manifest.get("total_seconds"))),
+            cell(link, raw=True)]
+
+
+def _runs_sections(info, page_dir: Path, per_line: int) -> list[str]:
+    """The overlay of the runs' running λ̂ (the newest few shown) and the table of runs that picks them."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    rows, attrs = [], []
+    n_lines = 0
+    shown_by_default = 3
+    for i, (ts, created, run_dir, manifest) in enumerate(info):
+        doc = read_json_file(run_dir / "metrics.json")
+        samplers = doc.get("samplers") or {}
+        added = _overlay_traces(fig, i, run_dir, samplers, (doc.get("target") or {}).get("kind") or "", per_line,
+                                i < shown_by_default)
+        trace_ids = list(range(n_lines, n_lines + added))
+        n_lines += added
+        rows.append(_run_row(run_dir, ts, created, manifest, doc, trace_ids, i < shown_by_default, page_dir))
+        attrs.append({"data-status": "done", "data-sampler": " ".join(samplers)})
+    fig.update_layout(**base_layout(height=440, title={"text": "Pooled running λ̂ of the selected runs", "x": 0.01},
+                                xaxis={"title": {"text": "progress through kept draws (%)"}},
+                                yaxis={"title": {"text": "pooled running λ̂"}},
+                                legend={"font": {"size": 10}}))
+    controls = _filter_controls("runs", sorted({s for _, _, d, _ in info for s in (read_json_file(d / 'metrics.json').get('samplers') or {})},
+                                               key=registry.order_key), [])
+    return [section("Overlay", plot_html(fig, "overlay", "plot overlay-plot"), anchor="overlay",
+                    note="Tick runs in the table below to overlay them (line style: sampler)."),
+            section(f"Runs ({len(info)})", controls + table(
+                ["overlay", "created", "run id", "target", "λ̂ ± SE", "max R̂", "flags", "seconds", "open"], rows,
+                cls="sortable filterable", table_id="runs", row_attrs=attrs), anchor="runs")]
+
+
+def _sweeps_section(sweeps: list[Path], page_dir: Path) -> str:
+    """One row per sweep CSV, newest first: its runs, rows, statuses and page."""
+    srows = []
+    for csv_path in sorted(sweeps, key=lambda p: -p.stat().st_mtime):
+        try:
+            df = _read_csv(csv_path)
+        except ReportError:
+            continue
+        counts = df["status"].value_counts().to_dict() if "status" in df.columns else {}
+        html_page = csv_path.with_suffix(".html")
+        target = html_page if html_page.is_file() else csv_path
+        mtime = csv_path.stat().st_mtime
+        srows.append([cell(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime)), sort=mtime),
+                      cell(f'<a href="{esc(rel_link(target, page_dir))}">{esc(csv_path.name)}</a>', raw=True, sort=csv_path.name),
+                      cell(str(df["run_id"].nunique()), sort=df["run_id"].nunique()),
+                      cell(str(len(df)), sort=len(df)),
+                      cell(", ".join(f"{k} {v}" for k, v in sorted(counts.items()))),
+                      cell("page" if target == html_page else f"llc report {csv_path}")])
+    return section(f"Sweeps ({len(srows)})", table(
+        ["modified", "CSV", "runs", "rows", "status", "page"], srows, cls="sortable", table_id="sweeps"),
+        anchor="sweeps")
+
+
+def _trajectories_section(trajs, root: Path, page_dir: Path) -> str:
+    all_page = root / TRAJ_DIR / PAGE_FILE
+    overlaid = (f'<a href="{esc(rel_link(all_page, page_dir))}">all of them overlaid</a>' if all_page.is_file()
+                else f"all of them overlaid: <code>llc report {esc(root / TRAJ_DIR)}</code>")
+    return section(f"Trajectories ({len(trajs)})", table(
+        TRAJ_INDEX_HEADERS, [row for _, row in trajs], cls="sortable textual", table_id="trajectories"),
+        anchor="trajectories", note=f"llc trajectory: λ̂ at every training checkpoint; {overlaid}.")
+
+
 def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VALUE_BUDGET) -> Page:
     """The page of an artifacts root: runs newest first, sweeps, calibrations and trajectories, and
     an overlay of selected runs."""
-    import plotly.graph_objects as go
-
     root = Path(root)
     page_dir = Path(page_dir) if page_dir is not None else root
     runs = find_runs(root)
@@ -784,99 +901,22 @@ def index_page(root: Path, page_dir: Path | None = None, value_budget: int = VAL
     if not runs and not sweeps and not cals and not trajs:
         raise ReportError(f"{root}: no runs (directories with manifest.json), sweep CSVs, calibrations or "
                           "trajectories found")
-    info = []
-    for run_dir in runs:
-        manifest = read_json_file(run_dir / "manifest.json")
-        ts, created = _created(run_dir, manifest)
-        info.append((ts, created, run_dir, manifest))
-    info.sort(key=lambda x: (-x[0], x[2].name))
+    info = _runs_by_age(runs)
     page = Page("index", f"llc artifacts {root.resolve()}")
     page.subtitle = (f"{len(runs)} runs · {len(sweeps)} sweeps · {len(cals)} calibrations · {len(trajs)} trajectories"
                      " · newest first")
-    fig = go.Figure()
-    rows, attrs = [], []
-    n_lines = 0
+    # Every line thinned alike so that all the runs' curves together stay within the page's budget.
     per_line = max(20, min(RUNNING_POINTS, value_budget // max(1, 2 * len(info))))
-    shown_by_default = 3
-    for i, (ts, created, run_dir, manifest) in enumerate(info):
-        doc = read_json_file(run_dir / "metrics.json")
-        samplers = doc.get("samplers") or {}
-        t = doc.get("target") or {}
-        trace_ids = []
-        for name in samplers or [p.stem for p in sorted(run_dir.glob("*.nc"))]:
-            pooled = _pooled_from_file(run_dir / f"{name}.nc")
-            if pooled is None:
-                continue
-            stride = stride_for(pooled.size, per_line)
-            fig.add_trace(go.Scatter(x0=100 / pooled.size, dx=100 * stride / pooled.size, y=thin(pooled, stride),
-                                     mode="lines",
-                                     name=f"{run_dir.name} · {registry.label(name)}", visible=i < shown_by_default,
-                                     line={"width": 1.8, "color": CHAIN_COLORS[i % len(CHAIN_COLORS)], "dash": ("solid", "dash", "dot", "dashdot")[registry.order_key(name)[0] % 4]},
-                                     hovertemplate=f"run {run_dir.name} ({esc(t.get('kind') or '')})<br>{registry.label(name)}"
-                                                   "<br>%{x:.1f} % of draws<br>λ̂ %{y:.4g}<extra></extra>"))
-            trace_ids.append(n_lines)
-            n_lines += 1
-        est = "<br>".join(f"{esc(registry.label(s))}: {fmt(m.get('llc_mean'), '.4g')} ± {fmt(m.get('llc_se'), '.2g')}"
-                          for s, m in samplers.items())
-        flags = [f for m in samplers.values() for f in (m.get("flags") or [])]
-        rhat = max((num(m.get("rhat")) or 0 for m in samplers.values()), default=None)
-        page_file = run_dir / PAGE_FILE
-        link = (f'<a href="{esc(rel_link(page_file, page_dir))}">page</a>' if page_file.is_file()
-                else f'<a href="{esc(rel_link(run_dir, page_dir))}/" title="llc report {esc(run_dir)}">folder</a>')
-        check = (f'<input type="checkbox" class="overlay-pick" data-traces="{esc(json.dumps(trace_ids))}"'
-                 f'{" checked" if i < shown_by_default and trace_ids else ""}{" disabled" if not trace_ids else ""}'
-                 f' aria-label="overlay {esc(run_dir.name)}">')
-        rows.append([cell(check, raw=True), cell(created, sort=ts), cell(run_dir.name),
-                     cell(f"{t.get('kind') or '—'} (d={t.get('d', '—')}, n={t.get('n', '—')})"),
-                     cell(est or "—", raw=True, sort=num(next(iter(samplers.values()), {}).get("llc_mean"))),
-                     cell(fmt(rhat, ".3f"), sort=rhat, cls="warn" if rhat and rhat > 1.01 else ""),
-                     cell(badges(flags) or "", raw=True, sort=len(flags)),
-                     cell(fmt(manifest.get("total_seconds"), ".3g"), sort=num(manifest.get("total_seconds"))),
-                     cell(link, raw=True)])
-        attrs.append({"data-status": "done", "data-sampler": " ".join(samplers)})
-    fig.update_layout(**base_layout(height=440, title={"text": "Pooled running λ̂ of the selected runs", "x": 0.01},
-                                xaxis={"title": {"text": "progress through kept draws (%)"}},
-                                yaxis={"title": {"text": "pooled running λ̂"}},
-                                legend={"font": {"size": 10}}))
     if info:
-        page.sections.append(section("Overlay", plot_html(fig, "overlay", "plot overlay-plot"), anchor="overlay",
-                                     note="Tick runs in the table below to overlay them (line style: sampler)."))
-        controls = _filter_controls("runs", sorted({s for _, _, d, _ in info for s in (read_json_file(d / 'metrics.json').get('samplers') or {})},
-                                                   key=registry.order_key), [])
-        page.sections.append(section(f"Runs ({len(info)})", controls + table(
-            ["overlay", "created", "run id", "target", "λ̂ ± SE", "max R̂", "flags", "seconds", "open"], rows,
-            cls="sortable filterable", table_id="runs", row_attrs=attrs), anchor="runs"))
+        page.sections += _runs_sections(info, page_dir, per_line)
     if sweeps:
-        srows = []
-        for csv_path in sorted(sweeps, key=lambda p: -p.stat().st_mtime):
-            try:
-                df = _read_csv(csv_path)
-            except ReportError:
-                continue
-            counts = df["status"].value_counts().to_dict() if "status" in df.columns else {}
-            html_page = csv_path.with_suffix(".html")
-            target = html_page if html_page.is_file() else csv_path
-            mtime = csv_path.stat().st_mtime
-            srows.append([cell(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime)), sort=mtime),
-                          cell(f'<a href="{esc(rel_link(target, page_dir))}">{esc(csv_path.name)}</a>', raw=True, sort=csv_path.name),
-                          cell(str(df["run_id"].nunique()), sort=df["run_id"].nunique()),
-                          cell(str(len(df)), sort=len(df)),
-                          cell(", ".join(f"{k} {v}" for k, v in sorted(counts.items()))),
-                          cell("page" if target == html_page else f"llc report {csv_path}")])
-        page.sections.append(section(f"Sweeps ({len(srows)})", table(
-            ["modified", "CSV", "runs", "rows", "status", "page"], srows, cls="sortable", table_id="sweeps"),
-            anchor="sweeps"))
+        page.sections.append(_sweeps_section(sweeps, page_dir))
     if cals:
         page.sections.append(section(f"Calibrations ({len(cals)})", table(
             CAL_INDEX_HEADERS, [row for _, row in cals], cls="sortable textual", table_id="calibrations"), anchor="calibrations",
             note="llc calibrate: hover a recommendation for why it was chosen."))
     if trajs:
-        all_page = root / TRAJ_DIR / PAGE_FILE
-        overlaid = (f'<a href="{esc(rel_link(all_page, page_dir))}">all of them overlaid</a>' if all_page.is_file()
-                    else f"all of them overlaid: <code>llc report {esc(root / TRAJ_DIR)}</code>")
-        page.sections.append(section(f"Trajectories ({len(trajs)})", table(
-            TRAJ_INDEX_HEADERS, [row for _, row in trajs], cls="sortable textual", table_id="trajectories"),
-            anchor="trajectories", note=f"llc trajectory: λ̂ at every training checkpoint; {overlaid}."))
+        page.sections.append(_trajectories_section(trajs, root, page_dir))
     if info and per_line < RUNNING_POINTS:
         page.notes.append(f"Running λ̂ curves downsampled to about {per_line} points each for display.")
     else:

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from llc.pipeline.calibrate import AGREE_SE, BACKOFF, CAL_DIR, MALA_MIN, RHAT_MAX
+from llc.analysis.health import AGREE_SE, BACKOFF, MALA_MIN, RHAT_MAX
 from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
                                      cell, esc, fmt, kv_table, legend_only, log_axis, num, plot_html, read_json_file,
                                      rel_link, rgba, section, split_flags, stride_for, table, thin, value_text)
+from llc.store.layout import CAL_DIR
 
 # Per-point running λ̂ panels: ~0.6 kB of JSON a line however short, so at most 30 panels of 4 chains
 # (with the grid figure and the table: ~130 kB beside Plotly's 4.8 MB).

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from llc.pipeline.calibrate import RHAT_MAX
-from llc.pipeline.trajectory import TRAJ_DIR
+from llc.analysis.health import RHAT_MAX
 from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
                                      cell, esc, f32, flatten, fmt, kv_table, legend_only, log_axis, num, plot_html,
                                      read_json_file, rel_link, rgba, section, split_flags, table, value_text)
+from llc.store.layout import TRAJ_DIR
 
 Member = tuple[Path, dict[str, Any], "dict[str, Any] | None"]  # directory, summary, the setting that made it
 BAD = "#c00000"
@@ -231,6 +231,112 @@ def _stacked(n_panels: int, heights: list[float], gap: float = 0.07) -> list[tup
     return out
 
 
+def _llc_traces(fig, rows: list[dict], xs: list, color: str, group: str, label: str, name: str, single: bool) -> None:
+    """One member's λ̂ line (open markers where R̂ is high) over its ± 2 SE band."""
+    import plotly.graph_objects as go
+
+    llc, se = _col(rows, "llc_mean"), [v or 0.0 for v in _col(rows, "llc_se")]
+    ok = [i for i, v in enumerate(llc) if v is not None]
+    if ok:
+        bx = [xs[i] for i in ok]
+        fig.add_trace(go.Scatter(x=f32(bx + bx[::-1]),
+                                 y=f32([llc[i] + 2 * se[i] for i in ok] + [llc[i] - 2 * se[i] for i in ok][::-1]),
+                                 mode="lines", fill="toself", fillcolor=rgba(color, 0.18), line={"width": 0},
+                                 hoverinfo="skip", legendgroup=group, showlegend=single, name="± 2 SE"))
+    symbols = [100 if (num(r.get("rhat")) or 0) >= RHAT_MAX else 0 for r in rows]  # 100: circle-open
+    # Hover from numbers, not per-point text, so that an overlay of many trajectories stays small;
+    # x is the step (step 0 sits at a fraction of a step: rounded, it reads 0).
+    custom = [[e, num(r.get("rhat")), num(r.get("test_acc"))] for e, r in zip(se, rows)]
+    if single:  # the unified hover lists every panel's trace at the step: λ̂'s entry stays one line
+        hover = "λ̂ %{y:.4g} ± %{customdata[0]:.2g} (R̂ %{customdata[1]:.3f})<extra></extra>"
+    else:
+        hover = (f"<b>{esc(name)}</b><br>step %{{x:,.0f}}<br>λ̂ %{{y:.4g}} ± %{{customdata[0]:.2g}} "
+                 "(R̂ %{customdata[1]:.3f})<br>test accuracy %{customdata[2]:.3f}<extra></extra>")
+    fig.add_trace(go.Scatter(
+        x=f32(xs), y=f32(llc), mode="lines+markers", name=label, legendgroup=group, customdata=f32(custom),
+        line={"color": color, "width": 2.2}, marker={"size": 7, "color": color, "symbol": symbols,
+                                                      "line": {"width": 1.5, "color": color}},
+        hovertemplate=hover))
+
+
+def _chain_mean_traces(fig, xs: list, cm: np.ndarray) -> None:
+    """Each chain's mean λ̂ per checkpoint, hidden until asked for in the legend."""
+    import plotly.graph_objects as go
+
+    for c in range(cm.shape[1]):
+        fig.add_trace(go.Scatter(x=f32(xs), y=cm[:, c].astype(np.float32), mode="markers", name="chain means",
+                                 legendgroup="chains", showlegend=c == 0, visible="legendonly",
+                                 marker={"size": 5, "color": "rgba(60,60,60,0.45)"},
+                                 hovertemplate=f"chain {c}: %{{y:.4g}}<extra></extra>"))
+
+
+def _metric_traces(fig, rows: list[dict], xs: list, yname: dict[str, str], color: str, group: str, name: str,
+                   single: bool) -> None:
+    """One member's accuracy and loss curves, on the panels that exist."""
+    import plotly.graph_objects as go
+
+    for key, title, tcolor, dash in TRAINING:
+        panel = "acc" if key.endswith("acc") else "loss"
+        if panel not in yname or not _has(rows, key):
+            continue
+        is_test = key.startswith("test")
+        fig.add_trace(go.Scatter(
+            x=f32(xs), y=f32(_col(rows, key)), mode="lines+markers" if single else "lines", yaxis=yname[panel],
+            name=title if single else f"{name}: {title}", legendgroup=group if not single else key,
+            showlegend=single, line={"color": tcolor if single else color,
+                                     "dash": ("solid" if is_test else "dot") if not single else dash,
+                                     "width": 1.8 if is_test or single else 1.2},
+            marker={"size": 4}, hovertemplate=f"{title} %{{y:.4g}}<extra>{'' if single else esc(name)}</extra>"))
+
+
+def _key_traces(fig, all_rows: list[dict], flagged: list[tuple[Any, Any, str]], single: bool) -> None:
+    """After the members: crosses on flagged checkpoints and legend entries explaining the marks."""
+    import plotly.graph_objects as go
+
+    if flagged:
+        flagged_x, flagged_y, flagged_text = (list(v) for v in zip(*flagged))
+        fig.add_trace(go.Scatter(x=flagged_x, y=flagged_y, mode="markers", name="flagged checkpoint",
+                                 marker={"symbol": "x-thin", "size": 14, "line": {"color": BAD, "width": 3}},
+                                 text=flagged_text, hovertemplate="flags: %{text}<extra></extra>"))
+    if any((num(r.get("rhat")) or 0) >= RHAT_MAX for r in all_rows):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"open marker: R̂ ≥ {RHAT_MAX}",
+                                 marker={"symbol": "circle-open", "size": 8, "color": "#444"}, hoverinfo="skip"))
+    if not single:
+        fig.add_trace(legend_only("accuracy and loss: test solid, train dotted", {"color": "#444"}))
+
+
+def _training_layout(ax: StepAxis, panels: list[str], heights: dict[str, float], yname: dict[str, str],
+                     all_rows: list[dict], single: bool) -> dict[str, Any]:
+    """The stacked panels' axes on one step axis, and the x / λ̂ log-linear buttons."""
+    layout: dict[str, Any] = {"xaxis": ax.axis(anchor=yname[panels[-1]], showspikes=True, spikemode="across",
+                                               spikethickness=1, spikecolor="#999", spikedash="dot",
+                                               # x of step 0 is a fraction of a step: rounded, it reads 0
+                                               unifiedhovertitle={"text": "<b>step %{x:,.0f}</b>"})}
+    titles = {"y": "λ̂ (band: ± 2 SE)", "acc": "accuracy", "loss": "loss (log)"}
+    domains = _stacked(len(panels), [heights[p] for p in panels])
+    for p, (lo, hi) in zip(panels, domains):
+        key = "yaxis" if yname[p] == "y" else f"yaxis{yname[p][1:]}"
+        layout[key] = {"domain": [lo, hi], "anchor": "x", "title": {"text": titles[p]},
+                       **(log_axis([v for r in all_rows for v in (num(r.get("train_loss")), num(r.get("test_loss")))])
+                          if p == "loss" else {}), **({"range": [-0.03, 1.03]} if p == "acc" else {})}
+    buttons = [{"label": "x log", "method": "relayout", "args": [{"xaxis.type": "log", "xaxis.tickmode": "array"}]},
+               {"label": "x linear", "method": "relayout", "args": [{"xaxis.type": "linear", "xaxis.tickmode": "auto"}]}]
+    return base_layout(
+        height=int(260 * sum(heights[p] for p in panels) + 140), hovermode="x unified" if single else "closest",
+        hoversubplots="axis", margin={"l": 70, "r": 20, "t": 40, "b": 50},
+        updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 0.0, "y": 1.0,
+                      "xanchor": "left", "yanchor": "bottom", "pad": {"b": 6}, "showactive": True},
+                     # λ̂ spans decades across grokking (≈ 30 while memorising, ≈ 0.005 after)
+                     {"type": "buttons", "direction": "right", "x": 0.2, "y": 1.0, "xanchor": "left",
+                      "yanchor": "bottom", "pad": {"b": 6}, "showactive": True,
+                      "buttons": [{"label": "λ̂ linear", "method": "relayout",
+                                   "args": [{"yaxis.type": "linear", "yaxis.dtick": None, "yaxis.tickformat": None}]},
+                                  {"label": "λ̂ log", "method": "relayout", "args": [{
+                                      f"yaxis.{k}": v for k, v in log_axis(
+                                          [num(r.get("llc_mean")) for r in all_rows]).items()}]}]}],
+        legend={"title": {"text": "click: hide / show"}, "groupclick": "togglegroup"}, **layout)
+
+
 def training_figure(members: list[Member], names: list[str], chain_means: list[np.ndarray | None],
                     compact: bool = False):
     """λ̂ ± 2 SE, accuracy and loss against the step, stacked on one x axis; one hover reads every
@@ -244,99 +350,24 @@ def training_figure(members: list[Member], names: list[str], chain_means: list[n
     has_loss = not compact and any(_has(all_rows, k) for k in ("train_loss", "test_loss"))
     panels = ["y"] + (["acc"] if has_acc else []) + (["loss"] if has_loss else [])
     heights = {"y": 1.5, "acc": 1.0, "loss": 0.8}
-    domains = _stacked(len(panels), [heights[p] for p in panels])
     yname = {p: ("y" if i == 0 else f"y{i + 1}") for i, p in enumerate(panels)}
     fig = go.Figure()
-    flagged_x, flagged_y, flagged_text = [], [], []
+    flagged = []  # (step x, λ̂, flags) of every flagged checkpoint, drawn over all members
     for m, ((d, doc, _), name) in enumerate(zip(members, names)):
         rows = doc["rows"]
         color = "#1f5fbf" if single else member_colors(len(members))[m]
         xs = ax.x([r.get("step") for r in rows])
-        llc, se = _col(rows, "llc_mean"), [v or 0.0 for v in _col(rows, "llc_se")]
-        ok = [i for i, v in enumerate(llc) if v is not None]
         group = f"m{m}"
         label = f"λ̂ ({doc.get('sampler', '?')})" if single else name
-        if ok:
-            bx = [xs[i] for i in ok]
-            fig.add_trace(go.Scatter(x=f32(bx + bx[::-1]),
-                                     y=f32([llc[i] + 2 * se[i] for i in ok] + [llc[i] - 2 * se[i] for i in ok][::-1]),
-                                     mode="lines", fill="toself", fillcolor=rgba(color, 0.18), line={"width": 0},
-                                     hoverinfo="skip", legendgroup=group, showlegend=single, name="± 2 SE"))
-        symbols = [100 if (num(r.get("rhat")) or 0) >= RHAT_MAX else 0 for r in rows]  # 100: circle-open
-        # Hover from numbers, not per-point text, so that an overlay of many trajectories stays small;
-        # x is the step (step 0 sits at a fraction of a step: rounded, it reads 0).
-        custom = [[e, num(r.get("rhat")), num(r.get("test_acc"))] for e, r in zip(se, rows)]
-        if single:  # the unified hover lists every panel's trace at the step: λ̂'s entry stays one line
-            hover = "λ̂ %{y:.4g} ± %{customdata[0]:.2g} (R̂ %{customdata[1]:.3f})<extra></extra>"
-        else:
-            hover = (f"<b>{esc(name)}</b><br>step %{{x:,.0f}}<br>λ̂ %{{y:.4g}} ± %{{customdata[0]:.2g}} "
-                     "(R̂ %{customdata[1]:.3f})<br>test accuracy %{customdata[2]:.3f}<extra></extra>")
-        fig.add_trace(go.Scatter(
-            x=f32(xs), y=f32(llc), mode="lines+markers", name=label, legendgroup=group, customdata=f32(custom),
-            line={"color": color, "width": 2.2}, marker={"size": 7, "color": color, "symbol": symbols,
-                                                          "line": {"width": 1.5, "color": color}},
-            hovertemplate=hover))
-        for r, x, y in zip(rows, xs, llc):
-            if split_flags(r) and y is not None:
-                flagged_x.append(x)
-                flagged_y.append(y)
-                flagged_text.append(esc("; ".join(split_flags(r))))
-        cm = chain_means[m]
-        if single and cm is not None:
-            for c in range(cm.shape[1]):
-                fig.add_trace(go.Scatter(x=f32(xs), y=cm[:, c].astype(np.float32), mode="markers", name="chain means",
-                                         legendgroup="chains", showlegend=c == 0, visible="legendonly",
-                                         marker={"size": 5, "color": "rgba(60,60,60,0.45)"},
-                                         hovertemplate=f"chain {c}: %{{y:.4g}}<extra></extra>"))
-        for key, title, tcolor, dash in TRAINING:
-            panel = "acc" if key.endswith("acc") else "loss"
-            if panel not in yname or not _has(rows, key):
-                continue
-            is_test = key.startswith("test")
-            fig.add_trace(go.Scatter(
-                x=f32(xs), y=f32(_col(rows, key)), mode="lines+markers" if single else "lines", yaxis=yname[panel],
-                name=title if single else f"{name}: {title}", legendgroup=group if not single else key,
-                showlegend=single, line={"color": tcolor if single else color,
-                                         "dash": ("solid" if is_test else "dot") if not single else dash,
-                                         "width": 1.8 if is_test or single else 1.2},
-                marker={"size": 4}, hovertemplate=f"{title} %{{y:.4g}}<extra>{'' if single else esc(name)}</extra>"))
-    if flagged_x:
-        fig.add_trace(go.Scatter(x=flagged_x, y=flagged_y, mode="markers", name="flagged checkpoint",
-                                 marker={"symbol": "x-thin", "size": 14, "line": {"color": BAD, "width": 3}},
-                                 text=flagged_text, hovertemplate="flags: %{text}<extra></extra>"))
-    if any((num(r.get("rhat")) or 0) >= RHAT_MAX for r in all_rows):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"open marker: R̂ ≥ {RHAT_MAX}",
-                                 marker={"symbol": "circle-open", "size": 8, "color": "#444"}, hoverinfo="skip"))
-    if not single:
-        fig.add_trace(legend_only("accuracy and loss: test solid, train dotted", {"color": "#444"}))
-    layout: dict[str, Any] = {"xaxis": ax.axis(anchor=yname[panels[-1]], showspikes=True, spikemode="across",
-                                               spikethickness=1, spikecolor="#999", spikedash="dot",
-                                               # x of step 0 is a fraction of a step: rounded, it reads 0
-                                               unifiedhovertitle={"text": "<b>step %{x:,.0f}</b>"})}
-    titles = {"y": "λ̂ (band: ± 2 SE)", "acc": "accuracy", "loss": "loss (log)"}
-    for p, (lo, hi) in zip(panels, domains):
-        key = "yaxis" if yname[p] == "y" else f"yaxis{yname[p][1:]}"
-        layout[key] = {"domain": [lo, hi], "anchor": "x", "title": {"text": titles[p]},
-                       **(log_axis([v for r in all_rows for v in (num(r.get("train_loss")), num(r.get("test_loss")))])
-                          if p == "loss" else {}), **({"range": [-0.03, 1.03]} if p == "acc" else {})}
-    buttons = [{"label": "x log", "method": "relayout", "args": [{"xaxis.type": "log", "xaxis.tickmode": "array"}]},
-               {"label": "x linear", "method": "relayout", "args": [{"xaxis.type": "linear", "xaxis.tickmode": "auto"}]}]
-    fig.update_layout(**base_layout(
-        height=int(260 * sum(heights[p] for p in panels) + 140), hovermode="x unified" if single else "closest",
-        hoversubplots="axis", margin={"l": 70, "r": 20, "t": 40, "b": 50},
-        updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 0.0, "y": 1.0,
-                      "xanchor": "left", "yanchor": "bottom", "pad": {"b": 6}, "showactive": True},
-                     # λ̂ spans decades across grokking (≈ 30 while memorising, ≈ 0.005 after)
-                     {"type": "buttons", "direction": "right", "x": 0.2, "y": 1.0, "xanchor": "left",
-                      "yanchor": "bottom", "pad": {"b": 6}, "showactive": True,
-                      "buttons": [{"label": "λ̂ linear", "method": "relayout",
-                                   "args": [{"yaxis.type": "linear", "yaxis.dtick": None, "yaxis.tickformat": None}]},
-                                  {"label": "λ̂ log", "method": "relayout", "args": [{
-                                      f"yaxis.{k}": v for k, v in log_axis(
-                                          [num(r.get("llc_mean")) for r in all_rows]).items()}]}]}],
-        legend={"title": {"text": "click: hide / show"}, "groupclick": "togglegroup"}, **layout))
+        _llc_traces(fig, rows, xs, color, group, label, name, single)
+        flagged += [(x, y, esc("; ".join(split_flags(r)))) for r, x, y in zip(rows, xs, _col(rows, "llc_mean"))
+                    if split_flags(r) and y is not None]
+        if single and chain_means[m] is not None:
+            _chain_mean_traces(fig, xs, chain_means[m])
+        _metric_traces(fig, rows, xs, yname, color, group, name, single)
+    _key_traces(fig, all_rows, flagged, single)
+    fig.update_layout(**_training_layout(ax, panels, heights, yname, all_rows, single))
     return fig
-
 
 
 def curvature_figure(members: list[Member], names: list[str], compact: bool = False):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from llc.config import ConfigError, RunConfig, normalized
+from llc.store.layout import CAL_DIR, TARGETS_DIR
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PROJECT_DIR = PACKAGE_DIR.parent
@@ -353,7 +354,7 @@ def remove_litter(item: Litter) -> None:
 
 
 # Directories of an artifacts root that hold cache entries (each may hold temporary ones).
-CACHE_SUBDIRS = ("", "targets", "calibrations")
+CACHE_SUBDIRS = ("", TARGETS_DIR, CAL_DIR)
 
 
 def cache_dirs(root: Path) -> list[Path]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from llc import registry
-from llc.analysis.flags import table_cells, table_notes
 from llc.store import cache
 
 METRICS_FILE = "metrics.json"
@@ -51,6 +50,23 @@ def metrics_document(idatas: dict[str, Any], metrics: dict[str, dict[str, Any]],
                    "d": first.get("dim"), "L0": first.get("L0"),
                    "analytic_llc": analytic["value"] if analytic else None},
     }
+
+
+def flag_code(flag: str) -> str:
+    """The code word of a flag (``"drift: ..."`` -> ``"drift"``; llc.analysis.flags makes the flags)."""
+    return flag.split(":", 1)[0]
+
+
+def table_cells(flags: list[str] | None) -> tuple[str, str | None]:
+    """(flags cell, row style) for a result table: the codes in red, or "ok" for a clean row."""
+    if not flags:
+        return "ok", None
+    return "⚠ " + ", ".join(dict.fromkeys(flag_code(f) for f in flags)), "red"
+
+
+def table_notes(samplers: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per flag, "sampler: flag", for under a table."""
+    return [f"{name}: {flag}" for name, m in samplers.items() for flag in (m.get("flags") or [])]
 
 
 def fmt(value: Any, spec: str) -> str:

@@ -17,7 +17,7 @@ checkpoints and a metrics log taken on the way are stored with the target.
 
 Targets are built once and stored as content-addressed artifacts
 (``<root>/targets/tgt_<hash>/``: meta.json, data.npz, params.npz, and checkpoints.npz /
-training_log.csv when asked for); a later run that needs the same target loads it instead of
+training_log.csv when asked for; ``llc.store.targets`` writes and reads the files); a later run that needs the same target loads it instead of
 retraining. For ``llc trajectory``::
 
     target = get_target(cfg, root)
@@ -29,10 +29,8 @@ retraining. For ``llc trajectory``::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import importlib
-import json
 import platform
 import time
 from importlib import metadata
@@ -48,12 +46,10 @@ from llc.config import RunConfig, active_target, target_section
 from llc.engine.targets.training import (Checkpoints, TrainingDiverged, cast_floats, describe,
                                          full_loss_and_grad_norm, train)
 from llc.store import cache
+from llc.store import targets as stored
 
 __all__ = ["Checkpoints", "PrecisionError", "Target", "TrainingDiverged", "analytic_llc", "build_target",
            "get_target", "load_checkpoints", "load_training_log", "loss_fn_for", "target_id", "untrained"]
-
-CHECKPOINTS_FILE = "checkpoints.npz"
-LOG_FILE = "training_log.csv"
 
 
 class PrecisionError(RuntimeError):
@@ -191,34 +187,16 @@ def untrained(cfg: RunConfig) -> tuple[Callable, Any, Any, Any]:
     return loss_fn_for(cfg), params, x, y
 
 
-def _leaves_npz(tree, prefix: str = "leaf_") -> dict[str, np.ndarray]:
-    return {f"{prefix}{i:04d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(tree))}
-
-
 def save_target(target: Target, root: Path) -> Path:
-    final = Path(root) / "targets" / target.id
-    with cache.atomic_dir(final) as tmp:
-        data = {"x": target.x, "y": target.y}
-        if target.x_test is not None:
-            data.update(x_test=target.x_test, y_test=target.y_test)
-        np.savez(tmp / "data.npz", **data)
-        np.savez(tmp / "params.npz", **_leaves_npz(target.params))
-        if target.checkpoints is not None:
-            ck = target.checkpoints
-            np.savez(tmp / CHECKPOINTS_FILE, steps=ck.steps, **_leaves_npz(ck.stacked()),
-                     **{f"metric_{k}": v for k, v in ck.metrics.items()})
-        if target.log is not None:
-            with (tmp / LOG_FILE).open("w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(list(target.log))
-                writer.writerows(zip(*(np.asarray(v).tolist() for v in target.log.values())))
-        (tmp / "meta.json").write_text(json.dumps(target.meta, indent=2))
-        cache.seal(tmp, {"id": target.id})  # last: every file with its checksum, marks it complete
-    catalog = Path(root) / "targets" / "_catalog.jsonl"
-    with cache.file_lock(catalog.with_name(".catalog.lock")), catalog.open("a") as fh:
-        fh.write(json.dumps({"id": target.id, "kind": target.kind, "n": target.n, "d": target.d,
-                             "L0": target.L0, "created": target.meta["created"]}) + "\n")
-    return final
+    data = {"x": target.x, "y": target.y}
+    if target.x_test is not None:
+        data.update(x_test=target.x_test, y_test=target.y_test)
+    ck = target.checkpoints
+    checkpoints = None if ck is None else (ck.steps, jax.tree.leaves(ck.stacked()), ck.metrics)
+    catalog = {"id": target.id, "kind": target.kind, "n": target.n, "d": target.d, "L0": target.L0,
+               "created": target.meta["created"]}
+    return stored.save(root, target.id, target.meta, data, jax.tree.leaves(target.params), checkpoints,
+                       target.log, catalog)
 
 
 def _shape(leaf) -> tuple[int, ...]:
@@ -226,18 +204,16 @@ def _shape(leaf) -> tuple[int, ...]:
 
 
 def load_target(cfg: RunConfig, path: Path) -> Target:
-    meta = json.loads((path / "meta.json").read_text())
+    meta = stored.read_meta(path)
     _require_precision(meta["dtype"], f"target {meta['id']}")
     if meta["dtype"] != cfg.target.dtype:
         raise PrecisionError(f"target {meta['id']} was built in {meta['dtype']}, run asks for {cfg.target.dtype}")
     template = target_module(cfg.target.kind).template(cfg)
     t_leaves, treedef = jax.tree.flatten(template)
-    with np.load(path / "params.npz") as fh:
-        leaves = [fh[f"leaf_{i:04d}"] for i in range(len(fh.files))]
+    leaves = stored.read_params(path)
     if [_shape(a) for a in t_leaves] != [a.shape for a in leaves]:
         raise ValueError(f"target {meta['id']}: stored parameter shapes do not match the model config")
-    with np.load(path / "data.npz") as fh:
-        data = {k: fh[k] for k in fh.files}
+    data = stored.read_data(path)
     params = jax.tree.unflatten(treedef, leaves)
     return Target(meta["id"], meta["kind"], loss_fn_for(cfg), params, data["x"], data["y"], float(meta["L0"]), meta,
                   cached=True, x_test=data.get("x_test"), y_test=data.get("y_test"), path=Path(path))
@@ -249,7 +225,7 @@ def get_target(cfg: RunConfig, root: Path, progress: Callable[[int, int], None] 
     store it (under the target's lock: concurrent runs build it once).
 
     ``progress(steps_done, steps)`` is called during training."""
-    path = Path(root) / "targets" / target_id(cfg)
+    path = stored.target_path(root, target_id(cfg))
     with cache.key_lock(path, "target", log):
         if cache.usable(path, "target", log):
             return load_target(cfg, path)
@@ -263,15 +239,12 @@ def load_checkpoints(target: Target) -> Checkpoints:
     Raises ValueError when the target was trained without checkpoints."""
     if target.checkpoints is not None:
         return target.checkpoints
-    file = target.path / CHECKPOINTS_FILE if target.path is not None else None
-    if file is None or not file.is_file():
+    treedef = jax.tree.structure(target.params)
+    found = stored.read_checkpoints(target.path, treedef.num_leaves) if target.path is not None else None
+    if found is None:
         raise ValueError(f"target {target.id} has no checkpoints; set training.checkpoints_log and/or "
                          "training.checkpoints_linear (a new target is trained)")
-    treedef = jax.tree.structure(target.params)
-    with np.load(file) as fh:
-        steps = fh["steps"]
-        stacked = [fh[f"leaf_{i:04d}"] for i in range(treedef.num_leaves)]
-        metrics = {k.removeprefix("metric_"): fh[k] for k in fh.files if k.startswith("metric_")}
+    steps, stacked, metrics = found
     params = [jax.tree.unflatten(treedef, [leaf[i] for leaf in stacked]) for i in range(len(steps))]
     return Checkpoints(steps, params, metrics)
 
@@ -280,11 +253,4 @@ def load_training_log(target: Target) -> dict[str, np.ndarray] | None:
     """The metrics logged every ``training.log_every`` steps, or None when none were logged."""
     if target.log is not None:
         return target.log
-    file = target.path / LOG_FILE if target.path is not None else None
-    if file is None or not file.is_file():
-        return None
-    with file.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    columns = list(zip(*rows[1:])) if len(rows) > 1 else [()] * len(rows[0])
-    return {name: np.asarray(col, dtype=np.int64 if name == "step" else float)
-            for name, col in zip(rows[0], columns)}
+    return stored.read_training_log(target.path) if target.path is not None else None

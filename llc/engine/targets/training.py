@@ -123,6 +123,153 @@ def _metric_keys(metrics_fn: Callable, params, x, y) -> list[str]:
     return sorted(jax.eval_shape(metrics_fn, params, x, y), key=lambda k: (k != "loss", k))
 
 
+class _Plan(NamedTuple):
+    """What one ``train`` call fixes before its first step; the compiled programs close over it."""
+    cfg: TrainingConfig
+    seed: int
+    loss_fn: Callable
+    metrics_fn: Callable
+    metric_keys: list[str]
+    names: list[str]  # recorded columns: train_<metric> (then test_<metric>)
+    ck_steps: np.ndarray
+    log_every: int  # 0: no log
+    opt: optax.GradientTransformation
+    n: int
+    minibatch: bool
+    recording: bool
+    dtype: Any
+    chunk: int  # steps per compiled chunk
+    n_chunks: int
+
+
+def _plan(loss_fn: Callable, params, x, y, cfg: TrainingConfig, seed: int, metrics_fn: Callable | None,
+          test: tuple[Any, Any] | None) -> _Plan:
+    steps = cfg.steps
+    metrics_fn = metrics_fn or (lambda p, xb, yb: {"loss": loss_fn(p, xb, yb)})
+    ck_steps = checkpoint_steps(steps, cfg.checkpoints_log, cfg.checkpoints_linear)
+    log_every = cfg.log_every if cfg.log_every and steps else 0
+    metric_keys = _metric_keys(metrics_fn, params, x, y)
+    names = [f"{split}_{k}" for split in ("train", "test")[: 1 + (test is not None)] for k in metric_keys]
+    n = jax.tree.leaves(x)[0].shape[0]
+    chunk = math.ceil(steps / min(MAX_CHUNKS, steps)) if steps else 0
+    return _Plan(cfg, seed, loss_fn, metrics_fn, metric_keys, names, ck_steps, log_every, make_optimizer(cfg), n,
+                 minibatch=cfg.batch_size is not None and cfg.batch_size < n,
+                 recording=bool(len(ck_steps) or log_every), dtype=jax.tree.leaves(params)[0].dtype,
+                 chunk=chunk, n_chunks=math.ceil(steps / chunk) if steps else 0)
+
+
+def _evaluate(plan: _Plan, p, data):
+    """The recorded metrics at ``p``, one row: train (then test) values in ``plan.names`` order."""
+    values = [plan.metrics_fn(p, data["x"], data["y"])]
+    if data["test"] is not None:
+        values.append(plan.metrics_fn(p, *data["test"]))
+    return jnp.stack([jnp.asarray(v[k], plan.dtype) for v in values for k in plan.metric_keys])
+
+
+def _record(plan: _Plan, rec, p, t, data):
+    """Write step ``t``'s parameters and metrics into the buffers where ``t`` is a checkpoint / log step."""
+    ck_params, ck_metrics, log = rec
+    ck_steps, log_every = plan.ck_steps, plan.log_every
+    is_ck = jnp.zeros((), bool)
+    if len(ck_steps):
+        ck = jnp.asarray(ck_steps)
+        j = jnp.clip(jnp.searchsorted(ck, t), 0, len(ck_steps) - 1)
+        is_ck = ck[j] == t
+    is_log = (t % log_every == 0) if log_every else jnp.zeros((), bool)
+    m = jax.lax.cond(is_ck | is_log, lambda q: _evaluate(plan, q, data),
+                     lambda q: jnp.full(len(plan.names), jnp.nan, plan.dtype), p)
+    if len(ck_steps):
+        ck_params = jax.lax.cond(is_ck, lambda b: jax.tree.map(lambda bi, pi: bi.at[j].set(pi), b, p),
+                                 lambda b: b, ck_params)
+        ck_metrics = ck_metrics.at[j].set(jnp.where(is_ck, m, ck_metrics[j]))
+    if log_every:
+        i = jnp.minimum(t // log_every, log.shape[0] - 1)
+        log = log.at[i].set(jnp.where(is_log, m, log[i]))
+    return ck_params, ck_metrics, log
+
+
+def _one_step(plan: _Plan, carry: _Carry, key, t, data) -> _Carry:
+    """Optimizer step ``t`` (from 0), on a minibatch drawn with ``key`` or on the full data."""
+    if plan.minibatch:
+        idx = jax.random.randint(key, (plan.cfg.batch_size,), 0, plan.n)
+        xb, yb = jax.tree.map(lambda a: a[idx], data["x"]), jax.tree.map(lambda a: a[idx], data["y"])
+    else:
+        xb, yb = data["x"], data["y"]
+    loss, grads = jax.value_and_grad(plan.loss_fn)(carry.params, xb, yb)
+    updates, opt_state = plan.opt.update(grads, carry.opt_state, carry.params)
+    p = optax.apply_updates(carry.params, updates)
+    first_bad = (carry.bad_step < 0) & ~jnp.isfinite(loss)
+    rec = _record(plan, carry.record, p, t + 1, data) if plan.recording else carry.record
+    return _Carry(p, opt_state, jnp.where(first_bad, t, carry.bad_step),
+                  jnp.where(first_bad, loss, carry.bad_loss), rec)
+
+
+def _programs(plan: _Plan) -> tuple[Callable, Callable]:
+    """(start, run_chunk): setup and one chunk of steps, each one compiled program (eager jnp calls
+    would compile one small program per operation: on a GPU ~50 ms each, seconds of a quick run)."""
+    steps, chunk, n_chunks = plan.cfg.steps, plan.chunk, plan.n_chunks
+
+    @jax.jit
+    def start(params, data):
+        rec = (None, None, None)
+        if plan.recording:
+            k = len(plan.ck_steps)
+            rec = (jax.tree.map(lambda a: jnp.zeros((k, *a.shape), a.dtype), params) if k else None,
+                   jnp.full((k, len(plan.names)), jnp.nan, plan.dtype) if k else None,
+                   jnp.full((steps // plan.log_every + 1, len(plan.names)), jnp.nan, plan.dtype)
+                   if plan.log_every else None)
+            rec = _record(plan, rec, params, jnp.int32(0), data)
+        return _Carry(params, plan.opt.init(params), jnp.int32(-1), jnp.zeros((), plan.dtype), rec)
+
+    @jax.jit
+    def run_chunk(carry: _Carry, c, data):
+        keys = jax.random.split(jax.random.key(plan.seed), steps)
+        keys = jnp.concatenate([keys, keys[: n_chunks * chunk - steps]])  # padding, never used
+        ts = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
+
+        def body(c, xs):
+            key, t = xs
+            # Steps past the end (padding of the last chunk) leave the carry alone.
+            return jax.lax.cond(t < steps, lambda c: _one_step(plan, c, key, t, data), lambda c: c, c), None
+
+        return jax.lax.scan(body, carry, (jax.lax.dynamic_slice_in_dim(keys, c * chunk, chunk), ts))[0]
+
+    return start, run_chunk
+
+
+def _run(plan: _Plan, params, data, progress: Callable[[int, int], None] | None) -> _Carry:
+    """All chunks, with the divergence check and ``progress`` between them."""
+    start, run_chunk = _programs(plan)
+    steps = plan.cfg.steps
+    carry = start(params, data)
+    for c in range(plan.n_chunks):
+        carry = run_chunk(carry, np.int32(c), data)
+        bad = int(carry.bad_step)
+        if bad >= 0:
+            raise TrainingDiverged(f"target training diverged: the loss became {float(carry.bad_loss)} at step "
+                                   f"{bad} ({describe(plan.cfg)}); lower training.learning_rate or set "
+                                   "training.clip_norm")
+        if progress is not None:
+            progress(min((c + 1) * plan.chunk, steps), steps)
+    return carry
+
+
+def _result(plan: _Plan, carry: _Carry) -> Trained:
+    """The final carry on the host: w*, the checkpoints and the log table."""
+    to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
+    ck_params, ck_metrics, log = carry.record
+    ck_steps, names = plan.ck_steps, plan.names
+    checkpoints = None
+    if len(ck_steps):
+        stacked = to_np(ck_params)
+        checkpoints = Checkpoints(ck_steps, [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(ck_steps))],
+                                  dict(zip(names, np.asarray(ck_metrics).T)))
+    log_table = None
+    if plan.log_every:
+        log_table = {"step": np.arange(0, plan.cfg.steps + 1, plan.log_every), **dict(zip(names, np.asarray(log).T))}
+    return Trained(to_np(carry.params), checkpoints, log_table)
+
+
 def train(loss_fn: Callable, params, x, y, cfg: TrainingConfig, seed: int, *,
           metrics_fn: Callable | None = None, test: tuple[Any, Any] | None = None,
           progress: Callable[[int, int], None] | None = None) -> Trained:
@@ -137,106 +284,9 @@ def train(loss_fn: Callable, params, x, y, cfg: TrainingConfig, seed: int, *,
     Raises:
       TrainingDiverged: at the first chunk in which the loss became NaN or infinite.
     """
-    steps = cfg.steps
-    metrics_fn = metrics_fn or (lambda p, xb, yb: {"loss": loss_fn(p, xb, yb)})
-    ck_steps = checkpoint_steps(steps, cfg.checkpoints_log, cfg.checkpoints_linear)
-    log_every = cfg.log_every if cfg.log_every and steps else 0
-    metric_keys = _metric_keys(metrics_fn, params, x, y)
-    names = [f"{split}_{k}" for split in ("train", "test")[: 1 + (test is not None)] for k in metric_keys]
-    data = {"x": x, "y": y, "test": test}
-    opt = make_optimizer(cfg)
-    n = jax.tree.leaves(x)[0].shape[0]
-    minibatch = cfg.batch_size is not None and cfg.batch_size < n
-    recording = bool(len(ck_steps) or log_every)
-    dtype = jax.tree.leaves(params)[0].dtype
-
-    def evaluate(p, data):
-        values = [metrics_fn(p, data["x"], data["y"])]
-        if data["test"] is not None:
-            values.append(metrics_fn(p, *data["test"]))
-        return jnp.stack([jnp.asarray(v[k], dtype) for v in values for k in metric_keys])
-
-    def record(rec, p, t, data):
-        ck_params, ck_metrics, log = rec
-        is_ck = jnp.zeros((), bool)
-        if len(ck_steps):
-            ck = jnp.asarray(ck_steps)
-            j = jnp.clip(jnp.searchsorted(ck, t), 0, len(ck_steps) - 1)
-            is_ck = ck[j] == t
-        is_log = (t % log_every == 0) if log_every else jnp.zeros((), bool)
-        m = jax.lax.cond(is_ck | is_log, lambda q: evaluate(q, data), lambda q: jnp.full(len(names), jnp.nan, dtype), p)
-        if len(ck_steps):
-            ck_params = jax.lax.cond(is_ck, lambda b: jax.tree.map(lambda bi, pi: bi.at[j].set(pi), b, p),
-                                     lambda b: b, ck_params)
-            ck_metrics = ck_metrics.at[j].set(jnp.where(is_ck, m, ck_metrics[j]))
-        if log_every:
-            i = jnp.minimum(t // log_every, log.shape[0] - 1)
-            log = log.at[i].set(jnp.where(is_log, m, log[i]))
-        return ck_params, ck_metrics, log
-
-    def one_step(carry: _Carry, key, t, data):
-        if minibatch:
-            idx = jax.random.randint(key, (cfg.batch_size,), 0, n)
-            xb, yb = jax.tree.map(lambda a: a[idx], data["x"]), jax.tree.map(lambda a: a[idx], data["y"])
-        else:
-            xb, yb = data["x"], data["y"]
-        loss, grads = jax.value_and_grad(loss_fn)(carry.params, xb, yb)
-        updates, opt_state = opt.update(grads, carry.opt_state, carry.params)
-        p = optax.apply_updates(carry.params, updates)
-        first_bad = (carry.bad_step < 0) & ~jnp.isfinite(loss)
-        rec = record(carry.record, p, t + 1, data) if recording else carry.record
-        return _Carry(p, opt_state, jnp.where(first_bad, t, carry.bad_step),
-                      jnp.where(first_bad, loss, carry.bad_loss), rec)
-
-    chunk = math.ceil(steps / min(MAX_CHUNKS, steps)) if steps else 0
-    n_chunks = math.ceil(steps / chunk) if steps else 0
-
-    # Setup and chunks are each one compiled program (eager jnp calls would compile one small
-    # program per operation: on a GPU ~50 ms each, seconds of a quick run).
-    @jax.jit
-    def start(params, data):
-        rec = (None, None, None)
-        if recording:
-            k = len(ck_steps)
-            rec = (jax.tree.map(lambda a: jnp.zeros((k, *a.shape), a.dtype), params) if k else None,
-                   jnp.full((k, len(names)), jnp.nan, dtype) if k else None,
-                   jnp.full((steps // log_every + 1, len(names)), jnp.nan, dtype) if log_every else None)
-            rec = record(rec, params, jnp.int32(0), data)
-        return _Carry(params, opt.init(params), jnp.int32(-1), jnp.zeros((), dtype), rec)
-
-    @jax.jit
-    def run_chunk(carry: _Carry, c, data):
-        keys = jax.random.split(jax.random.key(seed), steps)
-        keys = jnp.concatenate([keys, keys[: n_chunks * chunk - steps]])  # padding, never used
-        ts = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
-
-        def body(c, xs):
-            key, t = xs
-            # Steps past the end (padding of the last chunk) leave the carry alone.
-            return jax.lax.cond(t < steps, lambda c: one_step(c, key, t, data), lambda c: c, c), None
-
-        return jax.lax.scan(body, carry, (jax.lax.dynamic_slice_in_dim(keys, c * chunk, chunk), ts))[0]
-
-    carry = start(params, data)
-    for c in range(n_chunks):
-        carry = run_chunk(carry, np.int32(c), data)
-        bad = int(carry.bad_step)
-        if bad >= 0:
-            raise TrainingDiverged(f"target training diverged: the loss became {float(carry.bad_loss)} at step "
-                                   f"{bad} ({describe(cfg)}); lower training.learning_rate or set training.clip_norm")
-        if progress is not None:
-            progress(min((c + 1) * chunk, steps), steps)
-    to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
-    ck_params, ck_metrics, log = carry.record
-    checkpoints = None
-    if len(ck_steps):
-        stacked = to_np(ck_params)
-        checkpoints = Checkpoints(ck_steps, [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(ck_steps))],
-                                  dict(zip(names, np.asarray(ck_metrics).T)))
-    log_table = None
-    if log_every:
-        log_table = {"step": np.arange(0, steps + 1, log_every), **dict(zip(names, np.asarray(log).T))}
-    return Trained(to_np(carry.params), checkpoints, log_table)
+    plan = _plan(loss_fn, params, x, y, cfg, seed, metrics_fn, test)
+    carry = _run(plan, params, {"x": x, "y": y, "test": test}, progress)
+    return _result(plan, carry)
 
 
 def full_loss_and_grad_norm(loss_fn: Callable, params, x, y) -> tuple[float, float]:

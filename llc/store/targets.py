@@ -1,0 +1,100 @@
+"""Stored targets: ``<root>/targets/tgt_<hash>/`` with meta.json, data.npz, params.npz and, when
+asked for, checkpoints.npz and training_log.csv; one line per stored target in ``_catalog.jsonl``.
+
+NumPy only: parameters come and go as lists of leaves (the pytree's ``jax.tree.leaves`` order);
+``llc.engine.targets`` flattens what it stores and rebuilds the pytrees from its templates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from llc.store import cache
+from llc.store.layout import TARGETS_DIR
+
+META_FILE = "meta.json"
+DATA_FILE = "data.npz"
+PARAMS_FILE = "params.npz"
+CHECKPOINTS_FILE = "checkpoints.npz"
+LOG_FILE = "training_log.csv"
+CATALOG_FILE = "_catalog.jsonl"
+
+
+def target_path(root: Path, target_id: str) -> Path:
+    return Path(root) / TARGETS_DIR / target_id
+
+
+def _leaves_npz(leaves: Sequence[Any]) -> dict[str, np.ndarray]:
+    return {f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+
+
+def save(root: Path, target_id: str, meta: dict[str, Any], data: dict[str, Any], params: Sequence[Any],
+         checkpoints: tuple[np.ndarray, Sequence[Any], dict[str, np.ndarray]] | None,
+         log: dict[str, Any] | None, catalog: dict[str, Any]) -> Path:
+    """Write a target's directory atomically, then append its ``catalog`` line.
+
+    ``data``: {"x", "y"[, "x_test", "y_test"]}; ``params``: the leaves of w*; ``checkpoints``:
+    (steps, leaves of the parameters stacked over checkpoints, {metric: per-checkpoint values})."""
+    final = target_path(root, target_id)
+    with cache.atomic_dir(final) as tmp:
+        np.savez(tmp / DATA_FILE, **data)
+        np.savez(tmp / PARAMS_FILE, **_leaves_npz(params))
+        if checkpoints is not None:
+            steps, stacked, metrics = checkpoints
+            np.savez(tmp / CHECKPOINTS_FILE, steps=steps, **_leaves_npz(stacked),
+                     **{f"metric_{k}": v for k, v in metrics.items()})
+        if log is not None:
+            with (tmp / LOG_FILE).open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(list(log))
+                writer.writerows(zip(*(np.asarray(v).tolist() for v in log.values())))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        cache.seal(tmp, {"id": target_id})  # last: every file with its checksum, marks it complete
+    path = Path(root) / TARGETS_DIR / CATALOG_FILE
+    with cache.file_lock(path.with_name(".catalog.lock")), path.open("a") as fh:
+        fh.write(json.dumps(catalog) + "\n")
+    return final
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / META_FILE).read_text())
+
+
+def read_params(path: Path) -> list[np.ndarray]:
+    """The leaves of w*, in stored order."""
+    with np.load(Path(path) / PARAMS_FILE) as fh:
+        return [fh[f"leaf_{i:04d}"] for i in range(len(fh.files))]
+
+
+def read_data(path: Path) -> dict[str, np.ndarray]:
+    with np.load(Path(path) / DATA_FILE) as fh:
+        return {k: fh[k] for k in fh.files}
+
+
+def read_checkpoints(path: Path, num_leaves: int) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray]] | None:
+    """(steps, stacked parameter leaves, {metric: per-checkpoint values}), or None without checkpoints."""
+    file = Path(path) / CHECKPOINTS_FILE
+    if not file.is_file():
+        return None
+    with np.load(file) as fh:
+        steps = fh["steps"]
+        stacked = [fh[f"leaf_{i:04d}"] for i in range(num_leaves)]
+        metrics = {k.removeprefix("metric_"): fh[k] for k in fh.files if k.startswith("metric_")}
+    return steps, stacked, metrics
+
+
+def read_training_log(path: Path) -> dict[str, np.ndarray] | None:
+    """The training log's columns ({"step", "train_loss", ...}), or None when none was logged."""
+    file = Path(path) / LOG_FILE
+    if not file.is_file():
+        return None
+    with file.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    columns = list(zip(*rows[1:])) if len(rows) > 1 else [()] * len(rows[0])
+    return {name: np.asarray(col, dtype=np.int64 if name == "step" else float)
+            for name, col in zip(rows[0], columns)}
