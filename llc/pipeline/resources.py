@@ -68,15 +68,10 @@ def estimate(cfg: RunConfig) -> dict[str, Any]:
     for name in cfg.samplers:
         sc = getattr(cfg, name)
         chains = sc.chains
-        item = 8 if getattr(sc, "dtype", "float64") == "float64" else 4
-        if name == "vi":
-            kept = sc.eval_samples
-            state = chains * d * item * (sc.components * (sc.rank + 2) * 3 + STATE_COPIES)
-            what = f"{chains} chains × {sc.components} components × rank {sc.rank} × {d} parameters"
-        else:
-            kept = getattr(sc, "burnin", 0) + sc.draws
-            state = chains * d * item * STATE_COPIES
-            what = f"{chains} chains × {d} parameters"
+        item = 8 if sc.dtype == "float64" else 4
+        extra, kept, per = sc.footprint()
+        state = chains * d * item * (extra + STATE_COPIES)
+        what = f"{chains} chains × {per}{d} parameters"
         # L_n of every draw is a full-batch forward pass of each chain.
         activations = chains * n * widths * item * ACTIVATION_COPIES
         records = chains * kept * (cfg.theta_proj_dim + RECORD_SLOTS) * 8 * RECORD_COPIES

@@ -126,7 +126,7 @@ def make(cfg: HMCConfig) -> driver.Algorithm:
 
     return driver.Algorithm(
         name="hmc", init=None, step=step, params=params,
-        static=(cfg.nuts, cfg.max_tree_depth if cfg.nuts else cfg.num_integration_steps, cfg.warmup),
+        static=cfg.signature(),
         chains=cfg.chains, draws=cfg.draws, flat=True, dtype=cfg.dtype, warmup=warmup,
         warmup_chains=1 if cfg.adaptation == "shared" else cfg.chains,
         loss_of=lambda state, problem: problem.loss_from_logdensity(state.position, state.logdensity),

@@ -257,7 +257,7 @@ def make(cfg: MCLMCConfig) -> driver.Algorithm:
 
     return driver.Algorithm(
         name="mclmc", init=None, step=step, params=params,
-        static=(cfg.integrator, cfg.warmup, cfg.energy_check_steps, cfg.diagonal_preconditioning),
+        static=cfg.signature(),
         chains=cfg.chains, draws=cfg.draws, steps_per_draw=cfg.eval_every, flat=True, dtype=cfg.dtype,
         warmup=warmup, warmup_chains=1 if cfg.adaptation == "shared" else cfg.chains,
         loss_of=lambda state, problem: problem.loss_from_logdensity(state.position, state.logdensity),

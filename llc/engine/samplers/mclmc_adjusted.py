@@ -110,7 +110,7 @@ def make(cfg: MCLMCAdjustedConfig) -> driver.Algorithm:
 
     return driver.Algorithm(
         name="mclmc_adjusted", init=None, step=step, params=params,
-        static=(cfg.integrator, cfg.warmup, cfg.diagonal_preconditioning, cfg.target_num_integration_steps),
+        static=cfg.signature(),
         chains=cfg.chains, draws=cfg.draws, flat=True, dtype=cfg.dtype, warmup=warmup,
         warmup_chains=1 if cfg.adaptation == "shared" else cfg.chains,
         loss_of=lambda state, problem: problem.loss_from_logdensity(state.position, state.logdensity),

@@ -61,6 +61,6 @@ def make(cfg: SGHMCConfig) -> driver.Algorithm:
         return work, {**info, "friction": cfg.friction}, {}
 
     return driver.Algorithm(
-        name="sghmc", init=init, step=step, params=params, static=(cfg.batch_size,),
+        name="sghmc", init=init, step=step, params=params, static=cfg.signature(),
         chains=cfg.chains, draws=cfg.draws, burnin=cfg.burnin, steps_per_draw=cfg.eval_every,
         dtype=cfg.dtype, summarize=summarize)

@@ -151,7 +151,7 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
     mala = cfg.mala_check and cfg.precond == "none"
     return driver.Algorithm(
         name="sgld", init=init, step=step, params=params,
-        static=(cfg.precond, cfg.bias_correction, cfg.batch_size, mala, cfg.mala_every if mala else None),
+        static=cfg.signature(),
         record=record if mala else None, record_prev=mala,
         chains=cfg.chains, draws=cfg.draws, burnin=cfg.burnin, steps_per_draw=cfg.eval_every,
         dtype=dtype, summarize=summarize)

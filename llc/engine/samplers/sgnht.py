@@ -59,6 +59,6 @@ def make(cfg: SGNHTConfig) -> driver.Algorithm:
         return work, {**info, "diffusion": cfg.diffusion, "xi_final_per_chain": [float(v) for v in stats["xi"][:, -1]]}, {}
 
     return driver.Algorithm(
-        name="sgnht", init=init, step=step, params=params, static=(cfg.batch_size,),
+        name="sgnht", init=init, step=step, params=params, static=cfg.signature(),
         chains=cfg.chains, draws=cfg.draws, burnin=cfg.burnin, steps_per_draw=cfg.eval_every,
         dtype=cfg.dtype, record=lambda infos, **_: {"xi": infos["xi"][-1]}, summarize=summarize)
