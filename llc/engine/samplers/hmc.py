@@ -26,6 +26,10 @@ from llc.engine import driver
 from llc.engine.samplers import fullbatch
 
 
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20): an ESS
+# of a few thousand per direction in a few seconds.
+GAUSSIAN_TEST = {"chains": 4, "draws": 1000, "warmup": 300}
+
 class HMCParams(NamedTuple):
     """Runtime hyperparameters; window adaptation replaces step_size and inverse_mass per chain."""
 

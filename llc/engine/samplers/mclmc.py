@@ -54,6 +54,9 @@ TUNE_FRACTIONS = (1 / 3, 1 / 3, 1 / 3)
 ENERGY_CHECK_ROUNDS = 3
 
 
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20).
+GAUSSIAN_TEST = {"chains": 4, "draws": 2000, "warmup": 1000}
+
 class MCLMCParams(NamedTuple):
     """Runtime hyperparameters; the tuner fills L, step_size and inverse_mass per chain."""
 

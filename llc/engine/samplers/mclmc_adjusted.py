@@ -36,6 +36,12 @@ from llc.engine.samplers import fullbatch
 TUNE_FRACTIONS = (1 / 3, 1 / 3)
 
 
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20).
+GAUSSIAN_TEST = {"chains": 4, "draws": 1500, "warmup": 1000}
+# Known defect: a run batched with others (even identical ones) tunes a step size ~1% off the one
+# it tunes alone, so its draws differ; the contract test expects this failure until it is fixed.
+BATCHED_EQUALS_ALONE = False
+
 class AdjustedMCLMCParams(NamedTuple):
     L: jax.Array
     step_size: jax.Array

@@ -25,6 +25,11 @@ from llc.config import SGLDConfig
 from llc.engine import driver
 
 
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20), precision 1:
+# eps = 0.02 biases the variance by eps/4 = 0.5% (Euler-Maruyama on a Gaussian), well inside the
+# Monte Carlo error; 50 steps per draw keep draws nearly independent.
+GAUSSIAN_TEST = {"chains": 4, "draws": 1500, "burnin": 20, "eval_every": 50, "step_size": 0.02, "batch_size": 32}
+
 class SGLDState(NamedTuple):
     position: Any
     m: Any  # first-moment estimate (Adam); () otherwise

@@ -76,6 +76,12 @@ BASELINE_DECAY = 0.9  # running mean of the ELBO integrand used as the score-gra
 SCALE_CLIP = 1e3  # whitened coordinate scales stay within [1/SCALE_CLIP, SCALE_CLIP] * sigma0
 
 
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20): one
+# component contains the posterior; its draws are independent. float64 as the evaluation under
+# x64, so that the draws are projected on the directions of the test's cfg.dtype.
+GAUSSIAN_TEST = {"components": 1, "rank": 0, "steps": 500, "eval_every": 50, "eval_samples": 2000, "batch_size": 32,
+                 "whitening_steps": 50, "dtype": "float64"}
+
 class VIState(NamedTuple):
     params: dict[str, jax.Array]
     opt_state: Any
