@@ -102,6 +102,27 @@ def test_make_passes_every_runtime_field_as_an_argument(name):
             f"{name}.{f.name} is not in make(cfg).params"
 
 
+# --------------------------------------------------------------------------- rules
+
+@pytest.mark.parametrize("name", NAMES)
+def test_run_config_rules(name):
+    """A minibatch sampler refuses a batch larger than n (one line naming the field); the CLI's
+    --chains / --draws set the fields the class names; steps per chain stay within int32."""
+    base = ["target.kind=quadratic", "data.n_data=1000", f"samplers={name}"]
+    cls = sampler_class(name)
+    assert registry.sampler(name).minibatch == issubclass(cls, config.MinibatchKind)
+    if registry.sampler(name).minibatch:
+        with pytest.raises(ConfigError, match=rf"^{name}\.batch_size: must be <= the target's n = 1000 "):
+            config.build_config(overrides=[*base, f"{name}.batch_size=1001"])
+    from llc.cli import _override_flags
+
+    cfg = config.build_config(overrides=[*base, *_override_flags(chains=3, draws=7)])
+    for flag, value in (("CHAINS_FIELD", 3), ("DRAWS_FIELD", 7)):
+        if getattr(cls, flag) is not None:
+            assert getattr(getattr(cfg, name), getattr(cls, flag)) == value
+    assert 0 < getattr(cfg, name).steps_per_chain() <= config.INT_MAX
+
+
 # --------------------------------------------------------------------------- Gaussian moments
 
 def _quadratic_loss(params, x, y):

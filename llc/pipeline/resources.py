@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any
 
-from llc.config import ConfigError, RunConfig, target_n
+from llc.config import ConfigError, RunConfig, sampler_class, target_n
 
 # Copies of a chain's parameter vector alive at once: position, momentum, gradient, mass matrix,
 # proposal, optimiser moments, plus vmap/scan temporaries.
@@ -127,8 +127,9 @@ def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None =
     if device_available == -1:
         device_available = available_device_memory()
     sampler, what = est["worst"]
-    hint = (f"largest part: {sampler} with {what}; lower --chains / --draws "
-            f"(or {sampler}.chains, {sampler}.draws)")
+    cls = sampler_class(sampler)
+    fields = ", ".join(f"{sampler}.{f}" for f in (cls.CHAINS_FIELD, cls.DRAWS_FIELD) if f)
+    hint = f"largest part: {sampler} with {what}; lower --chains / --draws (or {fields})"
     if device_available is not None and est["device"] > device_available:
         raise ConfigError(f"memory: this run needs about {_gb(est['device'])} of accelerator memory, "
                           f"{_gb(device_available)} is free; {hint}")
