@@ -12,7 +12,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from llc import registry
-from llc.config import ConfigError
+from llc.config import ConfigError, sampler_class
 
 
 def _flags_as_flags(params) -> None:
@@ -73,8 +73,8 @@ def _override_flags(**flags) -> list[str]:
         "n_data": ["data.n_data"], "dln_widths": ["target.dln.widths"], "dln_rank": ["target.dln.rank"],
         "samplers": ["samplers"], "sgld_precond": ["sgld.precond"], "sgld_beta1": ["sgld.beta1"],
         "sgld_beta2": ["sgld.beta2"], "sgld_eps": ["sgld.eps"], "sgld_bias_correction": ["sgld.bias_correction"],
-        "chains": [f"{s}.chains" for s in registry.SAMPLER_NAMES],
-        "draws": [f"{s}.draws" for s in registry.SAMPLER_NAMES if s != "vi"],
+        "chains": [f"{s}.{f}" for s in registry.SAMPLER_NAMES if (f := sampler_class(s).CHAINS_FIELD)],
+        "draws": [f"{s}.{f}" for s in registry.SAMPLER_NAMES if (f := sampler_class(s).DRAWS_FIELD)],
     }
     for name, value in flags.items():
         if value is None:
@@ -296,8 +296,9 @@ def calibrate(
     from llc.config import build_config
     from llc.pipeline import calibrate as cal
 
-    if reference not in ("none", "hmc"):
-        fail(f"--reference: {reference!r} is not allowed; choose one of none, hmc")
+    references = ("none", *registry.reference_names())
+    if reference not in references:
+        fail(f"--reference: {reference!r} is not allowed; choose one of {', '.join(references)}")
     overrides = _override_flags(target=target, quad_dim=quad_dim, dln_widths=dln_widths, dln_rank=dln_rank,
                                 n_data=n_data, chains=chains, draws=draws, seed=seed)
     try:

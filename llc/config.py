@@ -261,8 +261,68 @@ class PosteriorConfig:
     prior_radius: float | None = _f(None, gt=0.0, runtime=True)  # when set, gamma = d / radius**2
 
 
+class SamplerKind:
+    """What every sampler section says about itself (methods and class attributes, not fields).
+
+    Fields marked ``runtime=True`` are arguments of the compiled programs; every other field is
+    structural and enters ``signature()``, the compile-cache key of the sampler's programs.
+    """
+
+    # The field the CLI's --chains / --draws set in this section (None: the flag leaves it alone).
+    CHAINS_FIELD: ClassVar[str | None] = "chains"
+    DRAWS_FIELD: ClassVar[str | None] = "draws"
+    # Overrides ``llc calibrate`` applies to every grid point and resets (to the base config's
+    # values) in the preset it recommends.
+    CALIBRATION: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def section(cls) -> str:
+        """The sampler's name: its RunConfig section and registry entry."""
+        return next(s.name for s in registry.SAMPLERS.values() if s.config == cls.__name__)
+
+    def signature(self) -> tuple[tuple[str, Any], ...]:
+        """(name, value) of every non-runtime field: what the compiled programs bake in."""
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                     if not f.metadata.get("runtime"))
+
+    def unused(self) -> tuple[str, ...]:
+        """Fields that the other fields make irrelevant (left out of the run hash)."""
+        return ()
+
+    def check(self, run: RunConfig | None, n: int) -> None:
+        """Cross-field checks against the target's n (``run`` is None from the Python API); raise
+        ConfigError with one line."""
+
+    def steps_per_chain(self) -> int:
+        """Transitions of one chain's longest loop (an int32 counter)."""
+        return self.draws
+
+    def footprint(self) -> tuple[int, int, str]:
+        """Memory-estimate inputs: (floats per parameter per chain held besides the driver's
+        working copies, recorded draws per chain, what multiplies the parameters in a message)."""
+        return 0, self.draws, ""
+
+
+class MinibatchKind(SamplerKind):
+    """A sampler of minibatch gradients; the SG-MCMC ones record L_n every ``eval_every`` steps
+    after ``burnin`` recorded draws."""
+
+    def check(self, run: RunConfig | None, n: int) -> None:
+        if self.batch_size > n:
+            raise ConfigError(f"{self.section()}.batch_size: must be <= the target's n = {n} training examples, "
+                              f"got {self.batch_size}")
+
+    def steps_per_chain(self) -> int:
+        return (self.burnin + self.draws) * self.eval_every
+
+    def footprint(self) -> tuple[int, int, str]:
+        return 0, self.burnin + self.draws, ""
+
+
 @dataclass(frozen=True)
-class SGLDConfig:
+class SGLDConfig(MinibatchKind):
+    CALIBRATION: ClassVar[dict[str, Any]] = {"mala_check": True}  # record the MALA acceptance
+
     step_size: float = _f(1e-4, gt=0.0, runtime=True)  # epsilon: drift eps/2 * grad, noise variance eps
     batch_size: int = _f(256, gt=0)
     chains: int = _f(4, gt=0)
@@ -281,9 +341,14 @@ class SGLDConfig:
     mala_every: int = _f(10, gt=0)
     dtype: str = _f("float32", choices=DTYPES)
 
+    def unused(self) -> tuple[str, ...]:
+        if self.precond == "none":
+            return ("beta1", "beta2", "eps", "bias_correction")  # preconditioner settings
+        return ()
+
 
 @dataclass(frozen=True)
-class SGHMCConfig:
+class SGHMCConfig(MinibatchKind):
     """Stochastic-gradient HMC (Chen et al. 2014): underdamped Langevin with friction, minibatched."""
 
     step_size: float = _f(1e-3, gt=0.0, runtime=True)  # h: time step of the Euler solver (BlackJAX diffusions.sghmc)
@@ -297,7 +362,7 @@ class SGHMCConfig:
 
 
 @dataclass(frozen=True)
-class SGNHTConfig:
+class SGNHTConfig(MinibatchKind):
     """Stochastic-gradient Nose-Hoover thermostat (Ding et al. 2014), minibatched."""
 
     step_size: float = _f(1e-3, gt=0.0, runtime=True)  # h, as for SGHMC
@@ -311,7 +376,7 @@ class SGNHTConfig:
 
 
 @dataclass(frozen=True)
-class HMCConfig:
+class HMCConfig(SamplerKind):
     chains: int = _f(4, gt=0)
     draws: int = _f(500, gt=0)
     warmup: int = _f(300, ge=0)
@@ -328,7 +393,7 @@ class HMCConfig:
 
 
 @dataclass(frozen=True)
-class MCLMCConfig:
+class MCLMCConfig(SamplerKind):
     chains: int = _f(4, gt=0)
     draws: int = _f(1000, gt=0)
     eval_every: int = _f(2, gt=0)  # integrator steps between recorded draws
@@ -347,9 +412,12 @@ class MCLMCConfig:
     adaptation: str = _f("per_chain", choices=("per_chain", "shared"))
     dtype: str = _f("float64", choices=DTYPES)
 
+    def steps_per_chain(self) -> int:
+        return self.draws * self.eval_every
+
 
 @dataclass(frozen=True)
-class MCLMCAdjustedConfig:
+class MCLMCAdjustedConfig(SamplerKind):
     chains: int = _f(4, gt=0)
     draws: int = _f(500, gt=0)
     warmup: int = _f(1000, ge=0)
@@ -364,11 +432,13 @@ class MCLMCAdjustedConfig:
 
 
 @dataclass(frozen=True)
-class VIConfig:
+class VIConfig(MinibatchKind):
     """Mixture-of-factor-analysers variational estimator (llc.engine.samplers.vi; seed 003).
 
     Seed names: M = components, r = rank, lr = learning_rate. gamma is posterior.gamma.
     """
+
+    DRAWS_FIELD: ClassVar[str | None] = None  # its draws are eval_samples draws of the fitted q
 
     components: int = _f(8, gt=0)  # M: mixture components
     rank: int = _f(2, ge=0)  # r: low-rank factor columns per component
@@ -397,6 +467,25 @@ class VIConfig:
     cv_probes: int = _f(64, gt=0)  # Hutchinson probes above cv_exact_max_dim
     tensorboard: bool = _f(False)  # also write the trace as TensorBoard scalars (<run>/tensorboard/vi)
     dtype: str = _f("float32", choices=DTYPES)
+
+    def check(self, run: RunConfig | None, n: int) -> None:
+        super().check(run, n)
+        if self.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+            raise ConfigError("vi.tensorboard: needs the tensorboardX package; pip install 'llc[tensorboard]' "
+                              "(the same scalars are always saved in vi.nc)")
+        if self.steps % self.eval_every:
+            raise ConfigError(f"vi.steps: must be a multiple of vi.eval_every ({self.eval_every}), got {self.steps}")
+        if self.r_per_component is not None and len(self.r_per_component) != self.components:
+            raise ConfigError(f"vi.r_per_component: needs vi.components = {self.components} entries, "
+                              f"got {len(self.r_per_component)}")
+
+    def steps_per_chain(self) -> int:
+        return self.steps
+
+    def footprint(self) -> tuple[int, int, str]:
+        # Each component's mean, factor columns and diagonal, with their two Adam moments.
+        return (self.components * (self.rank + 2) * 3, self.eval_samples,
+                f"{self.components} components × rank {self.rank} × ")
 
 
 @dataclass(frozen=True)
@@ -564,18 +653,9 @@ def _validate_tree(obj: Any, prefix: str = "") -> None:
             _check_constraints(value, f.metadata, path)
 
 
-def check_vi(cfg: VIConfig, n_data: int) -> None:
-    """Cross-field checks of the VI options (also used by the Python API, which has no RunConfig)."""
-    if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
-        raise ConfigError("vi.tensorboard: needs the tensorboardX package; pip install 'llc[tensorboard]' "
-                          "(the same scalars are always saved in vi.nc)")
-    if cfg.batch_size > n_data:
-        raise ConfigError(f"vi.batch_size: must be <= data.n_data ({n_data}), got {cfg.batch_size}")
-    if cfg.steps % cfg.eval_every:
-        raise ConfigError(f"vi.steps: must be a multiple of vi.eval_every ({cfg.eval_every}), got {cfg.steps}")
-    if cfg.r_per_component is not None and len(cfg.r_per_component) != cfg.components:
-        raise ConfigError(f"vi.r_per_component: needs vi.components = {cfg.components} entries, "
-                          f"got {len(cfg.r_per_component)}")
+def sampler_class(name: str) -> type[SamplerKind]:
+    """The config class of a registered sampler (its [<name>] section)."""
+    return globals()[registry.sampler(name).config]
 
 
 def active_target(cfg: RunConfig) -> TargetKind:
@@ -599,17 +679,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"training.weight_decay: only training.optimizer=adamw uses it (optimizer is "
                           f"{tr.optimizer}); set it to 0 or choose adamw")
     n = target_n(cfg)
-    if "vi" in cfg.samplers:
-        check_vi(cfg.vi, n)
     for name in cfg.samplers:
-        sc = getattr(cfg, name)
-        steps = (getattr(sc, "burnin", 0) + getattr(sc, "draws", 0)) * getattr(sc, "eval_every", 1)
+        section: SamplerKind = getattr(cfg, name)
+        section.check(cfg, n)
+        steps = section.steps_per_chain()
         if steps > INT_MAX:
-            raise ConfigError(f"{name}.draws: (burnin + draws) x eval_every = {steps} steps per chain exceeds "
-                              f"{INT_MAX}; lower {name}.draws")
-    if "sgld" in cfg.samplers and cfg.sgld.batch_size > n:
-        raise ConfigError(f"sgld.batch_size: must be <= the target's n = {n} training examples, "
-                          f"got {cfg.sgld.batch_size}")
+            raise ConfigError(f"{name}.{section.DRAWS_FIELD or 'steps'}: {steps} steps per chain exceeds {INT_MAX} "
+                              f"(int32); lower it")
     return cfg
 
 
@@ -779,9 +855,9 @@ def normalized(cfg: RunConfig) -> dict[str, Any]:
     for name in SAMPLERS:
         if name not in cfg.samplers:
             full.pop(name, None)
-    if "sgld" in full and cfg.sgld.precond == "none":
-        for name in ("beta1", "beta2", "eps", "bias_correction"):  # preconditioner settings, unused
-            full["sgld"].pop(name)
+    for name in cfg.samplers:
+        for unused in getattr(cfg, name).unused():
+            full[name].pop(unused)
     for name in ("target", "data", "training"):
         full.pop(name)
     full.update(target_section(cfg))

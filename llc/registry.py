@@ -24,6 +24,9 @@ class SamplerSpec:
     # A Markov chain run by the driver (module exposes ``make``): runs that differ in runtime values
     # share one vmapped program. VI, an optimiser, exposes its own ``run`` and runs one run at a time.
     batched: bool = True
+    # Asymptotically exact and tuned without user input: the yardstick other samplers are compared
+    # with (``llc calibrate --reference``, the figures ``llc promote`` picks).
+    reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class TargetSpec:
 
 SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("sgld", "llc.engine.samplers.sgld", "SGLDConfig", "SGLD", "#1f77b4", 0, True),
-    SamplerSpec("hmc", "llc.engine.samplers.hmc", "HMCConfig", "HMC", "#ff7f0e", 1, False),
+    SamplerSpec("hmc", "llc.engine.samplers.hmc", "HMCConfig", "HMC", "#ff7f0e", 1, False, reference=True),
     SamplerSpec("mclmc", "llc.engine.samplers.mclmc", "MCLMCConfig", "MCLMC", "#2ca02c", 2, False),
     SamplerSpec("mclmc_adjusted", "llc.engine.samplers.mclmc_adjusted", "MCLMCAdjustedConfig",
                 "adjusted MCLMC", "#d62728", 3, False),
@@ -67,6 +70,11 @@ def sampler(name: str) -> SamplerSpec:
 def batched_names() -> tuple[str, ...]:
     """The samplers the driver runs (Markov chains), in registry order."""
     return tuple(n for n, s in SAMPLERS.items() if s.batched)
+
+
+def reference_names() -> tuple[str, ...]:
+    """The samplers that can serve as reference, in registry order."""
+    return tuple(n for n, s in SAMPLERS.items() if s.reference)
 
 
 def label(name: str) -> str:

@@ -58,7 +58,8 @@ class Algorithm(NamedTuple):
     """A sampler as the driver sees it; built by a sampler module's ``make(cfg)``.
 
     ``params`` is a pytree of runtime hyperparameters (arrays, shared by the chains);
-    ``static`` the hashable structural options that shape the compiled program.
+    ``static`` the hashable structural options that shape the compiled program: the config's
+    ``SamplerKind.signature()``, every field not marked runtime.
     """
 
     name: str

@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any
 
-from llc.config import ConfigError, RunConfig, target_n
+from llc.config import ConfigError, RunConfig, sampler_class, target_n
 
 # Copies of a chain's parameter vector alive at once: position, momentum, gradient, mass matrix,
 # proposal, optimiser moments, plus vmap/scan temporaries.
@@ -68,15 +68,10 @@ def estimate(cfg: RunConfig) -> dict[str, Any]:
     for name in cfg.samplers:
         sc = getattr(cfg, name)
         chains = sc.chains
-        item = 8 if getattr(sc, "dtype", "float64") == "float64" else 4
-        if name == "vi":
-            kept = sc.eval_samples
-            state = chains * d * item * (sc.components * (sc.rank + 2) * 3 + STATE_COPIES)
-            what = f"{chains} chains × {sc.components} components × rank {sc.rank} × {d} parameters"
-        else:
-            kept = getattr(sc, "burnin", 0) + sc.draws
-            state = chains * d * item * STATE_COPIES
-            what = f"{chains} chains × {d} parameters"
+        item = 8 if sc.dtype == "float64" else 4
+        extra, kept, per = sc.footprint()
+        state = chains * d * item * (extra + STATE_COPIES)
+        what = f"{chains} chains × {per}{d} parameters"
         # L_n of every draw is a full-batch forward pass of each chain.
         activations = chains * n * widths * item * ACTIVATION_COPIES
         records = chains * kept * (cfg.theta_proj_dim + RECORD_SLOTS) * 8 * RECORD_COPIES
@@ -132,8 +127,9 @@ def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None =
     if device_available == -1:
         device_available = available_device_memory()
     sampler, what = est["worst"]
-    hint = (f"largest part: {sampler} with {what}; lower --chains / --draws "
-            f"(or {sampler}.chains, {sampler}.draws)")
+    cls = sampler_class(sampler)
+    fields = ", ".join(f"{sampler}.{f}" for f in (cls.CHAINS_FIELD, cls.DRAWS_FIELD) if f)
+    hint = f"largest part: {sampler} with {what}; lower --chains / --draws (or {fields})"
     if device_available is not None and est["device"] > device_available:
         raise ConfigError(f"memory: this run needs about {_gb(est['device'])} of accelerator memory, "
                           f"{_gb(device_available)} is free; {hint}")

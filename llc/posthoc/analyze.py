@@ -258,7 +258,8 @@ def promote(run: str | Path | None = None, root: Path = Path("artifacts"), out: 
     chosen = parse_which(samplers) or run_samplers(run_dir) or list(SAMPLER_ORDER)
     owners = {_owner(p.name) for p in run_dir.glob("*.png")}  # also works on an `llc analyze --out` folder
     present = [s for s in chosen if s in owners]
-    ref = "hmc" if "hmc" in present else (present[0] if present else None)
+    refs = [s for s in present if s in registry.reference_names()]
+    ref = (refs or present or [None])[0]
     pairs: list[tuple[str, str]] = [(pat.format(s=s), pat.format(s=s)) for s in present for pat in PROMOTE_PER_SAMPLER]
     for dst, src in PROMOTE_SINGLE:
         owner = src.split("_", 1)[0]

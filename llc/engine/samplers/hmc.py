@@ -26,6 +26,10 @@ from llc.engine import driver
 from llc.engine.samplers import fullbatch
 
 
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20): an ESS
+# of a few thousand per direction in a few seconds.
+GAUSSIAN_TEST = {"chains": 4, "draws": 1000, "warmup": 300}
+
 class HMCParams(NamedTuple):
     """Runtime hyperparameters; window adaptation replaces step_size and inverse_mass per chain."""
 
@@ -126,7 +130,7 @@ def make(cfg: HMCConfig) -> driver.Algorithm:
 
     return driver.Algorithm(
         name="hmc", init=None, step=step, params=params,
-        static=(cfg.nuts, cfg.max_tree_depth if cfg.nuts else cfg.num_integration_steps, cfg.warmup),
+        static=cfg.signature(),
         chains=cfg.chains, draws=cfg.draws, flat=True, dtype=cfg.dtype, warmup=warmup,
         warmup_chains=1 if cfg.adaptation == "shared" else cfg.chains,
         loss_of=lambda state, problem: problem.loss_from_logdensity(state.position, state.logdensity),

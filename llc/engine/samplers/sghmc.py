@@ -26,6 +26,12 @@ from llc.engine import driver
 from llc.engine.samplers.sgld import gaussian_like, minibatch_work
 
 
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20): time step
+# 0.02 at unit precision (Euler bias O(h), ~1% in the variance); friction 1 and one draw per unit
+# of time keep draws nearly independent.
+GAUSSIAN_TEST = {"chains": 4, "draws": 1500, "burnin": 20, "eval_every": 50, "step_size": 0.02, "friction": 1.0,
+                 "batch_size": 32}
+
 class SGHMCState(NamedTuple):
     position: Any
     momentum: Any
@@ -61,6 +67,6 @@ def make(cfg: SGHMCConfig) -> driver.Algorithm:
         return work, {**info, "friction": cfg.friction}, {}
 
     return driver.Algorithm(
-        name="sghmc", init=init, step=step, params=params, static=(cfg.batch_size,),
+        name="sghmc", init=init, step=step, params=params, static=cfg.signature(),
         chains=cfg.chains, draws=cfg.draws, burnin=cfg.burnin, steps_per_draw=cfg.eval_every,
         dtype=cfg.dtype, summarize=summarize)

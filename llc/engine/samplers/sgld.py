@@ -25,6 +25,11 @@ from llc.config import SGLDConfig
 from llc.engine import driver
 
 
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20), precision 1:
+# eps = 0.02 biases the variance by eps/4 = 0.5% (Euler-Maruyama on a Gaussian), well inside the
+# Monte Carlo error; 50 steps per draw keep draws nearly independent.
+GAUSSIAN_TEST = {"chains": 4, "draws": 1500, "burnin": 20, "eval_every": 50, "step_size": 0.02, "batch_size": 32}
+
 class SGLDState(NamedTuple):
     position: Any
     m: Any  # first-moment estimate (Adam); () otherwise
@@ -151,7 +156,7 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
     mala = cfg.mala_check and cfg.precond == "none"
     return driver.Algorithm(
         name="sgld", init=init, step=step, params=params,
-        static=(cfg.precond, cfg.bias_correction, cfg.batch_size, mala, cfg.mala_every if mala else None),
+        static=cfg.signature(),
         record=record if mala else None, record_prev=mala,
         chains=cfg.chains, draws=cfg.draws, burnin=cfg.burnin, steps_per_draw=cfg.eval_every,
         dtype=dtype, summarize=summarize)

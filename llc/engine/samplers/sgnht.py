@@ -27,6 +27,10 @@ from llc.engine.samplers.sghmc import like
 from llc.engine.samplers.sgld import gaussian_like, minibatch_work
 
 
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20), as SGHMC's.
+GAUSSIAN_TEST = {"chains": 4, "draws": 1500, "burnin": 20, "eval_every": 50, "step_size": 0.02, "diffusion": 1.0,
+                 "batch_size": 32}
+
 class SGNHTState(NamedTuple):
     position: Any
     momentum: Any
@@ -59,6 +63,6 @@ def make(cfg: SGNHTConfig) -> driver.Algorithm:
         return work, {**info, "diffusion": cfg.diffusion, "xi_final_per_chain": [float(v) for v in stats["xi"][:, -1]]}, {}
 
     return driver.Algorithm(
-        name="sgnht", init=init, step=step, params=params, static=(cfg.batch_size,),
+        name="sgnht", init=init, step=step, params=params, static=cfg.signature(),
         chains=cfg.chains, draws=cfg.draws, burnin=cfg.burnin, steps_per_draw=cfg.eval_every,
         dtype=cfg.dtype, record=lambda infos, **_: {"xi": infos["xi"][-1]}, summarize=summarize)

@@ -56,7 +56,6 @@ TensorBoard: with ``tensorboard=true`` the run writes the trace as scalars under
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Any, NamedTuple
@@ -66,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from llc.config import VIConfig, check_vi, runtime_fields
+from llc.config import VIConfig
 from llc.engine.posterior import Posterior, cast
 from llc.engine import driver
 from llc.engine.samplers import vi_eval
@@ -76,6 +75,12 @@ COLLAPSE_THRESHOLD = 0.99  # a mixture (M > 1) with a weight above this is flagg
 BASELINE_DECAY = 0.9  # running mean of the ELBO integrand used as the score-gradient baseline
 SCALE_CLIP = 1e3  # whitened coordinate scales stay within [1/SCALE_CLIP, SCALE_CLIP] * sigma0
 
+
+# Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20): one
+# component contains the posterior; its draws are independent. float64 as the evaluation under
+# x64, so that the draws are projected on the directions of the test's cfg.dtype.
+GAUSSIAN_TEST = {"components": 1, "rank": 0, "steps": 500, "eval_every": 50, "eval_samples": 2000, "batch_size": 32,
+                 "whitening_steps": 50, "dtype": "float64"}
 
 class VIState(NamedTuple):
     params: dict[str, jax.Array]
@@ -87,7 +92,7 @@ class VIState(NamedTuple):
 # --------------------------------------------------------------------------- checks and setup
 
 def _check(cfg: VIConfig, n: int) -> tuple[int, ...]:
-    check_vi(cfg, n)
+    cfg.check(None, n)
     return tuple(cfg.r_per_component) if cfg.r_per_component is not None else (cfg.rank,) * cfg.components
 
 
@@ -138,14 +143,10 @@ def hyperparameters(post: Posterior, cfg: VIConfig, dtype) -> dict[str, np.ndarr
     return {k: np.asarray(v, dtype) for k, v in values.items()}
 
 
-_RUNTIME = {f.rpartition(".")[2] for f in runtime_fields() if f.startswith("vi.")}
-
-
 def _program_key(cfg: VIConfig, post: Posterior, what: str, *extra) -> tuple:
     """What a VI program bakes in: the structural options (not the runtime fields), the loss, n and
     the parameter tree (``unravel``); shapes and dtypes of the arguments are added by the cache."""
-    static = tuple((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in _RUNTIME)
-    return ("vi", what, static, post.loss_fn, post.n, driver.signature(post.w_star), jax.config.jax_enable_x64,
+    return ("vi", what, cfg.signature(), post.loss_fn, post.n, driver.signature(post.w_star), jax.config.jax_enable_x64,
             *extra)
 
 
