@@ -22,7 +22,7 @@ from llc.engine.driver import SamplerOutput
 from llc.engine.posterior import make_posterior
 from llc.pipeline import sampling
 
-_SAMPLER_CONFIGS = {name: getattr(C, spec.config) for name, spec in registry.SAMPLERS.items()}
+_SAMPLER_CONFIGS = {name: C.sampler_class(name) for name in registry.SAMPLERS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _build(cls: type, values: dict[str, Any] | Any | None, section: str):
     cfg = cls()
     for key, value in dict(values).items():
         cfg = C.set_field(cfg, key, value, from_text=False)
-    C._validate_tree(cfg, prefix=f"{section}.")
+    C.validate_tree(cfg, prefix=f"{section}.")
     return cfg
 
 
@@ -137,6 +137,7 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     loss_fn = _as_loss_fn(model)
     _check_inputs(model, loss_fn, params, x, y, pcfg)
     post = make_posterior(loss_fn, params, x, y, pcfg)
+    scfg.check(None, post.n)
     key = jax.random.key(seed)
     out = sampling.sample_one(sampler, post, scfg, key, proj_dim=proj_dim)
     metrics = sampling.evaluate(out, post)

@@ -641,13 +641,13 @@ def _check_constraints(value: Any, meta: typing.Mapping[str, Any], path: str) ->
                     f"{path}: {item!r} is not allowed; choose from {', '.join(meta['item_choices'])}")
 
 
-def _validate_tree(obj: Any, prefix: str = "") -> None:
+def validate_tree(obj: Any, prefix: str = "") -> None:
     hints = _resolved_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            _validate_tree(value, prefix=f"{path}.")
+            validate_tree(value, prefix=f"{path}.")
         else:
             _check_type(value, hints[f.name], path)
             _check_constraints(value, f.metadata, path)
@@ -670,7 +670,7 @@ def target_n(cfg: RunConfig) -> int:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError (one line, naming the field) for anything unusable; return cfg."""
-    _validate_tree(cfg)
+    validate_tree(cfg)
     if len(set(cfg.samplers)) != len(cfg.samplers):
         raise ConfigError(f"samplers: duplicated entry in {','.join(cfg.samplers)}")
     active_target(cfg).check(cfg)

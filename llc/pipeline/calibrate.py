@@ -58,6 +58,7 @@ class Plan:
     axes: dict[str, tuple]  # dotted field -> values, in grid order
     points: tuple[dict[str, Any], ...]  # one mapping of the axes' fields per point
     cfgs: tuple[RunConfig, ...]
+    restore: dict[str, Any] = dataclasses.field(default_factory=dict)  # undoes the sampler's CALIBRATION
 
 
 def _step_field(sampler: str) -> str:
@@ -92,8 +93,9 @@ def plan(base: RunConfig, sampler: str = "sgld", grid: list[str] | None = None) 
         raise ConfigError(f"sampler: {sampler!r} is not a Markov chain; calibrate one of "
                           + ", ".join(registry.batched_names()))
     base = validate(dataclasses.replace(base, samplers=(sampler,), save_plots=False))
-    if sampler == "sgld":
-        base = dataclasses.replace(base, sgld=dataclasses.replace(base.sgld, mala_check=True))
+    section = getattr(base, sampler)
+    restore = {k: getattr(section, k) for k in section.CALIBRATION}  # the recommended preset's values
+    base = dataclasses.replace(base, **{sampler: dataclasses.replace(section, **section.CALIBRATION)})
     axes = parse_grid(grid) if grid else default_axes(base, sampler)
     points, cfgs = [], []
     for values in itertools.product(*axes.values()):
@@ -105,7 +107,7 @@ def plan(base: RunConfig, sampler: str = "sgld", grid: list[str] | None = None) 
         points.append({k: get_field(cfg, k) for k in axes})
         cfgs.append(cfg)
     typed = {k: tuple(dict.fromkeys(pt[k] for pt in points)) for k in axes}  # parsed values, grid order
-    return Plan(base, sampler, typed, tuple(points), tuple(cfgs))
+    return Plan(base, sampler, typed, tuple(points), tuple(cfgs), restore)
 
 
 def calibration_id(p: Plan) -> str:
@@ -190,7 +192,7 @@ def recommend(p: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not good:
         return {"index": None, "line": line, "why": (f"no point on the line {base_vals or ''} is healthy: every one has a flag, "
                                        f"R-hat >= {RHAT_MAX}" + (f" or MALA acceptance < {MALA_MIN}" if
-                                                                p.sampler == "sgld" else ""))}
+                                                                "mala_check" in p.restore else ""))}
     anchor = rows[good[0]]
     plateau = [good[0]]
     for i in good[1:]:
@@ -278,12 +280,12 @@ def calibrate(p: Plan, root: Path | str, *, reference: str = "none", skip: bool 
     rows = result["rows"]
     rec = recommend(p, rows)
     ref = None
-    if reference == "hmc":
+    if reference in registry.reference_names():
         from llc.pipeline.experiment import run_experiment
 
-        hcfg = validate(dataclasses.replace(p.base, samplers=("hmc",)))
-        hres = run_experiment(hcfg, root, log=log)["samplers"]["hmc"]
-        ref = {"kind": "hmc", "llc_mean": hres["llc_mean"], "llc_se": hres["llc_se"]}
+        rcfg = validate(dataclasses.replace(p.base, samplers=(reference,)))
+        rres = run_experiment(rcfg, root, log=log)["samplers"][reference]
+        ref = {"kind": reference, "llc_mean": rres["llc_mean"], "llc_se": rres["llc_se"]}
     elif rows[0]["analytic_llc"] is not None:  # the analytic value of the base line (it depends on gamma, n*beta)
         at = rec["index"] if rec["index"] is not None else rec["line"][0]
         ref = {"kind": "analytic", "llc_mean": rows[at]["analytic_llc"], "llc_se": 0.0}
@@ -304,8 +306,8 @@ def calibrate(p: Plan, root: Path | str, *, reference: str = "none", skip: bool 
         _write_netcdf(tmp / "calibration.nc", p, result)
         if chosen_cfg is not None:
             preset = dataclasses.replace(chosen_cfg, samplers=p.base.samplers, save_plots=True)
-            if p.sampler == "sgld":
-                preset = dataclasses.replace(preset, sgld=dataclasses.replace(preset.sgld, mala_check=False))
+            preset = dataclasses.replace(preset, **{p.sampler: dataclasses.replace(getattr(preset, p.sampler),
+                                                                                   **p.restore)})
             header = f"# Recommended by llc calibrate {cid}: {rec['why']}\n"
             (tmp / "recommended.toml").write_text(header + to_toml(to_dict(preset)))
             summary["preset"] = str(out_dir / "recommended.toml")

@@ -109,7 +109,7 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
     if not spec.batched:
         raise C.ConfigError(f"sampler: {sampler!r} has no Markov chain to batch over checkpoints; choose one of "
                             + ", ".join(registry.batched_names()))
-    scfg = sampler_cfg if sampler_cfg is not None else getattr(C, spec.config)()
+    scfg = sampler_cfg if sampler_cfg is not None else C.sampler_class(sampler)()
     pcfg = posterior_cfg if posterior_cfg is not None else C.PosteriorConfig()
     steps = [int(s) for s in data.steps]
     todo = [i for i, s in enumerate(steps) if _load_point(_point_file(out_dir, s)) is None]
