@@ -153,12 +153,31 @@ class MLPTargetConfig(TargetKind):
 
 @dataclass(frozen=True)
 class QuadraticTargetConfig(TargetKind):
-    """L_n(theta) = ||theta||^2 / 2 at w* = 0: lambda = dim/2 (analytic check); n from data.n_data."""
+    """L_n(theta) = sum_i h_i theta_i^2 / 2 at w* = 0 (h_i = 1 unless ``eigenvalues`` says): lambda = half
+    the number of nonzero h_i, and the localized estimate is exact at any n*beta, gamma; n from data.n_data."""
 
     SHARED: ClassVar[dict[str, tuple[str, ...] | None]] = {"data": ("n_data",)}
     SEEDED: ClassVar[bool] = False
 
     dim: int = _f(4, gt=0)
+    # Hessian eigenvalues h_i, L_n = 0.5 * sum_i h_i theta_i^2 (dim entries, each >= 0; 0 = a flat
+    # direction): curvature spread over orders of magnitude, still exact at finite n*beta and gamma.
+    # None: every h_i = 1.
+    eigenvalues: tuple[float, ...] | None = _f(None)
+
+    def check(self, run: RunConfig) -> None:
+        if self.eigenvalues is None:
+            return
+        if len(self.eigenvalues) != self.dim:
+            raise ConfigError(f"target.quadratic.eigenvalues: needs target.quadratic.dim = {self.dim} entries, "
+                              f"got {len(self.eigenvalues)}")
+        if min(self.eigenvalues) < 0:
+            raise ConfigError(f"target.quadratic.eigenvalues: every entry must be >= 0 (a Hessian eigenvalue at "
+                              f"the minimum), got {min(self.eigenvalues)!r}")
+        post = run.posterior
+        if 0 in self.eigenvalues and post.gamma == 0 and post.prior_radius is None:
+            raise ConfigError("posterior.gamma: a zero eigenvalue (flat direction) needs gamma > 0, else the "
+                              "posterior is improper; got 0")
 
 
 @dataclass(frozen=True)

@@ -212,18 +212,26 @@ def _as_real(value, name: str, *, strictly_positive: bool) -> float:
     return value
 
 
-def quadratic_learning_coefficient(dim: int, n: int, beta: float, gamma: float) -> float:
-    """Exact finite-gamma LLC estimate for L(theta) = |theta|^2 / 2 at theta* = 0.
+def quadratic_learning_coefficient(dim: int, n: int, beta: float, gamma: float,
+                                   eigenvalues: Sequence[float] | None = None) -> float:
+    """Exact finite-gamma LLC estimate for L(theta) = sum_i h_i theta_i^2 / 2 at theta* = 0.
 
-    The localized tempered posterior
-    exp(-n beta L(theta) - gamma/2 |theta|^2) is Gaussian with precision
-    n beta + gamma per coordinate, so E[L] = dim / (2 (n beta + gamma)) and
-    the estimator n beta (E[L] - L(0)) equals (dim / 2) n beta / (n beta + gamma).
-    It tends to the true value dim / 2 as gamma / (n beta) -> 0.
+    The localized tempered posterior exp(-n beta L(theta) - gamma/2 |theta|^2) is Gaussian with
+    precision n beta h_i + gamma in coordinate i, so E[h_i theta_i^2 / 2] = h_i / (2 (n beta h_i +
+    gamma)) and the estimator n beta (E[L] - L(0)) equals sum_i (1/2) n beta h_i / (n beta h_i + gamma):
+    (dim / 2) n beta / (n beta + gamma) when every h_i = 1 (``eigenvalues`` None). It tends to half the
+    number of nonzero h_i as gamma / (n beta h_i) -> 0; a flat direction (h_i = 0) adds nothing.
     """
     d = _as_int(dim, "dim", 1)
     n = _as_int(n, "n", 1)
     b = _as_real(beta, "beta", strictly_positive=True)
     g = _as_real(gamma, "gamma", strictly_positive=False)
     nb = n * b
-    return 0.5 * d * nb / (nb + g)
+    if eigenvalues is None:
+        return 0.5 * d * nb / (nb + g)
+    hs = [_as_real(h, "eigenvalue", strictly_positive=False) for h in eigenvalues]
+    if len(hs) != d:
+        raise ValueError(f"eigenvalues: needs dim = {d} entries, got {len(hs)}")
+    if g == 0 and 0.0 in hs:
+        raise ValueError("gamma must be > 0 when an eigenvalue is 0 (the posterior is improper otherwise)")
+    return float(sum(0.5 * nb * h / (nb * h + g) for h in hs))

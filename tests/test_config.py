@@ -128,6 +128,12 @@ def test_unused_training_fields_leave_the_hash_alone():
     (["target.kind=modular", "target.modular.p=3", "target.modular.train_frac=0.01"], "target.modular.train_frac: leaves 0"),
     (["target.kind=modular", "target.modular.op=divide"], "target.modular.op: 'divide' is not allowed"),
     (["target.kind=modular", "target.modular.p=7", "sgld.batch_size=64"], "sgld.batch_size: must be <= the target's n = 15"),
+    (["target.kind=quadratic", "target.quadratic.dim=3", "target.quadratic.eigenvalues=1,2"],
+     "target.quadratic.eigenvalues: needs target.quadratic.dim = 3 entries, got 2"),
+    (["target.kind=quadratic", "target.quadratic.dim=2", "target.quadratic.eigenvalues=1,-2"],
+     "target.quadratic.eigenvalues: every entry must be >= 0"),
+    (["target.kind=quadratic", "target.quadratic.dim=2", "target.quadratic.eigenvalues=0,1", "posterior.gamma=0"],
+     "posterior.gamma: a zero eigenvalue (flat direction) needs gamma > 0"),
 ])
 def test_target_section_checks(overrides, message):
     with pytest.raises(ConfigError) as exc:

@@ -159,6 +159,27 @@ def test_analytic_values_come_from_the_target_modules():
     assert analytic_llc(build_config(None, []), 1000, 0.5, 100.0) is None
 
 
+def test_anisotropic_quadratic_is_exact_for_hmc_and_keeps_float32_chains(tmp_path):
+    """Hessian eigenvalues from 0 to 22: HMC reads the exact finite-gamma value within 4 SE; the
+    curvature constant takes the chain's dtype (a float32 SGLD chain stays float32)."""
+    from llc.engine.targets import loss_fn_for
+    from llc.pipeline.experiment import run_experiment
+
+    spectrum = "target.quadratic.eigenvalues=0,0.01,0.3,1,5,22"
+    base = ["target.kind=quadratic", "target.quadratic.dim=6", spectrum, "data.n_data=1000", "save_plots=false"]
+    cfg = build_config(None, base + ["samplers=hmc", "hmc.draws=400"])
+    assert loss_fn_for(cfg) is loss_fn_for(build_config(None, base))  # one loss object: programs are reused
+    rec = run_experiment(cfg, tmp_path)
+    exact = rec["target"]["analytic_llc"]
+    assert exact == pytest.approx(theory.quadratic_learning_coefficient(
+        6, 1000, 1 / np.log(1000), 100.0, [0, 0.01, 0.3, 1, 5, 22]))
+    hmc = rec["samplers"]["hmc"]
+    assert abs(hmc["llc_mean"] - exact) < 4 * hmc["llc_se"], (hmc, exact)
+    loss = loss_fn_for(cfg)
+    theta = np.ones(6, np.float32)
+    assert jax.grad(lambda t: loss({"theta": t}, None, None))(theta).dtype == np.float32
+
+
 def test_warmup_and_clipping_in_the_optimizer():
     import jax.numpy as jnp
     from llc.config import TrainingConfig

@@ -236,6 +236,30 @@ def test_quadratic_matches_gaussian_sampling():
     assert estimate == pytest.approx(exact, rel=0.01)
 
 
+def test_quadratic_with_eigenvalues_matches_gaussian_sampling():
+    # Coordinate i of exp(-n beta sum h_i t_i^2/2 - gamma |t|^2/2) is N(0, 1 / (n beta h_i + gamma)).
+    hs = np.array([0.0, 0.01, 0.3, 1.0, 5.0, 22.0])
+    n, beta, gamma = 200, 0.3, 40.0
+    rng = np.random.default_rng(1)
+    draws = 400_000
+    theta = rng.standard_normal((draws, hs.size)) / np.sqrt(n * beta * hs + gamma)
+    per_draw = n * beta * 0.5 * np.sum(hs * theta**2, axis=1)
+    exact = quadratic_learning_coefficient(hs.size, n, beta, gamma, hs)
+    se = per_draw.std() / np.sqrt(draws)
+    assert abs(per_draw.mean() - exact) < 4 * se
+    # Unit eigenvalues are the isotropic formula; flat directions add nothing; gamma -> 0 counts the
+    # nonzero eigenvalues.
+    assert quadratic_learning_coefficient(4, n, beta, gamma, [1.0] * 4) == pytest.approx(
+        quadratic_learning_coefficient(4, n, beta, gamma), rel=1e-15)
+    assert quadratic_learning_coefficient(2, n, beta, gamma, [0.0, 1.0]) == pytest.approx(
+        quadratic_learning_coefficient(1, n, beta, gamma), rel=1e-15)
+    assert quadratic_learning_coefficient(3, 10**12, 1.0, 1e-6, [0.0, 2.0, 7.0]) == pytest.approx(1.0, rel=1e-9)
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        quadratic_learning_coefficient(2, n, beta, 0.0, [0.0, 1.0])
+    with pytest.raises(ValueError, match="needs dim = 3"):
+        quadratic_learning_coefficient(3, n, beta, gamma, [1.0, 2.0])
+
+
 # ---------------------------------------------------------------------------
 # argument validation
 # ---------------------------------------------------------------------------
