@@ -262,7 +262,7 @@ def _check_batch(algs: list[Algorithm], posts: list[Posterior]) -> None:
             raise ValueError(f"runs of one batch must share the sampler's static settings: {batch_signature(a)} != {sig}")
         same_data = p.x is first.x or (np.shape(p.x) == np.shape(first.x) and bool(np.array_equal(p.x, first.x))
                                         and bool(np.array_equal(p.y, first.y)))
-        if p.loss_fn is not first.loss_fn or p.n != first.n or not same_data:
+        if p.loss_fn != first.loss_fn or p.n != first.n or not same_data:
             raise ValueError("runs of one batch must share the target's loss and data")
 
 
