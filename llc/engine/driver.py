@@ -205,6 +205,8 @@ def on_shapes_if(abstract: bool, fn: Callable, *args):
 
 
 def _program_key(alg: Algorithm, post: Posterior, proj_dim: int, what: str, *extra) -> tuple:
+    # The loss is compared by equality: one object per model (a target's ``make_loss``) or equal
+    # wrappers of one user model (``llc.api``); a new closure per run would compile every run anew.
     return (what, alg.name, alg.static, alg.chains, alg.steps_per_draw, alg.flat, alg.dtype,
             post.loss_fn, post.n, proj_dim, jax.config.jax_enable_x64, *extra)
 
