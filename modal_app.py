@@ -82,7 +82,7 @@ def run_experiment_remote(cfg_dict: dict | list, skip: bool = True) -> dict:
 @app.local_entrypoint()
 def main(preset: str = "quick") -> None:
     """``modal run modal_app.py --preset quick``: one run, result record printed."""
-    from llc.store.artifacts import dumps
+    from llc.store.jsonfiles import dumps
     from llc.config import build_config, to_dict
 
     print(dumps(run_experiment_remote.remote(to_dict(build_config(preset)))))

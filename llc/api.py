@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -50,13 +51,54 @@ def _mse(pred, y):
     return 0.5 * jnp.mean(jnp.sum((y - pred) ** 2, axis=-1))
 
 
+class _Loss:
+    """A user's model as the internal loss(params, x, y), a mean over the batch.
+
+    Compiled programs are cached by the loss they call (``driver._program_key``), so two wrappers
+    of the same model compare equal: an equal Flax module (a dataclass, equal fields) or the same
+    loss function object. A new lambda per call would recompile every program on every call. A
+    model that cannot be hashed (a module with a list field) is compared by identity; the wrapper
+    holds it, so its id stays its own while a cached program keys on it.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        try:
+            hash(model)
+            self._key: Any = model
+        except TypeError:
+            self._key = ("id", id(model))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._key == self._key  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._key))
+
+
+class _ModuleLoss(_Loss):
+    def __call__(self, params, x, y):
+        return _mse(self.model.apply(params, x), y)
+
+
+class _FunctionLoss(_Loss):
+    def __call__(self, params, x, y):
+        return self.model(params, (x, y))
+
+
 def _as_loss_fn(model: Any) -> Callable:
     """Internal loss signature is loss(params, x, y), a mean over the batch."""
     if hasattr(model, "apply") and callable(model.apply):  # flax.linen.Module (or anything alike)
-        return lambda params, x, y: _mse(model.apply(params, x), y)
+        return _ModuleLoss(model)
     if callable(model):
-        return lambda params, x, y: model(params, (x, y))
+        return _FunctionLoss(model)
     raise TypeError("model: pass a Flax linen Module or a pure loss_fn(params, (x, y)) -> scalar mean loss")
+
+
+@functools.lru_cache(maxsize=None)
+def _value_and_grad(loss_fn: Callable) -> Callable:
+    """One jitted value-and-gradient per loss (equal wrappers share it): a check on every call."""
+    return jax.jit(jax.value_and_grad(loss_fn))
 
 
 class NotAMinimumWarning(UserWarning):
@@ -88,7 +130,7 @@ def _check_inputs(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any, pc
         if tuple(out.shape) != ():
             raise C.ConfigError(f"model: the loss function returned shape {tuple(out.shape)}; it must return "
                              "the scalar mean loss over the batch")
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, x, y)
+    loss, grads = _value_and_grad(loss_fn)(params, x, y)
     d = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
     beta, gamma = resolve_beta_gamma(pcfg, n, d)
     gnorm = float(np.sqrt(sum(float(jnp.sum(jnp.square(g))) for g in jax.tree.leaves(grads))))
@@ -134,6 +176,7 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
         raise C.ConfigError(f"{sampler}.dtype: float64 needs jax_enable_x64; enable it or pass dtype='float32'")
     if hasattr(scfg, "batch_size") and scfg.batch_size > np.shape(x)[0]:
         scfg = dataclasses.replace(scfg, batch_size=int(np.shape(x)[0]))
+    sampling.enable_compilation_cache()  # a new process reuses this model's programs too
     loss_fn = _as_loss_fn(model)
     _check_inputs(model, loss_fn, params, x, y, pcfg)
     post = make_posterior(loss_fn, params, x, y, pcfg)

@@ -171,6 +171,21 @@ def _make_backend(name: str, **flags):
         fail(str(exc))
 
 
+def _run_errors() -> tuple[type[Exception], ...]:
+    """The errors ``llc run`` reports in one line (exit code 1). The engine's are taken only where
+    the engine is loaded: a run answered from the cache never imports it (nor JAX), so it cannot
+    have raised them."""
+    from llc.pipeline.experiment import TargetError
+    from llc.store.jsonfiles import ArtifactError
+
+    errors: tuple[type[Exception], ...] = (TargetError, ArtifactError, NotImplementedError)
+    if "llc.engine.targets" in sys.modules:
+        from llc.engine.targets import PrecisionError, TrainingDiverged
+
+        errors += (PrecisionError, TrainingDiverged)
+    return errors
+
+
 @_command()
 def run(
     preset: PresetOpt = None,
@@ -222,16 +237,14 @@ def run(
     except ConfigError as exc:
         fail(str(exc))
     if backend == "local" and (workers or 1) == 1:
-        from llc.store.artifacts import ArtifactError
-        from llc.engine.targets import PrecisionError, TrainingDiverged
-        from llc.pipeline.experiment import TargetError
-
         with _figure_pool(cfg) as drawing:
             try:
                 result = report.run_with_progress(cfg, artifacts, skip=not no_skip, console=err)
             except ConfigError as exc:
                 fail(str(exc))
-            except (PrecisionError, TrainingDiverged, TargetError, ArtifactError, NotImplementedError) as exc:
+            except Exception as exc:
+                if not isinstance(exc, _run_errors()):
+                    raise
                 fail(str(exc), code=1)
             _print_run(result, json_out)
             if drawing is not None and drawing.pending:
@@ -259,7 +272,7 @@ def _print_run(result: dict, json_out: bool) -> None:
     from llc import console as report
 
     if json_out:
-        from llc.store.artifacts import dumps
+        from llc.store.jsonfiles import dumps
 
         sys.stdout.write(dumps(result, indent=None) + "\n")
         sys.stdout.flush()
@@ -309,7 +322,7 @@ def calibrate(
         summary = cal.calibrate(plan, artifacts, reference=reference, skip=not no_skip,
                                 log=_log)
     if json_out:
-        from llc.store.artifacts import dumps
+        from llc.store.jsonfiles import dumps
 
         sys.stdout.write(dumps(summary, indent=None) + "\n")
     else:
@@ -366,7 +379,7 @@ def trajectory(
         fail(str(exc), code=1)
     if overlay is not None:
         if json_out:
-            from llc.store.artifacts import dumps
+            from llc.store.jsonfiles import dumps
 
             sys.stdout.write(dumps(overlay, indent=None) + "\n")
         else:
@@ -375,7 +388,7 @@ def trajectory(
         _report_or_hint(Path(overlay["artifacts"]), write_html)
         return
     if json_out:
-        from llc.store.artifacts import dumps
+        from llc.store.jsonfiles import dumps
 
         sys.stdout.write(dumps(summary, indent=None) + "\n")
     else:
@@ -398,7 +411,7 @@ def analyze(
     """Re-derive metrics and figures of a saved run from its NetCDF files (no JAX, no sampling)."""
     from llc.posthoc.analyze import analyze_run, metrics_tables
     from llc.store import cache
-    from llc.store.artifacts import ArtifactError, dumps
+    from llc.store.jsonfiles import ArtifactError, dumps
 
     # A run without its manifest was interrupted (or is being written): its files may be partial.
     # (A damaged file of a complete run is named by the analysis itself when it reads it.)
@@ -436,7 +449,7 @@ def promote(
 ) -> None:
     """Copy a run's key figures into assets/readme/ under stable names (for the README)."""
     from llc.posthoc.analyze import promote as promote_run
-    from llc.store.artifacts import ArtifactError
+    from llc.store.jsonfiles import ArtifactError
 
     try:
         run_dir, copies = promote_run(run, artifacts, out, samplers)

@@ -8,7 +8,8 @@ import numpy as np
 
 from llc.store.records import metrics_document
 from llc.store import cache
-from llc.store.artifacts import save_netcdf, set_flags, to_inference_data, write_json
+from llc.store.artifacts import save_netcdf, set_flags, to_inference_data
+from llc.store.jsonfiles import write_json
 from llc.analysis.diagnostics import sampler_metrics
 from llc.analysis.flags import add_cross_sampler_flags
 

@@ -15,7 +15,7 @@ from synthetic_runs import synthetic_idatas, write_run
 from typer.testing import CliRunner
 
 from llc.posthoc.analyze import analyze_run, latest_run, promote
-from llc.store.artifacts import ArtifactError
+from llc.store.jsonfiles import ArtifactError
 from llc.cli import app
 
 runner = CliRunner()

@@ -1,3 +1,5 @@
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,6 +7,7 @@ import pytest
 
 import llc
 from conftest import tanh_net
+from llc.api import NotAMinimumWarning
 from llc.config import ConfigError
 from llc.pipeline.sampling import enable_x64
 from llc.theory import quadratic_learning_coefficient
@@ -54,3 +57,94 @@ def test_estimate_rejects_bad_options():
         llc.estimate(loss, np.zeros(3), x, x, sampler_config={"step_size": -1.0})
     with pytest.raises(ConfigError, match="sampler: 'metropolis' is not allowed"):
         llc.estimate(loss, np.zeros(3), x, x, sampler="metropolis")
+
+
+@pytest.mark.parametrize("kind", ["flax", "loss_fn"])
+def test_repeated_estimate_reuses_its_programs(kind):
+    """A notebook re-estimating at a new w* (same model, same shapes) compiles nothing the second
+    time; the answer is still that of the new w*. The shapes (7 -> 5 -> 1, n = 213) are this
+    test's own, so the first call cannot find another test's programs in memory."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(1)(nn.tanh(nn.Dense(5)(x)))
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((213 if kind == "flax" else 217, 7))
+    y = np.tanh(x[:, :1]) + 0.1 * rng.standard_normal((len(x), 1))
+
+    def loss(p, batch):
+        return 0.5 * jnp.mean(jnp.sum((batch[1] - Net().apply(p, batch[0])) ** 2, axis=-1))
+
+    estimates = []
+    for seed in (0, 1):
+        params = Net().init(jax.random.key(seed), x)
+        # A new module object each call (equal to the last), or the same loss function object.
+        model = Net() if kind == "flax" else loss
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotAMinimumWarning)  # an untrained w* will do
+            estimates.append(llc.estimate(model, params, x, y, sampler_config={"draws": 50, "chains": 2}))
+    first, second = (e.metrics["compile_s"] for e in estimates)
+    assert first > 0 and second < 0.05 * first, (first, second)
+    assert estimates[0].llc_mean != estimates[1].llc_mean
+
+
+def test_loss_wrappers_are_equal_exactly_for_the_same_model():
+    """Programs are cached by the loss wrapper: equal for an equal module or the same function,
+    distinct otherwise (a wrong match would run another model's program)."""
+    from typing import Sequence
+
+    import flax.linen as nn
+
+    from llc.api import _as_loss_fn
+
+    class Net(nn.Module):
+        widths: Sequence[int] = (3,)
+
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(self.widths[0])(x)
+
+    def f(p, b):
+        return jnp.sum(p)
+
+    def g(p, b):
+        return jnp.sum(p)
+
+    assert _as_loss_fn(Net()) == _as_loss_fn(Net()) and hash(_as_loss_fn(Net())) == hash(_as_loss_fn(Net()))
+    assert _as_loss_fn(Net()) != _as_loss_fn(Net(widths=(4,)))
+    assert _as_loss_fn(f) == _as_loss_fn(f) and _as_loss_fn(f) != _as_loss_fn(g)
+    unhashable = Net(widths=[3])  # a list field: compared by identity
+    assert _as_loss_fn(unhashable) == _as_loss_fn(unhashable)
+    assert _as_loss_fn(unhashable) != _as_loss_fn(Net(widths=[3]))
+    assert {_as_loss_fn(unhashable): 1}[_as_loss_fn(unhashable)] == 1
+
+
+_ESTIMATE_IN_A_PROCESS = """
+import sys, warnings
+import jax.numpy as jnp, numpy as np, llc
+warnings.simplefilter("ignore")
+x = np.random.default_rng(0).standard_normal((97, 3))
+loss = lambda p, b: 0.5 * jnp.mean((b[1] - b[0] @ p) ** 2)
+est = llc.estimate(loss, np.full((3, 3), float(sys.argv[1])), x, x, sampler_config={"draws": 40, "chains": 2})
+print(est.metrics["compile_s"])
+"""
+
+
+def test_estimate_in_a_fresh_process_reuses_the_persistent_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LLC_JAX_CACHE=str(tmp_path / "xla"), JAX_PLATFORMS="cpu")
+
+    def compile_s(w: float) -> float:
+        out = subprocess.run([sys.executable, "-c", _ESTIMATE_IN_A_PROCESS, str(w)], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return float(out.stdout.split()[-1])
+
+    cold, warm = compile_s(0.1), compile_s(0.3)
+    assert warm < 0.25 * cold, (cold, warm)

@@ -10,7 +10,8 @@ import pytest
 from synthetic_runs import ar1, hmc_stats, make_idata, mclmc_stats
 
 from llc.analysis import diagnostics as D
-from llc.store.artifacts import dumps, load_netcdf, save_netcdf
+from llc.store.artifacts import load_netcdf, save_netcdf
+from llc.store.jsonfiles import dumps
 
 CHAINS, DRAWS = 4, 5000
 N = CHAINS * DRAWS

@@ -135,3 +135,33 @@ def test_run_without_figures_never_imports_the_posthoc_layer(tmp_path):
     assert json.loads(proc.stdout)["samplers"]["sgld"]["llc_mean"] is not None
     line = next(line for line in proc.stderr.splitlines() if line.startswith("POSTHOC"))
     assert line == "POSTHOC []", line
+
+
+def test_cached_run_imports_no_jax_blackjax_or_arviz(tmp_path):
+    """A run answered from the cache reads result.json and prints it: a fraction of a second, not
+    the seconds JAX and ArviZ take to import. The first run computes (kept small), the next two
+    are cache hits, with --json and with the table."""
+    small = ["--preset", "quick", "--samplers", "sgld", "--figures", "none", "--draws", "20", "--chains", "2",
+             "--set", "training.steps=20", "--set", "sgld.burnin=0", "--artifacts", str(tmp_path)]
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('LOADED', sorted(m for m in ('jax', 'blackjax', 'arviz') if m in sys.modules),"
+            " file=sys.stderr))\n"
+            "from llc.cli import main\n"
+            "sys.argv = ['llc', 'run', *sys.argv[1:]]\n"
+            "main()\n")
+    env = dict(os.environ, LLC_CODE_VERSION="test-run")
+
+    def run(*extra):
+        proc = subprocess.run([sys.executable, "-c", code, *small, *extra], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc, next(line for line in proc.stderr.splitlines() if line.startswith("LOADED"))
+
+    first, loaded = run("--json")
+    assert not json.loads(first.stdout)["cached"] and loaded != "LOADED []"  # the check sees a computing run's imports
+    hit, loaded = run("--json")
+    assert json.loads(hit.stdout)["cached"] and json.loads(hit.stdout)["samplers"] == json.loads(first.stdout)["samplers"]
+    assert loaded == "LOADED []", loaded
+    table, loaded = run()
+    assert "(cached)" in table.stdout and "sgld" in table.stdout
+    assert loaded == "LOADED []", loaded

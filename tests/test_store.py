@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from llc.cli import app
 from llc.store import artifacts as A
+from llc.store.jsonfiles import dumps
 
 CHAINS, DRAWS = 3, 40
 
@@ -129,7 +130,7 @@ def test_metrics_info_reads_the_new_layout(tmp_path):
     before = sampler_metrics(idata)
     assert before["info"]["llc_cv_per_chain"] == [3.0, 3.1, 2.9] and "trace" not in before["info"]
     after = sampler_metrics(_round_trip(idata, tmp_path))
-    assert json.loads(A.dumps(before)) == json.loads(A.dumps(after))
+    assert json.loads(dumps(before)) == json.loads(dumps(after))
 
 
 def _run_and_analyze(tmp_path, samplers: list[str], extra: list[str]) -> tuple[dict, dict]:

@@ -205,6 +205,8 @@ def on_shapes_if(abstract: bool, fn: Callable, *args):
 
 
 def _program_key(alg: Algorithm, post: Posterior, proj_dim: int, what: str, *extra) -> tuple:
+    # The loss is compared by equality: one object per model (a target's ``make_loss``) or equal
+    # wrappers of one user model (``llc.api``); a new closure per run would compile every run anew.
     return (what, alg.name, alg.static, alg.chains, alg.steps_per_draw, alg.flat, alg.dtype,
             post.loss_fn, post.n, proj_dim, jax.config.jax_enable_x64, *extra)
 
@@ -262,7 +264,7 @@ def _check_batch(algs: list[Algorithm], posts: list[Posterior]) -> None:
             raise ValueError(f"runs of one batch must share the sampler's static settings: {batch_signature(a)} != {sig}")
         same_data = p.x is first.x or (np.shape(p.x) == np.shape(first.x) and bool(np.array_equal(p.x, first.x))
                                         and bool(np.array_equal(p.y, first.y)))
-        if p.loss_fn is not first.loss_fn or p.n != first.n or not same_data:
+        if p.loss_fn != first.loss_fn or p.n != first.n or not same_data:
             raise ValueError("runs of one batch must share the target's loss and data")
 
 

@@ -44,7 +44,7 @@ def _versions() -> dict[str, str]:
 
 
 def load_cached(run_dir: Path) -> dict[str, Any]:
-    from llc.store.artifacts import read_json
+    from llc.store.jsonfiles import read_json
 
     result = read_json(run_dir / RESULT_FILE)
     result["cached"] = True
@@ -177,8 +177,8 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
     from llc.analysis.diagnostics import sampler_metrics
     from llc.store.records import DEFAULT_TARGET_SE as TARGET_SE
     from llc.store.records import FIGURE_RECORD, metrics_document, write_run_records
-    from llc.store.artifacts import (optimisation_trace, save_netcdf, set_flags, to_inference_data, write_json,
-                                     write_tensorboard)
+    from llc.store.artifacts import optimisation_trace, save_netcdf, set_flags, to_inference_data, write_tensorboard
+    from llc.store.jsonfiles import write_json
 
     from llc.engine.targets import analytic_llc
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from llc import registry
-from llc.store.artifacts import ArtifactError, load_netcdf, nc_attrs, read_json, write_json
+from llc.store.artifacts import load_netcdf, nc_attrs
+from llc.store.jsonfiles import ArtifactError, read_json, write_json
 from llc.analysis.diagnostics import sampler_metrics
 from llc.analysis.flags import add_cross_sampler_flags, table_cells, table_notes
 from llc.store.records import (DEFAULT_TARGET_SE, GALLERY_FILE, METRICS_FILE, SNIPPET_FILE, fmt, metrics_document,
@@ -80,7 +81,7 @@ def run_metrics(idatas: dict[str, Any], target_se: float = DEFAULT_TARGET_SE) ->
 
 def _canonical(obj: Any) -> Any:
     """JSON round trip (what metrics.json holds), so that in-memory and saved values compare alike."""
-    from llc.store.artifacts import dumps
+    from llc.store.jsonfiles import dumps
 
     return json.loads(dumps(obj, indent=None))
 

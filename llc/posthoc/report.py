@@ -53,7 +53,7 @@ from llc.posthoc.report_html import (CHAIN_COLORS, INDEX_FILE, MAX_LAGS, MAX_PAG
 from llc.posthoc.report_trajectory import INDEX_HEADERS as TRAJ_INDEX_HEADERS
 from llc.posthoc.report_trajectory import index_rows as traj_index_rows
 from llc.posthoc.report_trajectory import is_overlay, is_trajectory, trajectory_page
-from llc.store.artifacts import ArtifactError
+from llc.store.jsonfiles import ArtifactError
 from llc.store.layout import TRAJ_DIR
 
 

@@ -1,4 +1,4 @@
-"""Reading and writing run artifacts: one ArviZ NetCDF per sampler, plus JSON records.
+"""Reading and writing run artifacts: one ArviZ NetCDF per sampler (the JSON records: ``jsonfiles``).
 
 NetCDF layout (per sampler, ``<sampler>.nc``; format 2):
   posterior:           Ln (chain, draw), llc (chain, draw), llc_running (chain, draw),
@@ -21,14 +21,14 @@ analysed on any machine.
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import arviz as az
 import numpy as np
 import xarray as xr
+
+from llc.store.jsonfiles import ArtifactError
 
 
 NC_FORMAT_VERSION = 2
@@ -40,10 +40,6 @@ FLAGS_ATTR = "flags"
 # axis has one entry per chain gets ("chain", "<name>_dim_1", ...).
 INFO_DIMS = {"ranks": ("component",), "mixture_weights": ("chain", "component")}
 TRACE_DIMS = {"pi": ("chain", "step", "component")}
-
-
-class ArtifactError(RuntimeError):
-    """A run directory or NetCDF file that cannot be used; the message names the file."""
 
 
 def _scalar(key: str, value: Any) -> int | float | str:
@@ -255,45 +251,6 @@ def optimisation_trace(idata: az.InferenceData) -> dict[str, np.ndarray] | None:
     out = {"step": np.asarray(group["step"].values)}
     out.update({str(k): np.asarray(v.values) for k, v in group.data_vars.items()})
     return out
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _clean(obj: Any) -> Any:
-    """Replace NaN/inf by None so that the JSON stays standard (and round-trips)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def dumps(obj: Any, indent: int | None = 2) -> str:
-    return json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=indent)
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    Path(path).write_text(dumps(obj) + "\n")
-    return Path(path)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: invalid JSON ({exc})") from None
 
 
 def write_tensorboard(trace: dict[str, Any], logdir: Path) -> Path:
