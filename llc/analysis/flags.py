@@ -59,7 +59,12 @@ OUTLIER_Z = 5.0
 OUTLIER_MIN_ESS = 10.0
 ANALYTIC_REL = 0.05
 MIN_DRAWS = 30  # fewer kept draws: no drift / outlier / variance test
-FLAG_CODES = ("diverged", "above_d_half", "negative", "excess_variance", "drift", "outlier_chain",
+# unconverged: rank-normalised split R-hat above this, or bulk / tail ESS below that (the module
+# docstring gives the false-positive rates that chose them; the calibration rule's stricter
+# R-hat < 1.01, llc.analysis.health, only ranks grid points).
+UNCONVERGED_RHAT = 1.05
+UNCONVERGED_ESS = 100.0
+FLAG_CODES = ("diverged", "unconverged", "above_d_half", "negative", "excess_variance", "drift", "outlier_chain",
               "analytic", "disagree")
 
 
@@ -79,6 +84,22 @@ def diverged(n_diverged: int, chains: int, reasons: dict[str, str] | None = None
         return None
     why = "; ".join(f"chain {c}: {r}" for c, r in sorted((reasons or {}).items(), key=lambda kv: int(kv[0])))
     return f"diverged: {n_diverged} of {chains} chains failed{f' ({why})' if why else ''}; excluded from λ̂"
+
+
+def unconverged(rhat: float | None, ess_bulk: float | None, ess_tail: float | None) -> str | None:
+    """R-hat or bulk / tail ESS beyond their thresholds (see the module docstring); None: not judged."""
+    found, advice = [], []
+    if rhat is not None and rhat > UNCONVERGED_RHAT:
+        found.append(f"R̂ = {rhat:.3f} > {UNCONVERGED_RHAT:g}")
+        advice.append("chains disagree (longer warm-up or a smaller step)")
+    low = [f"{name} ESS = {ess:.0f}" for name, ess in (("bulk", ess_bulk), ("tail", ess_tail))
+           if ess is not None and ess < UNCONVERGED_ESS]
+    if low:
+        found.append(f"{' and '.join(low)} < {UNCONVERGED_ESS:g}")
+        advice.append("too few effective draws to trust the SE (run more draws)")
+    if not found:
+        return None
+    return f"unconverged: {', '.join(found)}: {' and '.join(advice)}"
 
 
 def above_half_dim(mean: float, se: float, dim: int | None) -> str | None:
@@ -186,12 +207,16 @@ def far_from_analytic(mean: float, se: float, attrs: dict[str, Any]) -> str | No
 # --------------------------------------------------------------------------- per sampler / per run
 
 def sampler_flags(llc: np.ndarray, metrics: dict[str, Any], attrs: dict[str, Any],
-                  info: dict[str, Any] | None = None) -> list[str]:
+                  info: dict[str, Any] | None = None, independent: bool = False) -> list[str]:
     """Every per-sampler flag, from the kept lambda-hat draws of the non-diverged chains
     (``llc``, (chains, draws)), the sampler's metrics (llc_mean, llc_se, diverged_chains, chains,
-    llc_per_chain) and the file's attributes (dim, analytic_llc, target_kind, nbeta, gamma)."""
+    llc_per_chain, rhat, ess_bulk, ess_tail) and the file's attributes (dim, analytic_llc,
+    target_kind, nbeta, gamma). ``independent``: i.i.d. draws (VI), whose ESS is their number and
+    whose SE needs no ESS threshold; R-hat then compares independent fits (chains)."""
+    bulk, tail = (None, None) if independent else (metrics.get("ess_bulk"), metrics.get("ess_tail"))
     out = [diverged(metrics.get("diverged_chains", 0), metrics.get("chains", 0),
-                    (info or {}).get("failure_reasons"))]
+                    (info or {}).get("failure_reasons")),
+           unconverged(metrics.get("rhat"), bulk, tail)]
     mean, se = metrics.get("llc_mean"), metrics.get("llc_se")
     if mean is not None:
         se = se if se is not None and math.isfinite(se) else 0.0
