@@ -1,6 +1,6 @@
 """How often the ``unconverged`` flag fires on correct runs, and on defective ones (no JAX).
 
-    python benchmarks/flag_rates.py [--reps 400] [--seed 0] [--out results/flag_rates.json]
+    python benchmarks/flag_rates.py [--reps 400] [--seed 0] [--rhat-max X] [--out results/flag_rates.json]
 
 Correct runs: stationary AR(1) chains (x_t = rho x_{t-1} + e_t, started in the stationary law) and
 chi-square-type chains (the sum of 6 squared AR(1)s over 2: mean 3, variance 3, as lambda-hat draws
@@ -17,6 +17,7 @@ fraction flagged ``unconverged`` and the fraction with any of ``unconverged``, `
   * ``spread``: the chain means spread evenly over +-k/2 chain SE (chains that disagree);
   * ``trend``: every chain drifts linearly by k marginal sd over the run (not yet stationary).
 
+``--rhat-max`` measures another R-hat threshold in place of ``flags.UNCONVERGED_RHAT``.
 R-hat and ESS are computed as ``llc.analysis.diagnostics.ess_rhat`` does for ``metrics.json``
 (ArviZ's rank-normalised split R-hat, bulk and tail ESS) and judged by ``flags.unconverged``.
 """
@@ -132,8 +133,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rhat-max", type=float, default=flags.UNCONVERGED_RHAT)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "flag_rates.json")
     args = ap.parse_args()
+    flags.UNCONVERGED_RHAT = args.rhat_max  # read by flags.unconverged at each call
     warnings.filterwarnings("ignore")  # ArviZ's shape warnings on one chain: R-hat is None there anyway
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
