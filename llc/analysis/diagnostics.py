@@ -223,7 +223,8 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
     theta = post["theta_proj"].values if "theta_proj" in post else None
     L0, nbeta = float(attrs["L0"]), float(attrs["nbeta"])
     spec = registry.SAMPLERS.get(str(attrs.get("sampler")))
-    m = llc_metrics(Ln, L0, nbeta, theta, independent=bool(spec and spec.independent_draws))
+    independent = bool(spec and spec.independent_draws)
+    m = llc_metrics(Ln, L0, nbeta, theta, independent=independent)
     m["sampler"] = attrs.get("sampler")
     work = {k[len("work_"):]: float(v) for k, v in attrs.items() if k.startswith("work_")}
     m.update(work)
@@ -253,7 +254,7 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
     m["stats_mean"] = means
     m["info"] = sampler_info(idata)
     kept = [i for i, v in enumerate(m["llc_per_chain"]) if v is not None]
-    m["flags"] = flags.sampler_flags(llc_draws(Ln[kept], L0, nbeta), m, attrs, m["info"])
+    m["flags"] = flags.sampler_flags(llc_draws(Ln[kept], L0, nbeta), m, attrs, m["info"], independent)
     return m
 
 

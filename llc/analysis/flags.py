@@ -6,6 +6,24 @@ A flag is one line, ``"<code>: <what and why>"``; a sampler's ``flags`` list (me
 Per sampler, from its kept draws of lambda-hat (diverged chains excluded):
 
 - ``diverged``: chains failed (non-finite state, frozen, unusable tuned parameters).
+- ``unconverged``: ArviZ's rank-normalised split R-hat > 1.05 (chains disagree), or bulk or tail
+  ESS < 100 (too few effective draws to trust the SE). For i.i.d. draws (VI) the ESS part is
+  skipped (their SE needs no estimated ESS) and R-hat compares independent fits; one chain has no
+  R-hat (ArviZ needs two chains), its trends are ``drift``'s. Vehtari et al. (2021) recommend
+  R-hat < 1.01 with ESS > 100 per chain, but with fewer effective draws R-hat's own noise exceeds
+  0.01. On correct runs (``python benchmarks/flag_rates.py``: stationary AR(1) and chi-square-type
+  chains, 1/4/8 chains, 150-2,000 draws, rho 0-0.99, 400 replicates per case; ``--rhat-max`` for
+  other thresholds) an R-hat threshold of 1.01 flagged up to 95 % of runs with a true ESS of
+  300-410 (8 chains), 1.03 up to 9 %, 1.05 at most 0.25 %. With 1.05 and 100, the fraction flagged by true ESS: below 67, 93-100 % (runs too
+  short to trust, which should be flagged); 67-100, 62-96 %; 100-150, 12-84 %; 150-200, 2-44 %;
+  200-300, 0.2-22 % (a grey zone: the ESS is itself estimated); >= 300, at most 0.25 %.
+  Chains that disagree while each mixes well move R-hat little (R-hat^2 - 1 ~ variance of the
+  chain means / variance of the draws, so the offset it sees, in SE, grows with the ESS per
+  chain): with 1,000 draws and ESS 333 per chain, one chain shifted by 10 of its SE was flagged in
+  15 % (4 chains) and 0 % (8 chains) of runs, by 15 SE in 100 % and 3.5 %, by 20 SE in 100 %
+  (``outlier_chain`` finds 10 SE in 91-96 %); chain means spread evenly over +-7.5 SE in 92 % and
+  4 %, over +-10 SE in >= 99.5 % (over +-5 SE: flagged by nothing); a linear trend of 1.5 marginal
+  sd over the run in 100 % (``drift`` finds 0.5 sd in 83-100 %).
 - ``above_d_half``: lambda-hat more than 3 SE above d/2. The learning coefficient never exceeds
   d/2 (a regular model's value), and the localizer only lowers the estimate.
 - ``negative``: lambda-hat more than 3 SE below 0: w* is not a local minimum of L_n.
@@ -59,7 +77,12 @@ OUTLIER_Z = 5.0
 OUTLIER_MIN_ESS = 10.0
 ANALYTIC_REL = 0.05
 MIN_DRAWS = 30  # fewer kept draws: no drift / outlier / variance test
-FLAG_CODES = ("diverged", "above_d_half", "negative", "excess_variance", "drift", "outlier_chain",
+# unconverged: rank-normalised split R-hat above this, or bulk / tail ESS below that (the module
+# docstring gives the false-positive rates that chose them; the calibration rule's stricter
+# R-hat < 1.01, llc.analysis.health, only ranks grid points).
+UNCONVERGED_RHAT = 1.05
+UNCONVERGED_ESS = 100.0
+FLAG_CODES = ("diverged", "unconverged", "above_d_half", "negative", "excess_variance", "drift", "outlier_chain",
               "analytic", "disagree")
 
 
@@ -79,6 +102,22 @@ def diverged(n_diverged: int, chains: int, reasons: dict[str, str] | None = None
         return None
     why = "; ".join(f"chain {c}: {r}" for c, r in sorted((reasons or {}).items(), key=lambda kv: int(kv[0])))
     return f"diverged: {n_diverged} of {chains} chains failed{f' ({why})' if why else ''}; excluded from λ̂"
+
+
+def unconverged(rhat: float | None, ess_bulk: float | None, ess_tail: float | None) -> str | None:
+    """R-hat or bulk / tail ESS beyond their thresholds (see the module docstring); None: not judged."""
+    found, advice = [], []
+    if rhat is not None and rhat > UNCONVERGED_RHAT:
+        found.append(f"R̂ = {rhat:.3f} > {UNCONVERGED_RHAT:g}")
+        advice.append("chains disagree (longer warm-up or a smaller step)")
+    low = [f"{name} ESS = {ess:.0f}" for name, ess in (("bulk", ess_bulk), ("tail", ess_tail))
+           if ess is not None and ess < UNCONVERGED_ESS]
+    if low:
+        found.append(f"{' and '.join(low)} < {UNCONVERGED_ESS:g}")
+        advice.append("too few effective draws to trust the SE (run more draws)")
+    if not found:
+        return None
+    return f"unconverged: {', '.join(found)}: {' and '.join(advice)}"
 
 
 def above_half_dim(mean: float, se: float, dim: int | None) -> str | None:
@@ -186,12 +225,16 @@ def far_from_analytic(mean: float, se: float, attrs: dict[str, Any]) -> str | No
 # --------------------------------------------------------------------------- per sampler / per run
 
 def sampler_flags(llc: np.ndarray, metrics: dict[str, Any], attrs: dict[str, Any],
-                  info: dict[str, Any] | None = None) -> list[str]:
+                  info: dict[str, Any] | None = None, independent: bool = False) -> list[str]:
     """Every per-sampler flag, from the kept lambda-hat draws of the non-diverged chains
     (``llc``, (chains, draws)), the sampler's metrics (llc_mean, llc_se, diverged_chains, chains,
-    llc_per_chain) and the file's attributes (dim, analytic_llc, target_kind, nbeta, gamma)."""
+    llc_per_chain, rhat, ess_bulk, ess_tail) and the file's attributes (dim, analytic_llc,
+    target_kind, nbeta, gamma). ``independent``: i.i.d. draws (VI), whose ESS is their number and
+    whose SE needs no ESS threshold; R-hat then compares independent fits (chains)."""
+    bulk, tail = (None, None) if independent else (metrics.get("ess_bulk"), metrics.get("ess_tail"))
     out = [diverged(metrics.get("diverged_chains", 0), metrics.get("chains", 0),
-                    (info or {}).get("failure_reasons"))]
+                    (info or {}).get("failure_reasons")),
+           unconverged(metrics.get("rhat"), bulk, tail)]
     mean, se = metrics.get("llc_mean"), metrics.get("llc_se")
     if mean is not None:
         se = se if se is not None and math.isfinite(se) else 0.0

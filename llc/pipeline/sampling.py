@@ -223,10 +223,11 @@ def evaluate(out: Any, post: Any, *, analytic: dict[str, Any] | None = None, kin
     from llc.analysis.diagnostics import llc_draws, llc_metrics
     from llc.analysis.flags import sampler_flags
 
-    metrics = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj,
-                          independent=registry.sampler(out.name).independent_draws)
+    independent = registry.sampler(out.name).independent_draws
+    metrics = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj, independent=independent)
     kept = [i for i, v in enumerate(metrics["llc_per_chain"]) if v is not None]
     attrs = {"dim": post.dim, "nbeta": post.nbeta, "gamma": post.gamma, "target_kind": kind,
              **({f"analytic_{k}" if k != "value" else "analytic_llc": v for k, v in analytic.items()} if analytic else {})}
-    metrics["flags"] = sampler_flags(llc_draws(out.Ln[kept], post.L0, post.nbeta), metrics, attrs, out.info)
+    metrics["flags"] = sampler_flags(llc_draws(out.Ln[kept], post.L0, post.nbeta), metrics, attrs, out.info,
+                                     independent)
     return metrics
