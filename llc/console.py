@@ -14,6 +14,7 @@ from rich.table import Table
 from llc.analysis import flags
 from llc.config import RunConfig
 from llc.pipeline.progress import PlainProgress, clock, stderr_line_writer
+from llc.store import records
 
 
 def run_with_progress(cfg: RunConfig, root: Path, *, skip: bool, console: Console) -> dict[str, Any]:
@@ -56,11 +57,11 @@ def result_table(result: dict[str, Any]) -> Table:
         table.add_column(col, justify="left" if col in ("sampler", "flags") else "right")
     for name, s in result["samplers"].items():
         llc = "—" if s["llc_mean"] is None else f"{s['llc_mean']:.3f} ± {_fmt(s['llc_se'], '.3f')}"
-        cell, style = flags.table_cells(s.get("flags"))
+        cell, style = records.table_cells(s.get("flags"))
         table.add_row(name, llc, _fmt(s["ess"], ".0f"), _fmt(s["rhat"], ".3f"), _fmt(s["wall_s"], ".2f"),
                       _fmt(s["fde"], ".3g"), str(s["diverged_chains"]), cell, style=style)
     notes = [f"analytic λ = {t['analytic_llc']:.4f}"] if t.get("analytic_llc") is not None else []
-    notes += flags.table_notes(result["samplers"])
+    notes += records.table_notes(result["samplers"])
     if notes:
         table.caption = "\n".join(notes)
         table.caption_justify = "left"

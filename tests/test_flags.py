@@ -12,10 +12,11 @@ from synthetic_runs import ATTRS, ar1, make_idata, write_run
 from llc.analysis import flags as F
 from llc.analysis.diagnostics import sampler_metrics
 from llc.store.artifacts import load_netcdf, stored_flags
+from llc.store.records import flag_code
 
 
 def _codes(fl: list[str]) -> list[str]:
-    return [F.code(f) for f in fl]
+    return [flag_code(f) for f in fl]
 
 
 def _flags(llc: np.ndarray, seed: int = 0, **attrs) -> list[str]:

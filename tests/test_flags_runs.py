@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llc.analysis.flags import code
+from llc.store.records import flag_code as code
 from llc.config import build_config
 from llc.pipeline.experiment import run_experiment
 from llc.store.artifacts import load_netcdf, stored_flags

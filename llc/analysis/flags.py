@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 # How a flag reads in a table is the stored records' business (README_snippet.md shows them too).
-from llc.store.records import flag_code as code, table_cells, table_notes  # noqa: F401  (re-exported)
+from llc.store.records import flag_code
 
 Z_SE = 3.0  # SEs for above_d_half, negative, analytic, disagree
 VARIANCE_RATIO_MAX = 3.0
@@ -266,4 +266,4 @@ def add_cross_sampler_flags(metrics: dict[str, dict[str, Any]]) -> None:
     """Append the ``disagree`` flags to each sampler's ``flags`` (in place; calling again replaces them)."""
     cross = cross_sampler_flags(metrics)
     for name, m in metrics.items():
-        m["flags"] = [f for f in m.get("flags", []) if code(f) != "disagree"] + cross[name]
+        m["flags"] = [f for f in m.get("flags", []) if flag_code(f) != "disagree"] + cross[name]

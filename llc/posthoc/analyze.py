@@ -19,7 +19,8 @@ from llc import registry
 from llc.store.artifacts import load_netcdf, nc_attrs
 from llc.store.jsonfiles import ArtifactError, read_json, write_json
 from llc.analysis.diagnostics import sampler_metrics
-from llc.analysis.flags import add_cross_sampler_flags, table_cells, table_notes
+from llc.analysis.flags import add_cross_sampler_flags
+from llc.store.records import table_cells, table_notes
 from llc.store.records import (DEFAULT_TARGET_SE, GALLERY_FILE, METRICS_FILE, SNIPPET_FILE, fmt, metrics_document,
                                write_gallery, write_snippet)
 
