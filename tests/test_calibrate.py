@@ -81,6 +81,25 @@ def test_cli_calibrate_and_bad_grid(tmp_path):
     assert "sgld.stepsize" in bad.output and len(bad.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("grid, message", [
+    (["sgld.chains=2,4"], "--grid sgld.chains: every point of a calibration records the same chains x draws"),
+    (["sgld.draws=100,200"], "--grid sgld.draws: every point"),
+    (["hmc.step_size=1e-3,2e-3"], "--grid hmc.step_size: this calibration runs sgld"),
+    (["sgld.step_size=1e-4,,3e-4"], "--grid sgld.step_size: an empty value in '1e-4,,3e-4'"),
+    (["sgld.step_size=1e-4", "sgld.step_size=3e-4"], "--grid sgld.step_size: given twice"),
+])
+def test_bad_grids_are_one_line_before_any_work(tmp_path, monkeypatch, grid, message):
+    """Before the fix these trained the target and then failed stacking the points, or silently
+    dropped a value or an axis."""
+    import llc.engine.targets as T
+
+    monkeypatch.setattr(T, "build_target", lambda *a, **k: pytest.fail("the target was built"))
+    args = ["calibrate", "--target", "quadratic", "--artifacts", str(tmp_path)]
+    out = runner.invoke(app, args + [x for g in grid for x in ("--grid", g)])
+    assert out.exit_code == 2, out.output
+    assert message in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
 def test_rule_recommends_a_third_of_the_plateau_top():
     """Bias linear in the step, SE ~ 1/sqrt(step) (ESS ~ step): the top agrees within 2 combined SE
     with every smaller step yet sits 4 of its own SE off; the rule takes a step a third of it."""

@@ -41,8 +41,8 @@ from typing import Any, Callable
 import numpy as np
 
 from llc import registry
-from llc.config import (ConfigError, RunConfig, apply_overrides, get_field, target_section, to_dict, to_toml,
-                        validate)
+from llc.config import (ConfigError, RunConfig, apply_overrides, canonical, get_field, sampler_class, target_section,
+                        to_dict, to_toml, validate)
 from llc.store import cache
 
 STEP_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -75,14 +75,35 @@ def default_axes(base: RunConfig, sampler: str) -> dict[str, tuple]:
 
 
 def parse_grid(items: list[str], flag: str = "--grid") -> dict[str, tuple]:
+    """``dotted.field=v1,v2,...`` axes; an empty value or a field given twice is one ConfigError line."""
     axes: dict[str, tuple] = {}
     for item in items:
         key, sep, values = item.partition("=")
-        parts = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not key.strip() or not parts:
+        key = key.strip()
+        parts = [v.strip() for v in values.split(",")]
+        if not sep or not key or not any(parts):
             raise ConfigError(f"{flag} {item!r}: expected dotted.field=v1,v2,...")
-        axes[key.strip()] = tuple(parts)
+        if not all(parts):
+            raise ConfigError(f"{flag} {key}: an empty value in {values!r}; give every value, comma-separated")
+        if canonical(key) in (canonical(k) for k in axes):
+            raise ConfigError(f"{flag} {key}: given twice; give all its values in one {flag} {key}=v1,v2,...")
+        axes[key] = tuple(parts)
     return axes
+
+
+def _check_axes(axes: dict[str, tuple], sampler: str) -> None:
+    """Before any work: axes that cannot vary within one calibration, each one ConfigError line."""
+    cls = sampler_class(sampler)
+    shaped = {f"{sampler}.{f}" for f in (cls.CHAINS_FIELD, cls.DRAWS_FIELD) if f} | {"theta_proj_dim"}
+    for key in axes:
+        name = canonical(key)
+        section = name.split(".")[0]
+        if name in shaped:
+            raise ConfigError(f"--grid {key}: every point of a calibration records the same chains x draws x "
+                              f"projections (one array); set it for all points with --set {key}=... instead")
+        if section in registry.SAMPLERS and section != sampler:
+            raise ConfigError(f"--grid {key}: this calibration runs {sampler}, which {section}.* does not change; "
+                              f"grid {sampler}.* or posterior.* fields")
 
 
 def plan(base: RunConfig, sampler: str = "sgld", grid: list[str] | None = None) -> Plan:
@@ -97,6 +118,7 @@ def plan(base: RunConfig, sampler: str = "sgld", grid: list[str] | None = None) 
     restore = {k: getattr(section, k) for k in section.CALIBRATION}  # the recommended preset's values
     base = dataclasses.replace(base, **{sampler: dataclasses.replace(section, **section.CALIBRATION)})
     axes = parse_grid(grid) if grid else default_axes(base, sampler)
+    _check_axes(axes, sampler)
     points, cfgs = [], []
     for values in itertools.product(*axes.values()):
         overrides = [f"{k}={v}" for k, v in zip(axes, values)]
