@@ -12,7 +12,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from llc import registry
-from llc.config import ConfigError, sampler_class
+from llc.config import ConfigError, preset_names, sampler_class
 
 
 def _flags_as_flags(params) -> None:
@@ -84,7 +84,8 @@ def _override_flags(**flags) -> list[str]:
     return out
 
 
-PresetOpt = Annotated[Optional[str], typer.Option(help="Preset name in llc/presets/ (quick, full) or a .toml path.")]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    help=f"Preset name in llc/presets/ ({', '.join(preset_names())}) or a .toml path.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any field: dotted.field=value (repeatable).")]
 # Execution backends (llc/backends): shared by `run` and `sweep`.
 BackendOpt = Annotated[str, typer.Option(help="Where runs execute: local, joblib, submitit (SLURM), modal.")]
@@ -351,15 +352,16 @@ def trajectory(
     from llc import console as report
     from llc.config import build_config
     from llc.pipeline.calibrate import parse_grid
-    from llc.pipeline.trajectory import run_trajectory, run_trajectory_sweep
+    from llc.pipeline.trajectory import check_checkpoints, run_trajectory, run_trajectory_sweep
 
     overrides = _override_flags(chains=chains, draws=draws, seed=seed)
     try:
         cfg = build_config(preset, [*overrides, *(set_ or [])])
         axes = parse_grid(axis or [], "--axis")
+        check_checkpoints(cfg)
         for k, values in axes.items():  # every value checked before anything is trained
             for v in values:
-                build_config(preset, [*overrides, *(set_ or []), f"{k}={v}"])
+                check_checkpoints(build_config(preset, [*overrides, *(set_ or []), f"{k}={v}"]))
         name = sampler or cfg.samplers[0]
         if name not in registry.batched_names():
             raise ConfigError(f"--sampler: {name!r} is not allowed; choose one of "

@@ -104,6 +104,30 @@ def test_cli_trajectory(first_run):
     assert bad.exit_code == 2 and "--sampler" in bad.output
 
 
+def test_help_lists_every_preset():
+    """Before: ``llc run --help`` said "(quick, full)"."""
+    from llc.config import preset_names
+
+    out = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "300"})
+    assert all(name in out.output for name in preset_names()) and "grok-tiny" in preset_names()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "quick"], "training.checkpoints_linear: a trajectory needs checkpoints and this config takes none"),
+    (["--set", "target.kind=quadratic"], "target.kind: quadratic targets are not trained"),
+    (["--preset", "quick", "--set", "training.checkpoints_linear=5", "--axis", "training.checkpoints_linear=4,0"],
+     "training.checkpoints_linear: a trajectory needs checkpoints"),
+])
+def test_no_checkpoints_is_one_line_before_training(tmp_path, monkeypatch, args, message):
+    """Before: ``llc trajectory --preset quick`` trained the target, then failed with exit 1."""
+    import llc.engine.targets as targets
+
+    monkeypatch.setattr(targets, "build_target", lambda *a, **k: pytest.fail("the target was built"))
+    out = runner.invoke(app, ["trajectory", *args, "--artifacts", str(tmp_path)])
+    assert out.exit_code == 2, out.output
+    assert message in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
 def test_api_on_a_users_own_checkpoints(tmp_path):
     """llc.trajectory on plain pytrees and on a directory of .npz checkpoints gives the same numbers."""
     rng = np.random.default_rng(0)

@@ -194,12 +194,29 @@ def cache_key_config(cfg: Any, sampler: str) -> str:
                        "theta_proj_dim": d["theta_proj_dim"]}, sort_keys=True)
 
 
+def check_checkpoints(cfg: Any) -> None:
+    """A trajectory needs a target trained with checkpoints: say so in one ConfigError line before
+    any training (else the target trains first and then has nothing to sample)."""
+    from llc import config as C
+
+    if "training" not in C.active_target(cfg).SHARED:
+        trained = [t.name for t in registry.TARGETS.values() if "training" in getattr(C, t.config).SHARED]
+        raise C.ConfigError(f"target.kind: {cfg.target.kind} targets are not trained, so they have no checkpoints; "
+                            f"a trajectory needs one of {', '.join(trained)}")
+    t = cfg.training
+    if t.steps == 0 or t.checkpoints_log + t.checkpoints_linear == 0:
+        raise C.ConfigError(f"training.checkpoints_linear: a trajectory needs checkpoints and this config takes none "
+                            f"(training.steps = {t.steps}, checkpoints_log = {t.checkpoints_log}, checkpoints_linear = "
+                            f"{t.checkpoints_linear}); e.g. --set training.checkpoints_linear=20 (a new target is trained)")
+
+
 def run_trajectory(cfg: Any, root: Path | str, *, sampler: str | None = None, max_batch: int = 16,
                    progress: Callable[[int, int, str], None] | None = None,
                    log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Train (or load) the config's target with its checkpoints, then ``compute`` its trajectory."""
     from llc.pipeline import sampling
 
+    check_checkpoints(cfg)
     sampling.prepare()
     from llc.engine.targets import get_target, load_checkpoints
 
