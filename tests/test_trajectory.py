@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -77,6 +78,31 @@ def test_other_epsilon_trains_nothing_and_interrupted_runs_resume(first_run, mon
     assert resumed["checkpoints"] == summary["checkpoints"]
     again = T.run_trajectory(other, root, max_batch=3)
     assert again["computed"] == 0
+
+
+def test_damaged_points_and_leftovers_are_recomputed_and_removed(first_run):
+    """Before: a truncated or bit-flipped points/*.npz raised a 134-line BadZipFile on every rerun,
+    and a writer killed mid-write left points/.step_*.npz.tmp-<pid> forever."""
+    from llc.store import cache
+
+    root, cfg, summary = first_run
+    out_dir = Path(summary["artifacts"])
+    points = sorted((out_dir / "points").glob("step_*.npz"))
+    truncated, flipped = points[0], points[-1]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    leftover = out_dir / "points" / f".{points[1].name}.tmp-999999999-abcdef@{cache.HOST}"  # no such pid
+    leftover.write_bytes(b"half a file")
+    lines: list[str] = []
+    again = T.run_trajectory(cfg, root, max_batch=4, log=lines.append)
+    assert again["computed"] == 2
+    assert sum("is damaged" in line for line in lines) == 2
+    assert not leftover.exists()
+    by_step = {r["step"]: r for r in summary["rows"]}
+    for row in again["rows"]:  # the same random stream: the recomputed points are the ones lost
+        assert row["llc_mean"] == by_step[row["step"]]["llc_mean"]
 
 
 def test_batched_checkpoints_equal_single_ones(first_run, tmp_path):

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,9 +48,15 @@ class Checkpointed:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    # Named with its owner (pid, host) as the store's atomic files are: a writer killed mid-write
+    # leaves a file that the next trajectory (``cache.remove_stale_files``) and ``llc clean`` remove.
+    tmp = path.with_name(f".{path.name}.tmp-{cache.owner_tag()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -61,13 +68,17 @@ def _point_file(out_dir: Path, step: int) -> Path:
     return out_dir / "points" / f"step_{int(step):08d}.npz"
 
 
-def _load_point(path: Path) -> dict[str, Any] | None:
-    """A saved checkpoint result, or None when missing or unreadable (then it is recomputed)."""
+def _load_point(path: Path, log: Callable[[str], None] = lambda msg: None) -> dict[str, Any] | None:
+    """A saved checkpoint result, or None when missing or damaged (then it is recomputed). A point's
+    npz is a zip whose members carry CRC-32s: a truncated or bit-flipped file fails to read."""
+    if not path.is_file():
+        return None
     try:
         with np.load(path, allow_pickle=False) as fh:
             row = json.loads(str(fh["row"]))
             return {"row": row, "Ln": fh["Ln"], "theta": fh["theta"]}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log(f"trajectory: {path.name} is damaged ({type(exc).__name__}: {exc}); recomputing that checkpoint")
         return None
 
 
@@ -112,7 +123,9 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
     scfg = sampler_cfg if sampler_cfg is not None else C.sampler_class(sampler)()
     pcfg = posterior_cfg if posterior_cfg is not None else C.PosteriorConfig()
     steps = [int(s) for s in data.steps]
-    todo = [i for i, s in enumerate(steps) if _load_point(_point_file(out_dir, s)) is None]
+    for where in (out_dir, out_dir / "points"):
+        cache.remove_stale_files(where)  # half-written files of a trajectory killed earlier
+    todo = [i for i, s in enumerate(steps) if _load_point(_point_file(out_dir, s), log) is None]
     if len(todo) < len(steps):
         log(f"trajectory: {len(steps) - len(todo)} of {len(steps)} checkpoints already done; computing {len(todo)}")
     key = sampling.sampler_key(seed, sampler)
