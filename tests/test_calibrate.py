@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -119,3 +120,46 @@ def test_rule_recommends_a_third_of_the_plateau_top():
     rows[-2] = {**rows[-2], "llc_mean": truth + 2.0}
     rec = cal.recommend(plan, rows)
     assert rows[rec["index"]]["sgld.step_size"] == 3e-5, rec["why"]
+
+
+SMALL_GRID = ["sgld.step_size=1e-4,3e-4"]
+
+
+def test_a_damaged_calibration_is_said_moved_aside_and_recomputed(tmp_path):
+    """Before: a damaged calibration was recomputed silently, with no .broken/ copy (unlike runs)."""
+    from llc.store import cache
+
+    plan = cal.plan(build_config(overrides=QUAD4 + ["sgld.draws=200"]), "sgld", SMALL_GRID)
+    first = cal.calibrate(plan, tmp_path)
+    out_dir = Path(first["artifacts"])
+    csv_file = out_dir / "calibration.csv"
+    data = bytearray(csv_file.read_bytes())
+    data[-5] ^= 0x01
+    csv_file.write_bytes(bytes(data))
+    leftover = out_dir.parent / f".{out_dir.name}.tmp-999999999-abcdef@{cache.HOST}"  # a killed writer's
+    leftover.mkdir()
+    lines: list[str] = []
+    again = cal.calibrate(plan, tmp_path, log=lines.append)
+    assert not again["cached"] and any("is damaged" in line for line in lines), lines
+    assert list((out_dir.parent / ".broken").iterdir())  # kept for inspection, as a damaged run is
+    assert not leftover.exists()
+    assert [r["llc_mean"] for r in again["rows"]] == [r["llc_mean"] for r in first["rows"]]
+    assert cal.calibrate(plan, tmp_path)["cached"]
+
+
+def test_two_identical_calibrations_at_once_compute_once(tmp_path):
+    """Before: two identical ``llc calibrate`` at once both computed. Now the second waits on the
+    calibration's lock and reads the first's result."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "llc", "calibrate", "--target", "quadratic", "--quad-dim", "4", "--draws", "200",
+            "--grid", SMALL_GRID[0], "--json", "--artifacts", str(tmp_path)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
+    cached = sorted(json.loads(out.strip().splitlines()[-1])["cached"] for out, _ in results)
+    assert cached == [False, True]

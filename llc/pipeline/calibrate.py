@@ -288,16 +288,34 @@ def _csv_rows(p: Plan, rows: list[dict[str, Any]], chosen: int | None) -> list[d
 def calibrate(p: Plan, root: Path | str, *, reference: str = "none", skip: bool = True,
               progress: Callable[[int, int, str], None] | None = None,
               log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """Run the grid, pick a setting, write ``<root>/calibrations/<id>/`` and return its summary."""
-    import pandas as pd
+    """Run the grid, pick a setting, write ``<root>/calibrations/<id>/`` and return its summary.
 
+    Cached like a run: verified against its manifest before reuse, computed under its key's lock."""
     root = Path(root)
     cid = calibration_id(p)
     out_dir = root / CAL_DIR / cid
     if skip and cache.is_complete(out_dir):
-        summary = json.loads((out_dir / "summary.json").read_text())
-        summary["cached"] = True
-        return summary
+        return _cached(out_dir)
+    cache.remove_stale(out_dir.parent, log)  # a calibration killed mid-write left its temporary directory
+    with cache.key_lock(out_dir, "calibration", log):  # the same calibration asked twice computes once
+        # Finished by a process we waited for; a damaged one is moved to .broken/, said so, and recomputed.
+        if skip and cache.usable(out_dir, "calibration", log):
+            return _cached(out_dir)
+        return _compute(p, root, out_dir, reference=reference, progress=progress, log=log)
+
+
+def _cached(out_dir: Path) -> dict[str, Any]:
+    summary = json.loads((out_dir / "summary.json").read_text())
+    summary["cached"] = True
+    return summary
+
+
+def _compute(p: Plan, root: Path, out_dir: Path, *, reference: str, progress: Callable[[int, int, str], None] | None,
+             log: Callable[[str], None]) -> dict[str, Any]:
+    """Run the grid, apply the rule and write the calibration directory atomically; its summary."""
+    import pandas as pd
+
+    cid = out_dir.name
     result = run_points(p, root, progress=progress, log=log)
     rows = result["rows"]
     rec = recommend(p, rows)
