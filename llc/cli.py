@@ -84,6 +84,18 @@ def _override_flags(**flags) -> list[str]:
     return out
 
 
+def _config(preset: str | None, overrides: list[str]):
+    """``build_config``, after checking that a preset inside a sealed artifact (a calibration's
+    recommended.toml) is the file llc wrote: a damaged one would run silently with other values."""
+    from llc.config import build_config
+    from llc.store.cache import verify_sealed_file
+
+    if preset and Path(preset).suffix and (reason := verify_sealed_file(Path(preset))):
+        raise ConfigError(f"preset: {preset}: {reason} (damaged or edited); rerun llc calibrate, or copy the "
+                          "file elsewhere to edit it")
+    return build_config(preset, overrides)
+
+
 PresetOpt = Annotated[Optional[str], typer.Option(
     help=f"Preset name in llc/presets/ ({', '.join(preset_names())}) or a .toml path.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any field: dotted.field=value (repeatable).")]
@@ -224,7 +236,6 @@ def run(
 ) -> None:
     """Estimate the LLC of one target with the configured samplers."""
     from llc import console as report
-    from llc.config import build_config
 
     overrides = _override_flags(
         target=target, quad_dim=quad_dim, dln_widths=dln_widths, dln_rank=dln_rank, n_data=n_data,
@@ -233,7 +244,7 @@ def run(
         sgld_bias_correction=sgld_bias_correction)
     overrides += _figures_override(figures, no_save_plots)
     try:
-        cfg = build_config(preset, [*overrides, *(set_ or [])])
+        cfg = _config(preset, [*overrides, *(set_ or [])])
         _check_root(artifacts)
     except ConfigError as exc:
         fail(str(exc))
@@ -307,7 +318,6 @@ def calibrate(
 ) -> None:
     """Run a grid of sampler settings on one target as one batched program and recommend one."""
     from llc import console as report
-    from llc.config import build_config
     from llc.pipeline import calibrate as cal
 
     references = ("none", *registry.reference_names())
@@ -316,7 +326,7 @@ def calibrate(
     overrides = _override_flags(target=target, quad_dim=quad_dim, dln_widths=dln_widths, dln_rank=dln_rank,
                                 n_data=n_data, chains=chains, draws=draws, seed=seed)
     try:
-        plan = cal.plan(build_config(preset, [*overrides, *(set_ or [])]), sampler, grid)
+        plan = cal.plan(_config(preset, [*overrides, *(set_ or [])]), sampler, grid)
     except ConfigError as exc:
         fail(str(exc))
     with err.status(f"calibrating {sampler}: {len(plan.points)} points"):
@@ -356,7 +366,7 @@ def trajectory(
 
     overrides = _override_flags(chains=chains, draws=draws, seed=seed)
     try:
-        cfg = build_config(preset, [*overrides, *(set_ or [])])
+        cfg = _config(preset, [*overrides, *(set_ or [])])
         axes = parse_grid(axis or [], "--axis")
         check_checkpoints(cfg)
         for k, values in axes.items():  # every value checked before anything is trained

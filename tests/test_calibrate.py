@@ -163,3 +163,18 @@ def test_two_identical_calibrations_at_once_compute_once(tmp_path):
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
     cached = sorted(json.loads(out.strip().splitlines()[-1])["cached"] for out, _ in results)
     assert cached == [False, True]
+
+
+def test_a_damaged_recommended_preset_is_refused(quad_summary):
+    """Before: a bit-flipped recommended.toml (gamma 100 -> 100.1) was run without complaint."""
+    _, summary, root = quad_summary
+    preset = Path(summary["preset"])
+    text = preset.read_text()
+    assert "gamma = 100.0" in text
+    try:
+        preset.write_text(text.replace("gamma = 100.0", "gamma = 100.1"))
+        out = runner.invoke(app, ["run", "--preset", str(preset), "--artifacts", str(root)])
+        assert out.exit_code == 2, out.output
+        assert "does not match the checksum" in out.output and len(out.output.strip().splitlines()) == 1
+    finally:
+        preset.write_text(text)

@@ -162,6 +162,22 @@ def verify(directory: Path) -> str | None:
     return None
 
 
+def verify_sealed_file(path: Path) -> str | None:
+    """None unless ``path`` lies in a sealed cache directory (a calibration's recommended.toml) and
+    differs from what its manifest recorded; then the reason, one short phrase."""
+    path = Path(path)
+    try:
+        doc = json.loads((path.parent / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None  # not in a sealed directory: an ordinary file
+    rec = doc.get("files", {}).get(path.name) if isinstance(doc, dict) and isinstance(doc.get("files"), dict) else None
+    if not isinstance(rec, dict) or not path.is_file():
+        return None
+    if path.stat().st_size != rec.get("size") or _sha256(path) != rec.get("sha256"):
+        return f"it does not match the checksum recorded in {path.parent / MANIFEST}"
+    return None
+
+
 def is_complete(directory: Path) -> bool:
     """A whole, verified cache entry (every file its manifest lists, byte for byte)."""
     return verify(directory) is None
