@@ -425,11 +425,9 @@ def analyze(
     from llc.store import cache
     from llc.store.jsonfiles import ArtifactError, dumps
 
-    # A run without its manifest was interrupted (or is being written): its files may be partial.
     # (A damaged file of a complete run is named by the analysis itself when it reads it.)
-    if run_dir.is_dir() and not (run_dir / cache.MANIFEST).is_file():
-        fail(f"{run_dir}: incomplete run (no {cache.MANIFEST}: interrupted or still being written); "
-             "run it again to complete it, or `llc clean` to remove leftovers")
+    if problem := cache.run_dir_problem(run_dir):
+        fail(problem)
 
     try:
         res = analyze_run(run_dir, which=which, plots=[] if plots.strip() == "none" else plots, out=out,

@@ -192,3 +192,21 @@ def test_promote_named_run_and_sampler_filter(tmp_path):
     assert res.exit_code == 2 and "no figures to promote" in res.output
     res = runner.invoke(app, ["promote", "--artifacts", str(tmp_path / "none"), "--out", str(out)])
     assert res.exit_code == 2 and "no such artifacts directory" in res.output
+
+
+def test_a_root_or_a_run_without_manifest_is_one_line(real_run, tmp_path):
+    """Before: `llc analyze artifacts` (a root) said "incomplete run", and `llc report` wrote a page
+    for a run without manifest.json, which `llc analyze` refuses."""
+    root = real_run.parent
+    out = runner.invoke(app, ["analyze", str(root), "--plots", "none"])
+    assert out.exit_code == 2, out.output
+    line = out.output.strip()
+    assert "is an artifacts root, not a run" in line and real_run.name in line and "\n" not in line
+    partial = tmp_path / "partial"
+    shutil.copytree(real_run, partial)
+    (partial / "manifest.json").unlink()
+    for cmd in (["analyze", str(partial), "--plots", "none"], ["report", str(partial), "--out", str(tmp_path / "p.html")]):
+        out = runner.invoke(app, cmd)
+        assert out.exit_code == 2 and "incomplete run" in out.output, (cmd, out.output)
+        assert len(out.output.strip().splitlines()) == 1
+    assert not (tmp_path / "p.html").exists()

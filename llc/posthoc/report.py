@@ -53,6 +53,7 @@ from llc.posthoc.report_html import (CHAIN_COLORS, INDEX_FILE, MAX_LAGS, MAX_PAG
 from llc.posthoc.report_trajectory import INDEX_HEADERS as TRAJ_INDEX_HEADERS
 from llc.posthoc.report_trajectory import index_rows as traj_index_rows
 from llc.posthoc.report_trajectory import is_overlay, is_trajectory, trajectory_page
+from llc.store.cache import run_dir_problem
 from llc.store.jsonfiles import ArtifactError
 from llc.store.layout import TRAJ_DIR
 
@@ -470,6 +471,8 @@ def run_page(run_dir: Path, page_dir: Path | None = None, value_budget: int = VA
     from llc.posthoc.analyze import METRICS_FILE, load_run, run_metrics
 
     run_dir = Path(run_dir)
+    if problem := run_dir_problem(run_dir):  # refused as `llc analyze` refuses it
+        raise ReportError(problem)
     try:
         idatas = load_run(run_dir)
     except ArtifactError as exc:

@@ -178,6 +178,22 @@ def verify_sealed_file(path: Path) -> str | None:
     return None
 
 
+def run_dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a saved run, in one line; None when it can be (or is no
+    directory: the reader says so). An artifacts root names its runs; a run without its manifest
+    was interrupted or is still being written, so its files may be partial."""
+    path = Path(path)
+    if not path.is_dir() or (path / MANIFEST).is_file():
+        return None
+    runs = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")
+                  and (d / MANIFEST).is_file())
+    if runs:
+        shown = ", ".join(runs[:5]) + (f", ... ({len(runs)} in all)" if len(runs) > 5 else "")
+        return f"{path} is an artifacts root, not a run; give one of its runs: {shown} (e.g. {path / runs[0]})"
+    return (f"{path}: incomplete run (no {MANIFEST}: interrupted or still being written); "
+            "run it again to complete it, or `llc clean` to remove leftovers")
+
+
 def is_complete(directory: Path) -> bool:
     """A whole, verified cache entry (every file its manifest lists, byte for byte)."""
     return verify(directory) is None
