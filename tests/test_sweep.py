@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -149,6 +150,29 @@ def test_interrupted_sweep_keeps_finished_rows(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(points, ScriptedBackend(out, interrupt_after=1), tmp_path / "art", out)
     assert [r["status"] for r in rows(out)] == [DONE, DONE]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+def test_a_damaged_csv_is_said_and_rebuilt(tmp_path, damage):
+    """Before: a CSV truncated mid-row kept a row with an empty run_id, and a zeroed one was silently
+    replaced. Now either is said in one line, a copy kept, and the file rebuilt from the runs."""
+    from rich.console import Console
+
+    out = tmp_path / "res.csv"
+    points = sweep.plan_sweep(_space3())
+    sweep.run_sweep(points, ScriptedBackend(out), tmp_path / "art", out)
+    whole = rows(out)
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) - 40] if damage == "truncated" else b"\0" * len(data))
+    console = Console(file=io.StringIO(), width=300)
+    sweep.run_sweep(points, ScriptedBackend(out), tmp_path / "art", out, console=console)
+    said = console.file.getvalue()
+    assert f"sweep CSV {out} is damaged" in said and "rebuilding it" in said, said
+    assert list(tmp_path.glob("res.csv.damaged-*"))
+    rebuilt = rows(out)
+    assert all(r["run_id"] for r in rebuilt) and len(rebuilt) == len(whole)
+    assert [(r["run_id"], r["sampler"], r["llc_mean"]) for r in rebuilt] == \
+        [(r["run_id"], r["sampler"], r["llc_mean"]) for r in whole]
 
 
 # --------------------------------------------------------------------------- real sweep, restart

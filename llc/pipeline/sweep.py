@@ -33,10 +33,11 @@ import json
 import itertools
 import math
 import os
+import shutil
 import time
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Sequence, get_type_hints
+from typing import Any, Callable, Iterable, Sequence, get_type_hints
 
 from llc.store import cache
 from llc.pipeline.backends.base import CACHED, FAILED, Backend, BackendUnavailable, Outcome, execute  # noqa: F401
@@ -309,9 +310,10 @@ class ResultsCSV:
     (an earlier or a parallel sweep) are kept, and a run's row is never duplicated.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, log: Callable[[str], None] = lambda msg: None):
         self.path = Path(path)
         self.rows: dict[int, list[dict[str, Any]]] = {}
+        self.log = log
 
     @property
     def lock_file(self) -> Path:
@@ -352,10 +354,35 @@ class ResultsCSV:
             out.extend(block)
         return out
 
+    def intact_rows(self) -> list[dict[str, Any]]:
+        """The rows already in the file that are whole. A row cut short (a file truncated mid-row),
+        one without a run id, or a file with no header (zeroed) is said in one line and left out (a
+        copy of the damaged file is kept beside it); this sweep's rows are rebuilt from its runs."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return []
+        try:
+            with self.path.open(newline="") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                header = reader.fieldnames or []
+        except (UnicodeDecodeError, csv.Error) as exc:
+            rows, header = [], []
+            why = f"unreadable ({type(exc).__name__})"
+        else:
+            why = "" if "run_id" in header else "no header with a run_id column"
+        whole = [r for r in rows if None not in r and None not in r.values() and r.get("run_id")] if not why else []
+        if why or len(whole) < len(rows):
+            copy = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            shutil.copyfile(self.path, copy)
+            what = why or f"{len(rows) - len(whole)} of {len(rows)} rows cut short or without a run_id"
+            self.log(f"sweep CSV {self.path} is damaged ({what}); kept a copy at {copy.name} and rebuilding it "
+                     "from this sweep's runs" + (" and its whole rows" if whole else ""))
+        return whole
+
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with cache.file_lock(self.lock_file):
-            existing = read_results(self.path) if self.path.is_file() else []
+            existing = self.intact_rows()
             rows = self.merged(existing)
             cols = self.columns(rows)
             with cache.atomic_file(self.path, "w", newline="") as fh:
@@ -393,7 +420,7 @@ def run_sweep(points: Sequence[SweepPoint], backend: Backend, root: Path | str, 
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    table = ResultsCSV(Path(out_csv))
+    table = ResultsCSV(Path(out_csv), log=lambda msg: note(msg))
     cache.remove_stale_files(table.path.parent, table.path.name)
     summary = SweepSummary(total=len(points), csv=str(out_csv))
     t0 = time.perf_counter()
