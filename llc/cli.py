@@ -327,6 +327,7 @@ def calibrate(
                                 n_data=n_data, chains=chains, draws=draws, seed=seed)
     try:
         plan = cal.plan(_config(preset, [*overrides, *(set_ or [])]), sampler, grid)
+        _check_root(artifacts)
     except ConfigError as exc:
         fail(str(exc))
     with err.status(f"calibrating {sampler}: {len(plan.points)} points"):
@@ -376,6 +377,7 @@ def trajectory(
         if name not in registry.batched_names():
             raise ConfigError(f"--sampler: {name!r} is not allowed; choose one of "
                               + ", ".join(registry.batched_names()))
+        _check_root(artifacts)
     except ConfigError as exc:
         fail(str(exc))
     overlay = None

@@ -178,3 +178,14 @@ def test_a_damaged_recommended_preset_is_refused(quad_summary):
         assert "does not match the checksum" in out.output and len(out.output.strip().splitlines()) == 1
     finally:
         preset.write_text(text)
+
+
+@pytest.mark.parametrize("command", [["calibrate", "--target", "quadratic"], ["trajectory", "--preset", "grok-tiny"]])
+def test_an_unwritable_root_is_one_line_before_any_work(command, tmp_path):
+    """Before: calibrate and trajectory (uncached) gave ~110-line tracebacks for an unwritable root."""
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    for root in ("/dev/null", str(afile / "sub")):
+        out = runner.invoke(app, [*command, "--artifacts", root])
+        assert out.exit_code == 2, out.output
+        assert "--artifacts" in out.output and len(out.output.strip().splitlines()) == 1, out.output
