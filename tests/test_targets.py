@@ -192,3 +192,23 @@ def test_warmup_and_clipping_in_the_optimizer():
         upd, state = opt.update({"w": jnp.array([3.0, 4.0])}, state, p)  # norm 5, clipped to 1
         steps.append(float(jnp.linalg.norm(upd["w"])))
     np.testing.assert_allclose(steps, [0.1, 0.2, 0.3, 0.4, 0.4], rtol=1e-6)  # lr (t+1)/4, no zero step
+
+
+def test_a_target_saved_but_not_catalogued_is_catalogued_when_loaded(tmp_path):
+    """Before: a target killed between its rename and the catalog append was never catalogued, and
+    its writer left targets/.catalog.lock behind for good."""
+    from llc.store import cache
+
+    cfg = build_config(None, ["target.kind=quadratic", "target.quadratic.dim=3"])
+    first = get_target(cfg, tmp_path)
+    catalog = tmp_path / "targets" / "_catalog.jsonl"
+    assert [json.loads(line)["id"] for line in catalog.read_text().splitlines()] == [first.id]
+    catalog.write_text("")  # as if killed right after the rename
+    lock = cache.lock_path(tmp_path / "targets", "_catalog.jsonl")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")  # a killed holder's lock file
+    again = get_target(cfg, tmp_path)
+    assert again.cached and [json.loads(line)["id"] for line in catalog.read_text().splitlines()] == [first.id]
+    get_target(cfg, tmp_path)
+    assert len(catalog.read_text().splitlines()) == 1  # never twice
+    assert any(item.path == lock for item in cache.find_litter(tmp_path / "targets")) or not lock.exists()

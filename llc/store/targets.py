@@ -55,10 +55,27 @@ def save(root: Path, target_id: str, meta: dict[str, Any], data: dict[str, Any],
                 writer.writerows(zip(*(np.asarray(v).tolist() for v in log.values())))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         cache.seal(tmp, {"id": target_id})  # last: every file with its checksum, marks it complete
-    path = Path(root) / TARGETS_DIR / CATALOG_FILE
-    with cache.file_lock(path.with_name(".catalog.lock")), path.open("a") as fh:
-        fh.write(json.dumps(catalog) + "\n")
+    catalogue(root, catalog)
     return final
+
+
+def catalogue(root: Path, entry: dict[str, Any]) -> None:
+    """Append a stored target's catalog line unless the catalog has it: a save killed between its
+    rename and this append is catalogued when the target is next loaded. The lock lives in
+    ``targets/.locks/`` with the targets' own, where ``llc clean`` finds a killed holder's."""
+    directory = Path(root) / TARGETS_DIR
+    path = directory / CATALOG_FILE
+    with cache.file_lock(cache.lock_path(directory, CATALOG_FILE)):
+        listed = set()
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    listed.add(json.loads(line).get("id"))
+                except (ValueError, AttributeError):
+                    continue  # a line cut short by a killed writer
+        if entry["id"] not in listed:
+            with path.open("a") as fh:
+                fh.write(json.dumps(entry) + "\n")
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -193,10 +193,13 @@ def save_target(target: Target, root: Path) -> Path:
         data.update(x_test=target.x_test, y_test=target.y_test)
     ck = target.checkpoints
     checkpoints = None if ck is None else (ck.steps, jax.tree.leaves(ck.stacked()), ck.metrics)
-    catalog = {"id": target.id, "kind": target.kind, "n": target.n, "d": target.d, "L0": target.L0,
-               "created": target.meta["created"]}
     return stored.save(root, target.id, target.meta, data, jax.tree.leaves(target.params), checkpoints,
-                       target.log, catalog)
+                       target.log, _catalog_entry(target))
+
+
+def _catalog_entry(target: Target) -> dict[str, Any]:
+    return {"id": target.id, "kind": target.kind, "n": target.n, "d": target.d, "L0": target.L0,
+            "created": target.meta["created"]}
 
 
 def _shape(leaf) -> tuple[int, ...]:
@@ -228,7 +231,9 @@ def get_target(cfg: RunConfig, root: Path, progress: Callable[[int, int], None] 
     path = stored.target_path(root, target_id(cfg))
     with cache.key_lock(path, "target", log):
         if cache.usable(path, "target", log):
-            return load_target(cfg, path)
+            target = load_target(cfg, path)
+            stored.catalogue(root, _catalog_entry(target))
+            return target
         target = build_target(cfg, progress=progress)
         return dataclasses.replace(target, path=save_target(target, root))
 
