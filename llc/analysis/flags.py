@@ -140,7 +140,8 @@ def sampler_kind(sampler: str | None) -> str:
     return "minibatch" if spec and spec.minibatch else "full_batch"
 
 
-# Advice where it differs by sampler kind: an independent-draws sampler (VI) is an optimiser, without step size, warm-up or burn-in.
+# Advice where it differs by sampler kind: an independent-draws sampler (VI) is an optimiser,
+# without step size, warm-up or burn-in.
 ADVICE = {
     "disagree": {"full_batch": "chains disagree (longer warm-up or a smaller step)",
                  "minibatch": "chains disagree (longer warm-up or a smaller step)",
@@ -172,7 +173,8 @@ def diverged(n_diverged: int, chains: int, reasons: dict[str, str] | None = None
     return f"diverged: {n_diverged} of {chains} chains failed{f' ({why})' if why else ''}; excluded from λ̂"
 
 
-def unconverged(rhat: float | None, ess_bulk: float | None, ess_tail: float | None, kind: str = "full_batch") -> str | None:
+def unconverged(rhat: float | None, ess_bulk: float | None, ess_tail: float | None,
+                kind: str = "full_batch") -> str | None:
     """R-hat or bulk / tail ESS beyond their thresholds (see the module docstring); None: not judged.
     ``kind``: ``sampler_kind``'s, for the advice."""
     found, advice = [], []
