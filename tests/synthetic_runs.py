@@ -37,15 +37,17 @@ NBETA = 100.0
 def make_idata(sampler: str, rng: np.random.Generator, chains: int = 4, draws: int = 200, rho: float = 0.3,
                stats: dict[str, np.ndarray] | None = None, work: dict[str, float] | None = None,
                warmup: int = 20, extra_attrs: dict | None = None, info: dict | None = None,
-               llc: np.ndarray | None = None):
+               llc: np.ndarray | None = None, theta: np.ndarray | None = None):
     """An llc InferenceData whose lambda-hat draws are 3 + AR(1) noise (so lambda-hat is about 3),
-    or the given ``llc`` draws (chains, draws)."""
+    or the given ``llc`` draws (chains, draws); ``theta``: its projections (chains, draws, k), by
+    default N(0, 0.1^2)."""
     if llc is None:
         llc = 3.0 + ar1(rng, chains, draws, rho, sigma=1.0)
     chains, draws = llc.shape
     Ln = L0 + llc / NBETA
     Ln_warm = L0 + (3.0 + rng.standard_normal((chains, warmup)) * 2) / NBETA
-    theta = rng.standard_normal((chains, draws, 4)) * 0.1
+    if theta is None:
+        theta = rng.standard_normal((chains, draws, 4)) * 0.1
     work = work or {"n_grad_evals": 4000.0, "fde": 1000.0, "wall_s": 2.0, "compile_s": 1.0, "warmup_s": 0.5}
     attrs = dict(ATTRS)
     attrs.update(extra_attrs or {})

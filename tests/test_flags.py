@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 from synthetic_runs import ATTRS, ar1, make_idata, write_run
 
+from llc import theory
 from llc.analysis import flags as F
 from llc.analysis.diagnostics import sampler_metrics
 from llc.store.artifacts import load_netcdf, stored_flags
@@ -75,10 +76,11 @@ def test_unconverged_skips_ess_of_independent_draws():
     # VI: 64 i.i.d. draws of q per fit give an exact SE; R-hat still compares independent fits.
     rng = np.random.default_rng(13)
     one = {"chains": 1, "diverged_chains": 0, "rhat": None, "ess_bulk": 64.0, "ess_tail": 64.0}
-    assert F.sampler_flags(rng.gamma(3.0, size=(1, 64)), one, {}, independent=True) == []
-    assert _codes(F.sampler_flags(rng.gamma(3.0, size=(1, 64)), one, {})) == ["unconverged"]
+    assert F.sampler_flags(rng.gamma(3.0, size=(1, 64)), one, {}, sampler="vi") == []
+    assert _codes(F.sampler_flags(rng.gamma(3.0, size=(1, 64)), one, {}, sampler="hmc")) == ["unconverged"]
     fits = {**one, "chains": 2, "rhat": 1.3}
-    assert _codes(F.sampler_flags(rng.gamma(3.0, size=(2, 64)), fits, {}, independent=True)) == ["unconverged"]
+    fl = F.sampler_flags(rng.gamma(3.0, size=(2, 64)), fits, {}, sampler="vi")
+    assert _codes(fl) == ["unconverged"] and "independent fits disagree (more optimisation steps" in fl[0]
 
 
 def test_above_half_dim():
@@ -161,6 +163,83 @@ def test_diverged_chains_are_a_flag():
     idata.posterior["Ln"] = (("chain", "draw"), Ln)
     fl = sampler_metrics(idata)["flags"]
     assert fl == ["diverged: 1 of 4 chains failed (chain 1: frozen chain); excluded from λ̂"]
+
+
+def test_advice_depends_on_the_kind_of_sampler():
+    # VI is an optimiser (no step size, warm-up or burn-in); SGLD's noise is also its minibatch's.
+    assert [F.sampler_kind(n) for n in ("vi", "sgld", "hmc", None)] == ["independent", "minibatch", "full_batch",
+                                                                        "full_batch"]
+    spiky = _healthy(4, draws=500)
+    spiky[:, ::50] += 300.0
+    vi, sgld, hmc = (F.excess_variance(spiky, 0.5, F.sampler_kind(n)) for n in ("vi", "sgld", "hmc"))
+    assert "step size" not in vi and "fewer components, a lower rank" in vi and "learning rate" in vi
+    assert sgld.endswith("(step size too large, or the batch too small?)")
+    assert hmc.endswith("(step size too large?)")
+    vi, sgld = (F.above_half_dim(310.0, 10.0, 4, F.sampler_kind(n)) for n in ("vi", "sgld"))
+    assert "q does not fit the tempered posterior" in vi and "step size" not in vi
+    assert "not sampling the tempered posterior (step size too large, or the batch too small?)" in sgld
+    assert F.unconverged(1.3, None, None, "independent").endswith(
+        "the independent fits disagree (more optimisation steps or a lower learning rate)")
+    trending = _healthy(5, draws=600) + np.linspace(0.0, 2.0, 600)
+    assert "more burn-in" not in F.drift(trending, "independent") and "more burn-in" in F.drift(trending, "minibatch")
+    shifted = _healthy(7, draws=500)
+    shifted[2] += 3.0
+    assert F.outlier_chains(shifted, kind="independent").endswith("one fit converged elsewhere (more optimisation "
+                                                                  "steps or a lower learning rate?)")
+    assert F.outlier_chains(shifted, kind="minibatch").endswith("(longer warm-up or a smaller step?)")
+    # Through the stored file: the sampler's name in its attributes picks the advice.
+    fl = sampler_metrics(make_idata("vi", np.random.default_rng(4), llc=spiky))["flags"]
+    assert "a stray component" in fl[_codes(fl).index("excess_variance")]
+
+
+def _quadratic_draws(rng: np.random.Generator, h: np.ndarray, nbeta: float, gamma: float, chains: int = 4,
+                     draws: int = 500, proj: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Exact i.i.d. draws of the localized posterior of sum h w^2 / 2: lambda-hat draws, theta projections."""
+    w = rng.standard_normal((chains, draws, h.size)) / np.sqrt(nbeta * h + gamma)
+    return nbeta * 0.5 * (h * w**2).sum(-1), w @ (rng.standard_normal((h.size, proj)) / np.sqrt(h.size))
+
+
+def _localizer(llc: np.ndarray, theta: np.ndarray | None, gamma: float = 100.0, nbeta: float = 100.0) -> str | None:
+    se = float(llc.std(ddof=1)) / np.sqrt(llc.size)  # i.i.d. draws
+    return F.localizer(llc, se, theta, gamma, nbeta)
+
+
+def test_localizer_fires_where_gamma_sets_lambda_hat():
+    rng = np.random.default_rng(21)
+    nbeta, gamma, d = 100.0, 100.0, 50
+    # The loss dominates half the directions (n*beta h / gamma from 1e-3 to 1e3): Var/lambda-hat ~ 0.86.
+    assert _localizer(*_quadratic_draws(rng, np.logspace(-3, 3, d), nbeta, gamma)) is None
+    # Every s_i = n*beta h / (n*beta h + gamma) = 0.12 (above the 0.1 threshold): quiet; 0.02: flagged.
+    for s, fires in ((0.12, False), (0.02, True)):
+        h = np.full(d, gamma * s / (nbeta * (1 - s)))
+        assert (_localizer(*_quadratic_draws(rng, h, nbeta, gamma)) is not None) == fires, s
+    # Every h tiny (n*beta h << gamma): lambda-hat = 2.5e-3 is the localizer's; the message says what to change.
+    llc, theta = _quadratic_draws(rng, np.full(d, 1e-6), nbeta, gamma)
+    fl = _localizer(llc, theta)
+    exact = theory.quadratic_learning_coefficient(d, 1000, 0.1, gamma, [1e-6] * d)
+    assert abs(llc.mean() - exact) < 0.05 * exact
+    assert fl.startswith("localizer: the chains spread as far as the localizer alone allows (γ·E[θ²] = ")
+    assert "grows as (nβ)^1.00" in fl and "λ̂ measures nβ/γ = 1, not the loss" in fl
+    assert fl.endswith("lower posterior.gamma (now 100) or raise n·β (posterior.beta0)")
+    # A sampler that barely moves also gives a small lambda-hat with a small variance, but its
+    # chains do not reach the localizer's width: not the localizer's doing.
+    assert _localizer(llc, 0.1 * theta) is None
+    assert _localizer(llc, None) is None and _localizer(llc, theta, gamma=0.0) is None
+
+
+def test_localizer_flag_from_the_stored_file_and_in_memory():
+    rng = np.random.default_rng(22)
+    gamma, nbeta = 50.0, 100.0  # synthetic_runs.ATTRS, NBETA
+    llc, theta = _quadratic_draws(rng, np.full(20, 1e-5), nbeta, gamma)
+    idata = make_idata("hmc", rng, llc=llc, theta=theta, extra_attrs={"analytic_llc": None})
+    assert _codes(sampler_metrics(idata)["flags"]) == ["localizer"]
+    # The synthetic runs' default theta (sd 0.1: gamma * E[theta^2] = 0.5) with a healthy lambda-hat: quiet.
+    assert _flags(_healthy(23), analytic_llc=None) == []
+    # A diverged chain's theta is dropped with its lambda-hat draws.
+    theta[1] = np.nan
+    idata = make_idata("hmc", rng, llc=llc, theta=theta, extra_attrs={"analytic_llc": None})
+    m = sampler_metrics(idata)
+    assert _codes(m["flags"]) == ["diverged", "localizer"]
 
 
 def test_samplers_that_disagree_name_each_other():

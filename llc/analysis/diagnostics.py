@@ -254,7 +254,8 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
     m["stats_mean"] = means
     m["info"] = sampler_info(idata)
     kept = [i for i, v in enumerate(m["llc_per_chain"]) if v is not None]
-    m["flags"] = flags.sampler_flags(llc_draws(Ln[kept], L0, nbeta), m, attrs, m["info"], independent)
+    m["flags"] = flags.sampler_flags(llc_draws(Ln[kept], L0, nbeta), m, attrs, m["info"], m["sampler"],
+                                     None if theta is None else theta[kept])
     return m
 
 

@@ -1,7 +1,10 @@
 """Failure flags: results that are wrong although nothing is NaN and R-hat looks fine (no JAX).
 
-A flag is one line, ``"<code>: <what and why>"``; a sampler's ``flags`` list (metrics.json, the
-``--json`` record, the NetCDF ``flags`` attribute, the sweep CSV) is empty only for a clean result.
+A flag is one line, ``"<code>: <what and why>"``, whose advice depends on the kind of sampler
+(``sampler_kind``, from the registry's attributes): VI, an optimiser, is advised on optimisation
+steps, learning rate, components and rank, never on step size or burn-in; minibatch samplers also
+on the batch. A sampler's ``flags`` list (metrics.json, the ``--json`` record, the NetCDF ``flags``
+attribute, the sweep CSV) is empty only for a clean result.
 
 Per sampler, from its kept draws of lambda-hat (diverged chains excluded):
 
@@ -51,6 +54,33 @@ Per sampler, from its kept draws of lambda-hat (diverged chains excluded):
   target): exact for the quadratic, so any gap is the sampler's bias; n -> infinity for deep linear
   networks, where finite n*beta with the localizer reads low.
 
+- ``localizer``: the localizer, not the loss, sets lambda-hat, and the chains spread as far as it
+  alone allows. Two statistics of the kept draws: (a) Var/lambda-hat, since at a tempered posterior
+  d E[n*beta (L_n - L0)] / d(n*beta) = E[L_n - L0] - n*beta Var[L_n] gives
+  d ln lambda-hat / d ln n*beta = 1 - Var[n*beta (L_n - L0)] / lambda-hat exactly: Var/lambda-hat
+  ~ 1 where lambda-hat is a learning coefficient (independent of beta; see ``excess_variance``),
+  ~ 0 where it grows in proportion to n*beta. For a quadratic loss (1/2) sum h_i w_i^2, with s_i =
+  n*beta h_i / (n*beta h_i + gamma), lambda = sum s_i / 2, Var/lambda = sum s_i^2 / sum s_i, and
+  lambda depends on n*beta / gamma only, so 1 - Var/lambda is also -d ln lambda / d ln gamma; in
+  the limit n*beta h << gamma, lambda-hat ~ n*beta tr(H) / (2 gamma). (b) r = gamma * E[theta_k^2]
+  over kept draws, chains and projections: with P's entries N(0, 1/d), E[theta_k^2] ~ E|w - w*|^2 / d,
+  which is 1/gamma under the localizer alone (r = 1 - mean s_i for the quadratic); r alone cannot
+  tell (singular networks have r ~ 1 - 2 lambda / d ~ 1 whatever their lambda: the quick MLP too),
+  but it tells a posterior the localizer sets from a sampler that barely moves (also a small
+  lambda-hat with a small variance, but r << 1). Flagged when Var/lambda-hat + 3 SE < 0.1
+  (lambda-hat grows at least as (n*beta)^0.9: halving gamma would nearly double it) and r - 3 SE >
+  0.25, with lambda-hat > 3 SE. The SEs: Var's from ArviZ's ESS of the squared deviations (delta
+  method, ignoring their positive correlation with the mean: conservative); r's the mean over
+  projections of each one's SE from the ESS of gamma theta_k^2 (at least the SE of their mean, however
+  they correlate). r's bound is loose because with few projections |P_k|^2 varies (d = 6, 4
+  projections: E[r] = 0.56 under the localizer alone). Exact Gaussian draws of quadratic posteriors
+  (``python benchmarks/localizer_rates.py``: d = 50, every s_i = s, 4 chains x 1,000 draws, i.i.d. or
+  AR(1) rho 0.9, 4 projections, 400 replicates per case): s >= 0.1, none flagged (at most 1.0 % at
+  s = 0.1, rho 0.9); s = 0.095, 5-18 %; 0.09, 22-93 %; 0.08, 90-100 %; s <= 0.05 and d = 6 with
+  every n*beta h = 1e-5 gamma, 100 %; a spread spectrum (n*beta h / gamma 1e-3..1e3, Var/lambda 0.86) and
+  chains reaching 1/10 of the localizer's width, 0 %. The quick preset's MLP has Var/lambda-hat
+  0.33-0.40: not flagged.
+
 Across samplers of one run (``add_cross_sampler_flags``):
 
 - ``disagree``: two samplers' lambda-hat more than 3 combined SE apart, sqrt(SE_a^2 + SE_b^2);
@@ -66,6 +96,7 @@ from typing import Any
 import numpy as np
 
 # How a flag reads in a table is the stored records' business (README_snippet.md shows them too).
+from llc import registry
 from llc.store.records import flag_code
 
 Z_SE = 3.0  # SEs for above_d_half, negative, analytic, disagree
@@ -82,8 +113,12 @@ MIN_DRAWS = 30  # fewer kept draws: no drift / outlier / variance test
 # R-hat < 1.01, llc.analysis.health, only ranks grid points).
 UNCONVERGED_RHAT = 1.05
 UNCONVERGED_ESS = 100.0
+# localizer: Var/lambda-hat (= 1 - d ln lambda-hat / d ln n*beta) below this by 3 SE, and
+# gamma * E[theta_k^2] (1: the localizer alone) above that by 3 SE (the module docstring).
+LOCALIZER_VAR_MAX = 0.1
+LOCALIZER_SPREAD_MIN = 0.25
 FLAG_CODES = ("diverged", "unconverged", "above_d_half", "negative", "excess_variance", "drift", "outlier_chain",
-              "analytic", "disagree")
+              "analytic", "localizer", "disagree")
 
 
 def _g(x: float) -> str:
@@ -95,6 +130,40 @@ def codes_in(text: str) -> list[str]:
     return re.findall(rf"(?:^|; )({'|'.join(FLAG_CODES)}):", text or "")
 
 
+def sampler_kind(sampler: str | None) -> str:
+    """What a flag's advice is about, from the registry's attributes: "independent" (an optimiser's
+    i.i.d. draws of q: VI), "minibatch" (stochastic-gradient chains) or "full_batch" (full-batch
+    chains; also an unknown sampler)."""
+    spec = registry.SAMPLERS.get(str(sampler))
+    if spec and spec.independent_draws:
+        return "independent"
+    return "minibatch" if spec and spec.minibatch else "full_batch"
+
+
+# Advice where it differs by sampler kind: an independent-draws sampler (VI) is an optimiser,
+# without step size, warm-up or burn-in.
+ADVICE = {
+    "disagree": {"full_batch": "chains disagree (longer warm-up or a smaller step)",
+                 "minibatch": "chains disagree (longer warm-up or a smaller step)",
+                 "independent": "the independent fits disagree (more optimisation steps or a lower learning rate)"},
+    "not_sampling": {"full_batch": "the sampler is not sampling the tempered posterior (step size too large?)",
+                     "minibatch": "the sampler is not sampling the tempered posterior (step size too large, or "
+                                  "the batch too small?)",
+                     "independent": "q does not fit the tempered posterior (more optimisation steps, a lower learning "
+                           "rate, fewer components or a lower rank?)"},
+    "excursions": {"full_batch": "rare huge excursions dominate λ̂ (step size too large?)",
+                   "minibatch": "rare huge excursions dominate λ̂ (step size too large, or the batch too small?)",
+                   "independent": "a few draws of q far from w* dominate λ̂ (a stray component: fewer components, a "
+                         "lower rank, more optimisation steps or a lower learning rate?)"},
+    "drift": {"full_batch": "not stationary yet (more burn-in?)",
+              "minibatch": "not stationary yet (more burn-in, or a smaller step?)",
+              "independent": "the draws of a fitted q are i.i.d., so a trend is not burn-in (rerun with another seed)"},
+    "outlier": {"full_batch": "stuck apart from the others (longer warm-up?)",
+                "minibatch": "stuck apart from the others (longer warm-up or a smaller step?)",
+                "independent": "one fit converged elsewhere (more optimisation steps or a lower learning rate?)"},
+}
+
+
 # --------------------------------------------------------------------------- single checks
 
 def diverged(n_diverged: int, chains: int, reasons: dict[str, str] | None = None) -> str | None:
@@ -104,12 +173,14 @@ def diverged(n_diverged: int, chains: int, reasons: dict[str, str] | None = None
     return f"diverged: {n_diverged} of {chains} chains failed{f' ({why})' if why else ''}; excluded from λ̂"
 
 
-def unconverged(rhat: float | None, ess_bulk: float | None, ess_tail: float | None) -> str | None:
-    """R-hat or bulk / tail ESS beyond their thresholds (see the module docstring); None: not judged."""
+def unconverged(rhat: float | None, ess_bulk: float | None, ess_tail: float | None,
+                kind: str = "full_batch") -> str | None:
+    """R-hat or bulk / tail ESS beyond their thresholds (see the module docstring); None: not judged.
+    ``kind``: ``sampler_kind``'s, for the advice."""
     found, advice = [], []
     if rhat is not None and rhat > UNCONVERGED_RHAT:
         found.append(f"R̂ = {rhat:.3f} > {UNCONVERGED_RHAT:g}")
-        advice.append("chains disagree (longer warm-up or a smaller step)")
+        advice.append(ADVICE["disagree"][kind])
     low = [f"{name} ESS = {ess:.0f}" for name, ess in (("bulk", ess_bulk), ("tail", ess_tail))
            if ess is not None and ess < UNCONVERGED_ESS]
     if low:
@@ -120,11 +191,11 @@ def unconverged(rhat: float | None, ess_bulk: float | None, ess_tail: float | No
     return f"unconverged: {', '.join(found)}: {' and '.join(advice)}"
 
 
-def above_half_dim(mean: float, se: float, dim: int | None) -> str | None:
+def above_half_dim(mean: float, se: float, dim: int | None, kind: str = "full_batch") -> str | None:
     if dim is None or mean - Z_SE * se <= dim / 2:
         return None
     return (f"above_d_half: λ̂ = {_g(mean)} ± {_g(se)} exceeds d/2 = {_g(dim / 2)}, impossible for a learning "
-            "coefficient: the sampler is not sampling the tempered posterior (step size too large?)")
+            f"coefficient: {ADVICE['not_sampling'][kind]}")
 
 
 def negative(mean: float, se: float) -> str | None:
@@ -133,7 +204,7 @@ def negative(mean: float, se: float) -> str | None:
     return f"negative: λ̂ = {_g(mean)} ± {_g(se)} < 0: w* is not a local minimum of L_n (or L0 is wrong)"
 
 
-def excess_variance(llc: np.ndarray, se: float) -> str | None:
+def excess_variance(llc: np.ndarray, se: float, kind: str = "full_batch") -> str | None:
     """Var of the lambda-hat draws against lambda-hat (see the module docstring)."""
     llc = np.asarray(llc, dtype=np.float64)
     mean = float(llc.mean())
@@ -142,11 +213,11 @@ def excess_variance(llc: np.ndarray, se: float) -> str | None:
     ratio = float(llc.var(ddof=1)) / mean
     if ratio <= VARIANCE_RATIO_MAX:
         return None
-    return (f"excess_variance: Var of the λ̂ draws is {ratio:.3g}× λ̂ (≲ 1× at a tempered posterior): rare "
-            "huge excursions dominate λ̂ (step size too large?)")
+    return (f"excess_variance: Var of the λ̂ draws is {ratio:.3g}× λ̂ (≲ 1× at a tempered posterior): "
+            f"{ADVICE['excursions'][kind]}")
 
 
-def drift(llc: np.ndarray) -> str | None:
+def drift(llc: np.ndarray, kind: str = "full_batch") -> str | None:
     """First vs last third of every chain (see the module docstring for the two tests)."""
     import arviz as az  # here, not at import: the CLI's tables use this module's helpers
     from scipy import stats as st
@@ -174,7 +245,7 @@ def drift(llc: np.ndarray) -> str | None:
     if not found:
         return None
     return (f"drift: λ̂ moves from {_g(float(first.mean()))} (first third of the kept draws) to "
-            f"{_g(float(last.mean()))} (last third); {', '.join(found)}: not stationary yet (more burn-in?)")
+            f"{_g(float(last.mean()))} (last third); {', '.join(found)}: {ADVICE['drift'][kind]}")
 
 
 def _chain_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +255,7 @@ def _chain_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.std(axis=1, ddof=1) / np.sqrt(ess), ess
 
 
-def outlier_chains(llc: np.ndarray, chain_ids: list[int] | None = None) -> str | None:
+def outlier_chains(llc: np.ndarray, chain_ids: list[int] | None = None, kind: str = "full_batch") -> str | None:
     """Chains far outside the spread of the others (see the module docstring)."""
     x = np.asarray(llc, dtype=np.float64)
     chains, draws = x.shape
@@ -203,7 +274,7 @@ def outlier_chains(llc: np.ndarray, chain_ids: list[int] | None = None) -> str |
         if abs(z) > OUTLIER_Z:
             found.append(f"chain {ids[c]} at {_g(float(means[c]))} ({abs(z):.1f} scales from the others' "
                          f"{_g(float(means[others].mean()))})")
-    return f"outlier_chain: {'; '.join(found)}" if found else None
+    return f"outlier_chain: {'; '.join(found)}: {ADVICE['outlier'][kind]}" if found else None
 
 
 def far_from_analytic(mean: float, se: float, attrs: dict[str, Any]) -> str | None:
@@ -222,25 +293,72 @@ def far_from_analytic(mean: float, se: float, attrs: dict[str, Any]) -> str | No
             f"({abs(gap) / se:.1f} SE); the analytic value ({attrs.get('analytic_formula') or '?'}) is for: {regime}")
 
 
+def _se_of_mean(x: np.ndarray, independent: bool) -> float:
+    """SE of the mean of (chains, draws) values from ArviZ's ESS (at most their number if i.i.d.)."""
+    import arviz as az
+
+    ess = float(az.ess(x, method="mean"))
+    if independent:
+        ess = min(ess, float(x.size))
+    return float(x.std(ddof=1)) / math.sqrt(ess) if ess > 0 else math.nan
+
+
+def localizer(llc: np.ndarray, se: float, theta: np.ndarray | None, gamma: float | None,
+              nbeta: float | None = None, independent: bool = False) -> str | None:
+    """The localizer, not the loss, sets lambda-hat (see the module docstring): Var/lambda-hat
+    (= 1 - d ln lambda-hat / d ln n*beta) below LOCALIZER_VAR_MAX and the chains' spread
+    gamma * E[theta_k^2] above LOCALIZER_SPREAD_MIN, each by 3 SE. ``theta``: the kept draws'
+    projections (chains, draws, k)."""
+    x = np.asarray(llc, dtype=np.float64)
+    if theta is None or not gamma or x.shape[1] < MIN_DRAWS:
+        return None
+    mean = float(x.mean())
+    if not mean - Z_SE * se > 0:
+        return None
+    dev2 = (x - mean) ** 2
+    ratio = float(x.var(ddof=1)) / mean
+    # Delta method, the two errors taken as independent (they correlate positively: conservative).
+    ratio_se = math.hypot(_se_of_mean(dev2, independent) / mean, ratio * se / mean)
+    if not ratio + Z_SE * ratio_se < LOCALIZER_VAR_MAX:
+        return None
+    spread = float(gamma) * np.asarray(theta, dtype=np.float64) ** 2
+    r = float(spread.mean())
+    # The SE of a mean over projections is at most the mean of their SEs, however they correlate.
+    r_se = float(np.mean([_se_of_mean(spread[..., k], independent) for k in range(spread.shape[-1])]))
+    if not r - Z_SE * r_se > LOCALIZER_SPREAD_MIN:
+        return None
+    ratio_nbg = f" = {_g(float(nbeta) / float(gamma))}" if nbeta else ""
+    return (f"localizer: the chains spread as far as the localizer alone allows (γ·E[θ²] = {r:.2f} of 1) and λ̂ "
+            f"= {_g(mean)} grows as (nβ)^{1 - ratio:.2f} (Var/λ̂ = {ratio:.2g}; a learning coefficient does not "
+            f"grow with nβ): λ̂ measures nβ/γ{ratio_nbg}, not the loss (≈ nβ·tr(H)/(2γ), ∝ 1/γ); lower "
+            f"posterior.gamma (now {_g(float(gamma))}) or raise n·β (posterior.beta0)")
+
+
 # --------------------------------------------------------------------------- per sampler / per run
 
 def sampler_flags(llc: np.ndarray, metrics: dict[str, Any], attrs: dict[str, Any],
-                  info: dict[str, Any] | None = None, independent: bool = False) -> list[str]:
+                  info: dict[str, Any] | None = None, sampler: str | None = None,
+                  theta: np.ndarray | None = None) -> list[str]:
     """Every per-sampler flag, from the kept lambda-hat draws of the non-diverged chains
-    (``llc``, (chains, draws)), the sampler's metrics (llc_mean, llc_se, diverged_chains, chains,
-    llc_per_chain, rhat, ess_bulk, ess_tail) and the file's attributes (dim, analytic_llc,
-    target_kind, nbeta, gamma). ``independent``: i.i.d. draws (VI), whose ESS is their number and
-    whose SE needs no ESS threshold; R-hat then compares independent fits (chains)."""
+    (``llc``, (chains, draws)) and their theta projections (``theta``, (chains, draws, k)), the
+    sampler's metrics (llc_mean, llc_se, diverged_chains, chains, llc_per_chain, rhat, ess_bulk,
+    ess_tail) and the file's attributes (dim, analytic_llc, target_kind, nbeta, gamma).
+    ``sampler``: its name, whose registry entry decides the advice (``sampler_kind``) and whether
+    the draws are i.i.d. (VI): then their ESS is their number and their SE needs no ESS threshold;
+    R-hat then compares independent fits (chains)."""
+    kind = sampler_kind(sampler)
+    independent = kind == "independent"
     bulk, tail = (None, None) if independent else (metrics.get("ess_bulk"), metrics.get("ess_tail"))
     out = [diverged(metrics.get("diverged_chains", 0), metrics.get("chains", 0),
                     (info or {}).get("failure_reasons")),
-           unconverged(metrics.get("rhat"), bulk, tail)]
+           unconverged(metrics.get("rhat"), bulk, tail, kind)]
     mean, se = metrics.get("llc_mean"), metrics.get("llc_se")
     if mean is not None:
         se = se if se is not None and math.isfinite(se) else 0.0
         ids = [i for i, v in enumerate(metrics.get("llc_per_chain") or []) if v is not None] or None
-        out += [above_half_dim(mean, se, attrs.get("dim")), negative(mean, se), excess_variance(llc, se),
-                drift(llc), outlier_chains(llc, ids), far_from_analytic(mean, se, attrs)]
+        out += [above_half_dim(mean, se, attrs.get("dim"), kind), negative(mean, se), excess_variance(llc, se, kind),
+                drift(llc, kind), outlier_chains(llc, ids, kind), far_from_analytic(mean, se, attrs),
+                localizer(llc, se, theta, attrs.get("gamma"), attrs.get("nbeta"), independent)]
     return [f for f in out if f]
 
 

@@ -229,5 +229,5 @@ def evaluate(out: Any, post: Any, *, analytic: dict[str, Any] | None = None, kin
     attrs = {"dim": post.dim, "nbeta": post.nbeta, "gamma": post.gamma, "target_kind": kind,
              **({f"analytic_{k}" if k != "value" else "analytic_llc": v for k, v in analytic.items()} if analytic else {})}
     metrics["flags"] = sampler_flags(llc_draws(out.Ln[kept], post.L0, post.nbeta), metrics, attrs, out.info,
-                                     independent)
+                                     out.name, None if out.theta_proj is None else out.theta_proj[kept])
     return metrics
