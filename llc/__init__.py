@@ -5,31 +5,34 @@ Importing ``llc`` does not import JAX; the JAX-backed entry points are loaded on
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["estimate", "trajectory", "calibrate", "run_experiment", "build_config", "RunConfig"]
+
+# Public name -> (module, attribute), imported on first access (module ``__getattr__``).
+_LAZY = {
+    "estimate": ("llc.api", "estimate"),
+    "trajectory": ("llc.api", "trajectory"),
+    "Estimate": ("llc.api", "Estimate"),
+    "Trajectory": ("llc.api", "Trajectory"),
+    "DivergedWarning": ("llc.api", "DivergedWarning"),
+    "NotAMinimumWarning": ("llc.api", "NotAMinimumWarning"),
+    "calibrate": ("llc.pipeline.calibrate", "calibrate_config"),
+    "run_experiment": ("llc.pipeline.experiment", "run_experiment"),
+    "build_config": ("llc.config", "build_config"),
+    "RunConfig": ("llc.config", "RunConfig"),
+    "ConfigError": ("llc.config", "ConfigError"),
+}
+__all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "estimate":
-        from llc.api import estimate
-
-        return estimate
-    if name == "trajectory":
-        from llc.api import trajectory
-
-        return trajectory
-    if name == "calibrate":
-        from llc.pipeline.calibrate import calibrate_config
-
-        return calibrate_config
-    if name == "run_experiment":
-        from llc.pipeline.experiment import run_experiment
-
-        return run_experiment
-    if name in ("build_config", "RunConfig"):
-        from llc import config
-
-        return getattr(config, name)
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'llc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names are not module globals yet: list them for dir() and tab completion.
+    return sorted(__all__ + ["__version__"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -39,6 +40,11 @@ class Estimate:
     beta: float
     gamma: float
     L0: float
+
+    @property
+    def flags(self) -> list[str]:
+        """The failure flags (README "Failure flags"); empty only for a clean result."""
+        return self.metrics["flags"]
 
     @property
     def llc_running(self) -> np.ndarray:
@@ -86,9 +92,13 @@ class _FunctionLoss(_Loss):
         return self.model(params, (x, y))
 
 
+def _is_module(model: Any) -> bool:
+    return hasattr(model, "apply") and callable(model.apply)
+
+
 def _as_loss_fn(model: Any) -> Callable:
     """Internal loss signature is loss(params, x, y), a mean over the batch."""
-    if hasattr(model, "apply") and callable(model.apply):  # flax.linen.Module (or anything alike)
+    if _is_module(model):  # flax.linen.Module (or anything alike)
         return _ModuleLoss(model)
     if callable(model):
         return _FunctionLoss(model)
@@ -109,17 +119,72 @@ class NotAMinimumWarning(UserWarning):
 GRADIENT_SHIFT_WARN = 0.5
 
 
+def _check_data(model: Any, x: Any, y: Any) -> None:
+    """x and y are finite arrays with one leading example axis of the same length n >= 2 (beta
+    divides by log n), checked before anything is traced or sampled."""
+    for name, arr in (("x", x), ("y", y)):
+        if arr is None or not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
+            raise C.ConfigError(f"{name}: expected an array of shape (n, ...) with a leading example axis, "
+                                f"got {type(arr).__name__}")
+        if np.ndim(arr) == 0:
+            raise C.ConfigError(f"{name}: expected an array of shape (n, ...) with a leading example axis, got a scalar")
+    # A Flax module maps a batch (n, features...) to outputs; 1-D x would be one example of n features.
+    if _is_module(model) and np.ndim(x) < 2:
+        raise C.ConfigError(f"x: expected an array of shape (n, ...) with a leading example axis, "
+                            f"got shape {tuple(np.shape(x))}")
+    n = int(np.shape(x)[0])
+    if n < 2:
+        raise C.ConfigError(f"x: {'empty (0 examples)' if n == 0 else '1 example'}; need at least 2")
+    if int(np.shape(y)[0]) != n:
+        raise C.ConfigError(f"y: {np.shape(y)[0]} rows, x has {n}; give one target row per input row")
+    for name, arr in (("x", x), ("y", y)):
+        values = np.asarray(arr)
+        if values.dtype.kind in "fc":
+            for bad, test in (("NaN", np.isnan), ("inf", np.isinf)):
+                if test(values).any():
+                    raise C.ConfigError(f"{name}: contains {bad} ({int(test(values).sum())} of {values.size} "
+                                        "values); clean or drop those examples")
+
+
+def _check_params(params: Any) -> int:
+    """Every leaf of w* is a floating-point array (the samplers differentiate and move it); returns d."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if not leaves:
+        raise C.ConfigError("params: no array leaves; pass the parameter pytree w* (e.g. model.init(...))")
+    for path, leaf in leaves:
+        dtype = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            kind = "integer " if jnp.issubdtype(dtype, jnp.integer) else ""
+            raise C.ConfigError(f"params: leaf {jax.tree_util.keystr(path) or '(root)'} has {kind}dtype {dtype}; "
+                                "the parameters must be floating point")
+    return int(sum(np.size(leaf) for _, leaf in leaves))
+
+
+def _check_signature(model: Any, params: Any, x: Any, y: Any) -> None:
+    """A loss function is called as loss(params, (x, y)): a loss(params, x, y) fails inside JAX
+    with a bare TypeError, so compare the signature first (when Python can read it)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(model)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(params, (x, y))
+    except TypeError:
+        raise C.ConfigError(f"model: the loss function's signature is {getattr(model, '__name__', 'loss')}{sig}; "
+                            "it is called as loss(params, (x, y)) with the batch as one tuple") from None
+
+
 def _check_inputs(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any, pcfg: C.PosteriorConfig) -> None:
-    """Shapes of x, y and the model output agree; w* is near a minimum (else a warning)."""
+    """Shapes of y and the model output agree; the loss is finite at w*, which is near a minimum
+    (else a warning)."""
     import warnings
 
     from llc.engine.posterior import resolve_beta_gamma
 
     n = int(np.shape(x)[0])
-    if np.ndim(y) == 0 or int(np.shape(y)[0]) != n:
-        raise C.ConfigError(f"y: {np.shape(y)[0] if np.ndim(y) else 'a scalar'} rows, x has {n}; "
-                         "give one target row per input row")
-    if hasattr(model, "apply") and callable(model.apply):
+    if _is_module(model):
         out = jax.eval_shape(model.apply, params, x)
         if tuple(out.shape) != tuple(np.shape(y)):
             hint = " (e.g. y[:, None])" if tuple(out.shape) == (*np.shape(y), 1) else ""
@@ -143,6 +208,30 @@ def _check_inputs(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any, pc
         warnings.warn(f"params: the gradient norm at w* is {gnorm:.3g}, so w* is not a minimum: that alone "
                       f"lowers lambda-hat by about {shift:.3g} = (n*beta*|grad|)^2/gamma; train w* to "
                       "convergence (or raise posterior gamma)", NotAMinimumWarning, stacklevel=3)
+
+
+class DivergedWarning(UserWarning):
+    """Every chain diverged (non-finite or frozen): there is no lambda-hat to report."""
+
+
+def _warn_diverged(sampler: str, scfg: Any, out: SamplerOutput) -> None:
+    import warnings
+
+    chains = int(out.Ln.shape[0])
+    reasons = out.info.get("failure_reasons") or {}
+    why = sorted(set(reasons.values()))
+    step = getattr(scfg, "step_size", None)
+    advice = (f"try a smaller step size (sampler_config={{'step_size': {step / 10:g}}}, now {step:g})"
+              if step is not None else "try a smaller step size")
+    warnings.warn(f"{sampler}: all {chains} chains diverged{' (' + '; '.join(why) + ')' if why else ''}, so "
+                  f"llc_mean is None; {advice}", DivergedWarning, stacklevel=3)
+
+
+def _check_count(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise C.ConfigError(f"{name}: must be an integer, got {value!r}")
+    if value < low:
+        raise C.ConfigError(f"{name}: must be >= {low}, got {value}")
 
 
 def _build(cls: type, values: dict[str, Any] | Any | None, section: str):
@@ -170,12 +259,21 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     """
     if sampler not in _SAMPLER_CONFIGS:
         raise C.ConfigError(f"sampler: {sampler!r} is not allowed; choose one of {', '.join(_SAMPLER_CONFIGS)}")
+    _check_count("seed", seed, 0)  # as the CLI's --seed
+    _check_count("proj_dim", proj_dim, 1)  # no projection, no record to tell a diverged chain by
     scfg = _build(_SAMPLER_CONFIGS[sampler], sampler_config, sampler)
     pcfg = _build(C.PosteriorConfig, posterior, "posterior")
     if scfg.dtype == "float64" and not jax.config.jax_enable_x64:
         raise C.ConfigError(f"{sampler}.dtype: float64 needs jax_enable_x64; enable it or pass dtype='float32'")
+    _check_data(model, x, y)
+    d = _check_params(params)
+    from llc.pipeline.resources import check_sampler_memory
+
+    check_sampler_memory(scfg, d, int(np.asarray(x).nbytes + np.asarray(y).nbytes), proj_dim, "sampler_config.")
     if hasattr(scfg, "batch_size") and scfg.batch_size > np.shape(x)[0]:
         scfg = dataclasses.replace(scfg, batch_size=int(np.shape(x)[0]))
+    if not _is_module(model):
+        _check_signature(model, params, x, y)
     sampling.enable_compilation_cache()  # a new process reuses this model's programs too
     loss_fn = _as_loss_fn(model)
     _check_inputs(model, loss_fn, params, x, y, pcfg)
@@ -185,6 +283,8 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     out = sampling.sample_one(sampler, post, scfg, key, proj_dim=proj_dim)
     metrics = sampling.evaluate(out, post)
     metrics.update(out.work)
+    if metrics["llc_mean"] is None:
+        _warn_diverged(sampler, scfg, out)
     return Estimate(sampler, metrics["llc_mean"], metrics["llc_se"], metrics, out,
                     post.n, post.beta, post.gamma, post.L0)
 
@@ -194,7 +294,6 @@ def _load_checkpoint_dir(path) -> tuple[list[Any], list[int]]:
     checkpoint sub-directories (needs ``orbax-checkpoint``); ordered, and stepped, by the first
     integer in each name."""
     import re
-    from pathlib import Path
 
     path = Path(path)
     npz = [p for p in path.iterdir() if p.suffix == ".npz"]
@@ -223,10 +322,42 @@ def _load_checkpoint_dir(path) -> tuple[list[Any], list[int]]:
     return params, steps
 
 
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """Lambda-hat at every checkpoint: one entry per checkpoint in ``steps``, ``llc_mean``,
+    ``llc_se`` and ``flags``; ``table`` the rows of trajectory.csv; ``artifacts`` the directory;
+    ``summary`` its summary.json (``traj["rows"]`` reads it, as when this was a dict)."""
+
+    steps: list[int]
+    llc_mean: list[float | None]
+    llc_se: list[float | None]
+    flags: list[list[str]]
+    table: Any  # pandas.DataFrame
+    artifacts: Path
+    summary: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.summary[key]
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> "Trajectory":
+        import pandas as pd
+
+        rows = summary["rows"]
+        table = pd.DataFrame(rows)
+        return cls([int(r["step"]) for r in rows], [r["llc_mean"] for r in rows], [r["llc_se"] for r in rows],
+                   [_split_flags(r["flags"]) for r in rows], table, Path(summary["artifacts"]), summary)
+
+
+def _split_flags(flags: str | None) -> list[str]:
+    """A row's flags as a list (the table joins them with '; ')."""
+    return [f for f in (flags or "").split("; ") if f]
+
+
 def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: Any = None,
                sampler: str = "sgld", sampler_config: dict[str, Any] | Any | None = None,
                posterior: dict[str, Any] | C.PosteriorConfig | None = None, seed: int = 0,
-               metrics: dict[str, Any] | None = None, out: Any = "llc_trajectory", max_batch: int = 16) -> dict[str, Any]:
+               metrics: dict[str, Any] | None = None, out: Any = "llc_trajectory", max_batch: int = 16) -> Trajectory:
     """Lambda-hat and curvature at every checkpoint of a user's own training run.
 
     ``model``: a Flax linen Module (MSE loss) or a pure ``loss_fn(params, (x, y))``;
@@ -234,7 +365,8 @@ def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: An
     ``data``: the training data ``(x, y)`` the posterior is built on; ``steps``: the training step
     of each checkpoint (default: from the file names, else 0, 1, ...); ``metrics``: optional
     per-checkpoint columns (e.g. ``{"test_acc": [...]}``). Writes ``out`` (trajectory.csv / .nc /
-    .png, summary.json; checkpoints already there are not recomputed) and returns the summary.
+    .png, summary.json; checkpoints already there are not recomputed) and returns a ``Trajectory``.
+    Without a ``train_loss`` metric, the train loss is L0, the loss at each checkpoint on ``data``.
     """
     from llc.pipeline.trajectory import Checkpointed, compute
 
@@ -244,6 +376,8 @@ def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: An
         params, file_steps = _load_checkpoint_dir(checkpoints)
     else:
         params, file_steps = list(checkpoints), list(range(len(checkpoints)))
+        if not params:
+            raise C.ConfigError("checkpoints: empty; give at least one")
     steps = np.asarray(file_steps if steps is None else steps, dtype=np.int64)
     if len(steps) != len(params):
         raise ValueError(f"steps: {len(steps)} values for {len(params)} checkpoints")
@@ -252,6 +386,14 @@ def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: An
     if hasattr(scfg, "batch_size") and scfg.batch_size > np.shape(x)[0]:
         scfg = dataclasses.replace(scfg, batch_size=int(np.shape(x)[0]))
     cols = {k: np.asarray(v, dtype=np.float64) for k, v in (metrics or {}).items()}
-    ck = Checkpointed(_as_loss_fn(model), steps, params, x, y, cols)
-    return compute(ck, out, sampler=sampler, sampler_cfg=scfg, posterior_cfg=_build(C.PosteriorConfig, posterior, "posterior"),
-                   seed=seed, max_batch=max_batch)
+    loss_fn = _as_loss_fn(model)
+    if "train_loss" not in cols:
+        # L0, as the posterior computes it (after the same set-up: x64 on): the training loss at w*
+        # on the data it is built on.
+        sampling.prepare()
+        loss_at = jax.jit(loss_fn)
+        cols["train_loss"] = np.asarray([float(loss_at(p, x, y)) for p in params])
+    ck = Checkpointed(loss_fn, steps, params, x, y, cols)
+    return Trajectory.from_summary(compute(
+        ck, out, sampler=sampler, sampler_cfg=scfg, posterior_cfg=_build(C.PosteriorConfig, posterior, "posterior"),
+        seed=seed, max_batch=max_batch))

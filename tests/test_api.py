@@ -148,3 +148,130 @@ def test_estimate_in_a_fresh_process_reuses_the_persistent_cache(tmp_path):
 
     cold, warm = compile_s(0.1), compile_s(0.3)
     assert warm < 0.25 * cold, (cold, warm)
+
+
+# --------------------------------------------------------------------------- everyday use, hardened
+
+def _mlp_problem():
+    """A small Flax MLP at its initialisation, with 64 examples of 3 features."""
+    from conftest import tanh_net
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3))
+    y = np.tanh(x[:, :1])
+    model = tanh_net()
+    return model, model.init(jax.random.key(0), x), x, y
+
+
+def test_dir_lists_the_public_names_without_importing_jax():
+    import subprocess
+    import sys
+
+    code = "import sys, llc; print(sorted(set(llc.__all__) - set(dir(llc))), 'jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("] ")[0] + "]" == "[]" and out.stdout.strip().endswith("False"), out.stdout + out.stderr
+    assert {"estimate", "trajectory", "Estimate", "Trajectory", "DivergedWarning", "ConfigError"} <= set(llc.__all__)
+    assert "annotations" not in dir(llc) and llc.Estimate is llc.api.Estimate
+
+
+@pytest.mark.filterwarnings("ignore::llc.api.NotAMinimumWarning")
+def test_all_chains_diverged_warns_with_reasons_and_advice():
+    """Before: llc_mean None and no word; now a DivergedWarning names the count, the reason and the fix."""
+    model, params, x, y = _mlp_problem()
+    with pytest.warns(llc.DivergedWarning, match=r"sgld: all 2 chains diverged \(non-finite state\).*smaller step size"):
+        est = llc.estimate(model, params, x, y, sampler_config={"draws": 20, "burnin": 2, "chains": 2, "step_size": 10.0})
+    assert est.llc_mean is None and est.flags == est.metrics["flags"] and any("diverged" in f for f in est.flags)
+
+
+def test_a_clean_estimate_does_not_warn_diverged():
+    model, params, x, y = _mlp_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", llc.DivergedWarning)
+        warnings.simplefilter("ignore", NotAMinimumWarning)
+        est = llc.estimate(model, params, x, y, sampler_config={"draws": 20, "burnin": 2, "chains": 2})
+    assert est.llc_mean is not None and est.flags is est.metrics["flags"]
+
+
+def _set_leaf(params, dtype):
+    bias = params["params"]["Dense_0"]["bias"]
+    return {"params": {**params["params"], "Dense_0": {**params["params"]["Dense_0"], "bias": bias.astype(dtype)}}}
+
+
+def _with(arr, index, value):
+    arr = np.array(arr)
+    arr[index] = value
+    return arr
+
+
+@pytest.mark.parametrize("case, message", [
+    ("nan_x", r"^x: contains NaN \(1 of 192 values\)"),
+    ("inf_y", r"^y: contains inf \(1 of 64 values\)"),
+    ("empty", r"^x: empty \(0 examples\); need at least 2$"),
+    ("one", r"^x: 1 example; need at least 2$"),
+    ("x_none", r"^x: expected an array of shape \(n, \.\.\.\) with a leading example axis, got NoneType$"),
+    ("x_1d", r"^x: expected an array of shape \(n, \.\.\.\) with a leading example axis, got shape \(5,\)$"),
+    ("int_leaf", r"^params: leaf \['params'\]\['Dense_0'\]\['bias'\] has integer dtype int32; "
+                 r"the parameters must be floating point$"),
+    ("seed", r"^seed: must be >= 0, got -1$"),
+    ("proj_dim", r"^proj_dim: must be >= 1, got 0$"),
+    ("chains", r"^sampler_config\.chains: 1000000000 chains × \d+ parameters need about [\d.]+ GB.*lower chains"),
+    ("loss_xy", r"^model: the loss function's signature is loss\(params, x, y\); it is called as loss\(params, \(x, y\)\)"),
+])
+def test_bad_input_is_refused_in_one_line_naming_the_argument(case, message, monkeypatch):
+    """Before: NaN/inf blamed on params, 'math domain error', IndexError, raw JAX/Flax errors, a
+    killed process, or silently accepted. Now: one ConfigError line, before any sampling."""
+    from llc.pipeline import sampling
+
+    monkeypatch.setattr(sampling, "sample_one", lambda *a, **k: pytest.fail("sampled bad input"))
+    model, params, x, y = _mlp_problem()
+
+    def loss(params, x, y):
+        return jnp.mean((y - model.apply(params, x)) ** 2)
+
+    kwargs = {}
+    if case == "nan_x":
+        x = _with(x, (0, 0), np.nan)
+    elif case == "inf_y":
+        y = _with(y, (3, 0), np.inf)
+    elif case == "empty":
+        x, y = x[:0], y[:0]
+    elif case == "one":
+        x, y = x[:1], y[:1]
+    elif case == "x_none":
+        x = None
+    elif case == "x_1d":
+        x, y = x[:5, 0], y[:5]
+    elif case == "int_leaf":
+        params = _set_leaf(params, np.int32)
+    elif case == "seed":
+        kwargs["seed"] = -1
+    elif case == "proj_dim":
+        kwargs["proj_dim"] = 0
+    elif case == "chains":
+        kwargs["sampler_config"] = {"chains": 10**9}
+    elif case == "loss_xy":
+        model = loss
+    with pytest.raises(ConfigError, match=message) as err:
+        llc.estimate(model, params, x, y, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_api_memory_check_uses_the_run_estimate_constants():
+    """The API's refusal is the CLI's estimate (chains × d × item × copies + recorded draws)."""
+    from llc.config import SGLDConfig
+    from llc.pipeline import resources as R
+
+    sc = SGLDConfig(chains=4, draws=100, burnin=0)
+    state, records, _ = R.chain_bytes(sc, 1000, 4)
+    assert state == 4 * 1000 * 4 * R.STATE_COPIES and records == 4 * 100 * 16 * 8 * R.RECORD_COPIES
+    R.check_sampler_memory(sc, 1000, 0, 4, "sampler_config.", host_available=state + records, device_available=None)
+    with pytest.raises(ConfigError, match="^sampler_config.chains: 4 chains × 1000 parameters need about"):
+        R.check_sampler_memory(sc, 1000, 0, 4, "sampler_config.", host_available=records, device_available=None)
+    with pytest.raises(ConfigError, match="of accelerator memory"):
+        R.check_sampler_memory(sc, 1000, 0, 4, "sampler_config.", host_available=10**12, device_available=state - 1)
+
+
+def test_trajectory_of_no_checkpoints_is_refused(tmp_path):
+    x = np.zeros((8, 1))
+    with pytest.raises(ConfigError, match="^checkpoints: empty; give at least one$"):
+        llc.trajectory(lambda p, b: jnp.sum(p ** 2), [], (x, x), out=tmp_path)

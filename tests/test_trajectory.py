@@ -173,6 +173,14 @@ def test_api_on_a_users_own_checkpoints(tmp_path):
         np.savez(tmp_path / "ckpts" / f"ckpt_{step}.npz", **{"w/kernel": p["w"]["kernel"]})
     b = llc.trajectory(loss, tmp_path / "ckpts", (x, y), sampler_config=cfg, out=tmp_path / "b")
     assert [r["step"] for r in b["rows"]] == [0, 10, 100]
+    # An object like llc.estimate's, its summary still readable as before (b["rows"]).
+    assert isinstance(b, llc.Trajectory) and b.steps == [0, 10, 100] and b.artifacts == tmp_path / "b"
+    assert b.llc_mean == [r["llc_mean"] for r in b["rows"]] and b.llc_se == list(b.table["llc_se"])
+    assert b.flags == [[f for f in r["flags"].split("; ") if f] for r in b["rows"]]
+    # No train_loss given: it is L0, the loss at each checkpoint on the data (was an empty column).
+    saved = list(csv.DictReader(open(tmp_path / "b" / "trajectory.csv")))
+    assert [float(r["train_loss"]) for r in saved] == [float(r["L0"]) for r in saved]
+    assert list(b.table["train_loss"]) == list(b.table["L0"])
     for ra, rb in zip(a["rows"], b["rows"]):
         assert ra["llc_mean"] == pytest.approx(rb["llc_mean"], rel=1e-6)
     # At the true solution the gradient vanishes; far from it, it does not.
@@ -197,3 +205,20 @@ def test_trajectories_over_training_settings_are_overlaid(first_run):
     bad = runner.invoke(app, ["trajectory", "--preset", "grok-tiny", "--artifacts", str(root),
                               "--axis", "training.weight_decay=-1"])
     assert bad.exit_code == 2 and "training.weight_decay" in bad.output
+
+
+def test_figure_of_a_users_run_names_no_blank_target_and_says_what_is_missing(tmp_path, monkeypatch):
+    """Before: title "— target  (2 checkpoints)" and an empty accuracy/loss panel. Now the title
+    says it is the user's model and the panel says which of accuracy / loss was not recorded."""
+    from llc.posthoc import trajectory_plot
+
+    figures = []
+    monkeypatch.setattr(trajectory_plot, "save_figure", lambda fig, path: figures.append(fig) or path)
+    rows = [{"step": s, "llc_mean": 1.0 + s, "llc_se": 0.1, "flags": "", "grad_norm": 0.1, "L0": 0.5}
+            for s in (0, 10)]
+    for extra, missing in (({}, "no accuracy or loss recorded"), ({"train_loss": 0.5}, "no accuracy recorded")):
+        trajectory_plot.draw(tmp_path / "t.png", {"sampler": "sgld", "target": {},
+                                                  "rows": [{**r, **extra} for r in rows]})
+        fig = figures[-1]
+        assert fig._suptitle.get_text() == "LLC across training — your model (2 checkpoints)"
+        assert missing in [t.get_text() for ax in fig.axes for t in ax.texts]

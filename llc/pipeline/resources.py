@@ -57,6 +57,20 @@ def _gb(x: float) -> str:
     return f"{x / 1e9:.1f} GB" if x >= 1e8 else f"{x / 1e6:.0f} MB"
 
 
+def sampler_item(sc: Any) -> int:
+    """Bytes of one float in a sampler section's chains."""
+    return 8 if sc.dtype == "float64" else 4
+
+
+def chain_bytes(sc: Any, d: int, proj_dim: int) -> tuple[int, int, str]:
+    """(bytes of the chains' state on the device, bytes of their recorded draws on the host, what
+    multiplies the parameters) of one sampler section on d parameters."""
+    extra, kept, per = sc.footprint()
+    state = sc.chains * d * sampler_item(sc) * (extra + STATE_COPIES)
+    records = sc.chains * kept * (proj_dim + RECORD_SLOTS) * 8 * RECORD_COPIES
+    return state, records, f"{sc.chains} chains × {per}{d} parameters"
+
+
 def estimate(cfg: RunConfig) -> dict[str, Any]:
     """Bytes the run needs: {"device": peak of one sampler's chains, "host": recorded draws of all
     samplers plus data, "total", "worst": (sampler, description) of the largest part}."""
@@ -68,17 +82,13 @@ def estimate(cfg: RunConfig) -> dict[str, Any]:
     for name in cfg.samplers:
         sc = getattr(cfg, name)
         chains = sc.chains
-        item = 8 if sc.dtype == "float64" else 4
-        extra, kept, per = sc.footprint()
-        state = chains * d * item * (extra + STATE_COPIES)
-        what = f"{chains} chains × {per}{d} parameters"
+        state, records, what = chain_bytes(sc, d, cfg.theta_proj_dim)
         # L_n of every draw is a full-batch forward pass of each chain.
-        activations = chains * n * widths * item * ACTIVATION_COPIES
-        records = chains * kept * (cfg.theta_proj_dim + RECORD_SLOTS) * 8 * RECORD_COPIES
+        activations = chains * n * widths * sampler_item(sc) * ACTIVATION_COPIES
         device_peak = max(device_peak, state + activations + 2 * data)
         host += records
         for part, size, desc in (("state", state + activations, what),
-                                 ("draws", records, f"{chains} chains × {kept} draws")):
+                                 ("draws", records, f"{chains} chains × {sc.footprint()[1]} draws")):
             if size > worst_bytes:
                 worst, worst_bytes = (name, desc), size
     return {"device": device_peak, "host": host, "total": device_peak + host, "worst": worst, "params": d}
@@ -137,6 +147,24 @@ def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None =
     if host_available is not None and need_host > host_available:
         raise ConfigError(f"memory: this run needs about {_gb(need_host)}, {_gb(host_available)} is available; {hint}")
     return est
+
+
+def check_sampler_memory(sc: Any, d: int, data_bytes: int, proj_dim: int, prefix: str,
+                         host_available: int | None = None, device_available: int | None = -1) -> None:
+    """``check_memory`` for one sampler section on a user's model (``llc.estimate``): its chains'
+    state and recorded draws (no activations: the model's shape is unknown). ConfigError naming
+    ``<prefix>chains`` when they cannot fit."""
+    state, records, what = chain_bytes(sc, d, proj_dim)
+    device = state + 2 * data_bytes
+    host_available = available_host_memory() if host_available is None else host_available
+    if device_available == -1:
+        device_available = available_device_memory()
+    where, need, free = "", records + (0 if device_available is not None else device), host_available
+    if device_available is not None and device > device_available:
+        where, need, free = " of accelerator memory", device, device_available
+    if free is not None and need > free:
+        raise ConfigError(f"{prefix}chains: {what} need about {_gb(need)}{where}, {_gb(free)} is available; "
+                          "lower chains (or draws)")
 
 
 def batch_cap(cfgs: list[RunConfig], device_available: int | None = -1, host_available: int | None = None) -> int:

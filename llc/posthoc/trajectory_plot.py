@@ -44,6 +44,12 @@ def draw(path: Path, summary: dict[str, Any]) -> Path:
     handles = ax_acc.get_legend_handles_labels()[0] + ax_loss.get_legend_handles_labels()[0]
     if handles:
         ax_acc.legend(handles=handles, fontsize=8, loc="center left")
+    # Say what was not recorded (a user's own run often logs no accuracy) instead of a blank axis.
+    missing = [what for what, keys in (("accuracy", ("train_acc", "test_acc")), ("loss", ("train_loss", "test_loss")))
+               if not any(np.isfinite(_col(rows, k)).any() for k in keys)]
+    if missing:
+        ax_acc.text(0.5, 0.5, f"no {' or '.join(missing)} recorded", transform=ax_acc.transAxes, ha="center",
+                    va="center", fontsize=9, color="#7f7f7f")
     for key, color, label in (("hessian_trace", "#9467bd", "Hessian trace (Hutchinson)"),
                               ("fisher_trace", "#8c564b", "empirical Fisher trace"),
                               ("grad_norm", "#7f7f7f", "‖∇L_n‖"), ("weight_norm", "#17becf", "‖w‖")):
@@ -59,8 +65,9 @@ def draw(path: Path, summary: dict[str, Any]) -> Path:
     for ax in (ax_llc, ax_acc, ax_curv):
         ax.grid(alpha=0.3)
     target = summary.get("target") or {}
-    fig.suptitle(f"LLC across training — {target.get('kind', '')} target {target.get('id', '')} "
-                 f"({len(rows)} checkpoints)", fontsize=11)
+    # A user's own model (llc.trajectory) has no target kind or id.
+    what = f"{target['kind']} target {target.get('id', '')} " if target.get("kind") else "your model "
+    fig.suptitle(f"LLC across training — {what}({len(rows)} checkpoints)", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 
