@@ -65,7 +65,9 @@ def catalogue(root: Path, entry: dict[str, Any]) -> None:
     ``targets/.locks/`` with the targets' own, where ``llc clean`` finds a killed holder's."""
     directory = Path(root) / TARGETS_DIR
     path = directory / CATALOG_FILE
-    with cache.file_lock(cache.lock_path(directory, CATALOG_FILE)):
+    lock = cache.lock_path(directory, CATALOG_FILE)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with cache.file_lock(lock):
         listed = set()
         if path.is_file():
             for line in path.read_text().splitlines():
