@@ -20,6 +20,7 @@ import numpy as np
 from llc import config as C
 from llc import registry
 from llc.analysis.diagnostics import diverged_chains, llc_draws, running_llc
+from llc.analysis.flags import split_flags
 from llc.engine.driver import SamplerOutput
 from llc.engine.posterior import make_posterior
 from llc.pipeline import sampling
@@ -346,12 +347,7 @@ class Trajectory:
         rows = summary["rows"]
         table = pd.DataFrame(rows)
         return cls([int(r["step"]) for r in rows], [r["llc_mean"] for r in rows], [r["llc_se"] for r in rows],
-                   [_split_flags(r["flags"]) for r in rows], table, Path(summary["artifacts"]), summary)
-
-
-def _split_flags(flags: str | None) -> list[str]:
-    """A row's flags as a list (the table joins them with '; ')."""
-    return [f for f in (flags or "").split("; ") if f]
+                   [split_flags(r["flags"]) for r in rows], table, Path(summary["artifacts"]), summary)
 
 
 def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: Any = None,

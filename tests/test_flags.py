@@ -359,3 +359,11 @@ def test_unconverged_rates_match_the_documented_ones():
         # sqrt(2 p (1 - p) / reps); 4 sd, with p at least 1 % so that a rate near 0 has room.
         p = max(documented, 0.01)
         assert abs(rate - documented) < 4 * np.sqrt(2 * p * (1 - p) / reps), (kind, rho, rate, documented)
+
+
+def test_joined_flags_split_back_whole_though_messages_hold_semicolons():
+    flags = ["unconverged: bulk ESS = 50 < 100: too few effective draws",
+             "localizer: λ̂ grows as (nβ)^1.00 (a learning coefficient does not grow with nβ): lower γ; or raise nβ",
+             "drift: trend"]
+    assert F.split_flags("; ".join(flags)) == flags
+    assert F.split_flags("") == [] and F.split_flags(None) == []

@@ -95,8 +95,8 @@ from typing import Any
 
 import numpy as np
 
-# How a flag reads in a table is the stored records' business (README_snippet.md shows them too).
 from llc import registry
+# How a flag reads in a table is the stored records' business (README_snippet.md shows them too).
 from llc.store.records import flag_code
 
 Z_SE = 3.0  # SEs for above_d_half, negative, analytic, disagree
@@ -128,6 +128,12 @@ def _g(x: float) -> str:
 def codes_in(text: str) -> list[str]:
     """The codes of flags joined into one text (a CSV cell: "; "-joined, messages may hold "; ")."""
     return re.findall(rf"(?:^|; )({'|'.join(FLAG_CODES)}):", text or "")
+
+
+def split_flags(text: str | None) -> list[str]:
+    """The flags joined into one text, as a list: split only where "; " starts a flag code, since
+    messages themselves may hold "; " (``localizer``'s does)."""
+    return [f for f in re.split(rf"; (?=(?:{'|'.join(FLAG_CODES)}):)", text or "") if f]
 
 
 def sampler_kind(sampler: str | None) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from llc.analysis.flags import split_flags as flags_in_text
+
 PAGE_FILE = "report.html"
 INDEX_FILE = "index.html"
 # Plotted values per page (float32, base64: ~5.3 bytes each): ~75 kB of data beside the 4.8 MB library.
@@ -218,9 +220,7 @@ def rgba(hex_color: str, alpha: float) -> str:
 def split_flags(row: dict[str, Any]) -> list[str]:
     """A row's failure flags: a list, or the "; "-joined string of a CSV or summary row."""
     flags = row.get("flags") or []
-    if isinstance(flags, str):
-        flags = [f.strip() for f in flags.split(";") if f.strip()]
-    return list(flags)
+    return flags_in_text(flags) if isinstance(flags, str) else list(flags)
 
 
 def f32(values: Any) -> np.ndarray:
