@@ -223,8 +223,7 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
     theta = post["theta_proj"].values if "theta_proj" in post else None
     L0, nbeta = float(attrs["L0"]), float(attrs["nbeta"])
     spec = registry.SAMPLERS.get(str(attrs.get("sampler")))
-    independent = bool(spec and spec.independent_draws)
-    m = llc_metrics(Ln, L0, nbeta, theta, independent=independent)
+    m = llc_metrics(Ln, L0, nbeta, theta, independent=bool(spec and spec.independent_draws))
     m["sampler"] = attrs.get("sampler")
     work = {k[len("work_"):]: float(v) for k, v in attrs.items() if k.startswith("work_")}
     m.update(work)
