@@ -682,6 +682,11 @@ def active_target(cfg: RunConfig) -> TargetKind:
     return getattr(cfg.target, cfg.target.kind)
 
 
+def trains(cfg: RunConfig) -> bool:
+    """Whether the target's w* is found by training (its kind reads [training], for some steps)."""
+    return "training" in active_target(cfg).SHARED and cfg.training.steps > 0
+
+
 def target_n(cfg: RunConfig) -> int:
     """n, the number of training examples of the selected target."""
     return active_target(cfg).n(cfg)

@@ -217,7 +217,7 @@ def check_checkpoints(cfg: Any) -> None:
         raise C.ConfigError(f"target.kind: {cfg.target.kind} targets are not trained, so they have no checkpoints; "
                             f"a trajectory needs one of {', '.join(trained)}")
     t = cfg.training
-    if t.steps == 0 or t.checkpoints_log + t.checkpoints_linear == 0:
+    if not C.trains(cfg) or t.checkpoints_log + t.checkpoints_linear == 0:
         raise C.ConfigError(f"training.checkpoints_linear: a trajectory needs checkpoints and this config takes none "
                             f"(training.steps = {t.steps}, checkpoints_log = {t.checkpoints_log}, checkpoints_linear = "
                             f"{t.checkpoints_linear}); e.g. --set training.checkpoints_linear=20 (a new target is trained)")

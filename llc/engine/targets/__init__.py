@@ -42,7 +42,7 @@ import jax
 import numpy as np
 
 from llc import registry
-from llc.config import RunConfig, active_target, target_section
+from llc.config import RunConfig, target_section, trains
 from llc.engine.targets.training import (Checkpoints, TrainingDiverged, cast_floats, describe,
                                          full_loss_and_grad_norm, train)
 from llc.store import cache
@@ -100,10 +100,6 @@ def analytic_llc(cfg: RunConfig, n: int, beta: float, gamma: float) -> dict[str,
     fn = getattr(target_module(cfg.target.kind), "analytic_llc", None)
     result = fn(cfg, n, beta, gamma) if fn else None
     return result.as_dict() if result is not None else None
-
-
-def trains(cfg: RunConfig) -> bool:
-    return "training" in active_target(cfg).SHARED and cfg.training.steps > 0
 
 
 def target_id(cfg: RunConfig) -> str:
