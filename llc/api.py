@@ -177,7 +177,7 @@ def _check_signature(model: Any, params: Any, x: Any, y: Any) -> None:
                             "it is called as loss(params, (x, y)) with the batch as one tuple") from None
 
 
-def _check_inputs(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any, pcfg: C.PosteriorConfig) -> None:
+def _check_inputs(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any, d: int, pcfg: C.PosteriorConfig) -> None:
     """Shapes of y and the model output agree; the loss is finite at w*, which is near a minimum
     (else a warning)."""
     import warnings
@@ -197,7 +197,6 @@ def _check_inputs(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any, pc
             raise C.ConfigError(f"model: the loss function returned shape {tuple(out.shape)}; it must return "
                              "the scalar mean loss over the batch")
     loss, grads = _value_and_grad(loss_fn)(params, x, y)
-    d = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
     beta, gamma = resolve_beta_gamma(pcfg, n, d)
     gnorm = float(np.sqrt(sum(float(jnp.sum(jnp.square(g))) for g in jax.tree.leaves(grads))))
     if not (np.isfinite(float(loss)) and np.isfinite(gnorm)):
@@ -277,7 +276,7 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
         _check_signature(model, params, x, y)
     sampling.enable_compilation_cache()  # a new process reuses this model's programs too
     loss_fn = _as_loss_fn(model)
-    _check_inputs(model, loss_fn, params, x, y, pcfg)
+    _check_inputs(model, loss_fn, params, x, y, d, pcfg)
     post = make_posterior(loss_fn, params, x, y, pcfg)
     scfg.check(None, post.n)
     key = jax.random.key(seed)
