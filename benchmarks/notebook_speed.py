@@ -85,7 +85,7 @@ def repeated_estimates(preset: str, root: Path) -> tuple[dict, object, object, o
     from llc.config import SGLDConfig
     from llc.engine.posterior import make_posterior
 
-    scfg = SGLDConfig(chains=CHAINS, draws=DRAWS, eval_every=EVERY, burnin=0)
+    scfg = SGLDConfig(chains=CHAINS, draws=DRAWS, eval_every=EVERY, burnin=0, step_size=1e-4)  # one program, as devinterp's
     post = make_posterior(target.loss_fn, target.params, target.x, target.y, build_config(preset).posterior)
     return {"calls": calls}, target, post, scfg
 

@@ -46,10 +46,11 @@ MAIN_TARGET = {"data": {"n_data": 2048}, "model": {"in_dim": 32, "depth": 2, "ta
 TINY_TARGET = {"data": {"n_data": 256}, "model": {"in_dim": 4, "depth": 1, "target_params": 100},
                "training": {"steps": 300}}
 
+# SGLD at a fixed step: throughput is measured on one chain program (step_size=auto runs a grid of them).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {
         "target": TINY_TARGET,
-        "sgld": {"batch_size": 32, "chains": 2, "draws": 60, "burnin": 10, "eval_every": 5},
+        "sgld": {"batch_size": 32, "chains": 2, "draws": 60, "burnin": 10, "eval_every": 5, "step_size": 1e-4},
         "hmc": {"chains": 2, "warmup": 30, "draws": 30, "num_integration_steps": 4},
         "mclmc": {"chains": 2, "warmup": 60, "draws": 60},
         "repeats": 1, "limit_steps": 300, "fullbatch_steps": 50,
@@ -60,7 +61,7 @@ SIZES: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "target": MAIN_TARGET,
-        "sgld": {"batch_size": 256, "chains": 4, "draws": 500, "burnin": 50, "eval_every": 10},
+        "sgld": {"batch_size": 256, "chains": 4, "draws": 500, "burnin": 50, "eval_every": 10, "step_size": 1e-4},
         # Full-batch samplers cost n/batch = 8 minibatch gradients per step (in float64): kept short on CPU.
         "hmc": {"chains": 4, "warmup": 100, "draws": 100, "num_integration_steps": 16},
         "mclmc": {"chains": 4, "warmup": 1000, "draws": 500},  # a shorter tuning left chains unconverged
@@ -73,7 +74,7 @@ SIZES: dict[str, dict[str, Any]] = {
     },
     "full": {
         "target": MAIN_TARGET,
-        "sgld": {"batch_size": 256, "chains": 4, "draws": 2000, "burnin": 200, "eval_every": 10},
+        "sgld": {"batch_size": 256, "chains": 4, "draws": 2000, "burnin": 200, "eval_every": 10, "step_size": 1e-4},
         "hmc": {"chains": 4, "warmup": 500, "draws": 1000},
         "mclmc": {"chains": 4, "warmup": 2000, "draws": 4000},
         "repeats": 3, "limit_steps": 5000, "fullbatch_steps": 500,

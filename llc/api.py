@@ -220,9 +220,9 @@ def _warn_diverged(sampler: str, scfg: Any, out: SamplerOutput) -> None:
     chains = int(out.Ln.shape[0])
     reasons = out.info.get("failure_reasons") or {}
     why = sorted(set(reasons.values()))
-    step = getattr(scfg, "step_size", None)
+    step = out.info.get("step_size", getattr(scfg, "step_size", None))  # auto's chosen step
     advice = (f"try a smaller step size (sampler_config={{'step_size': {step / 10:g}}}, now {step:g})"
-              if step is not None else "try a smaller step size")
+              if isinstance(step, (int, float)) else "try a smaller step size")
     warnings.warn(f"{sampler}: all {chains} chains diverged{' (' + '; '.join(why) + ')' if why else ''}, so "
                   f"llc_mean is None; {advice}", DivergedWarning, stacklevel=3)
 
@@ -254,7 +254,9 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
 
     ``model`` is a Flax linen Module (loss: mean squared error, 0.5 * ||y - f(x)||^2 per sample)
     or a pure ``loss_fn(params, (x, y))`` returning the mean loss over the batch.
-    ``sampler_config`` overrides fields of the sampler's config (e.g. ``{"step_size": 1e-4}``),
+    ``sampler_config`` overrides fields of the sampler's config (e.g. ``{"step_size": 1e-4}``; the
+    minibatch samplers' default ``"auto"`` runs a batched grid of step sizes and keeps the one
+    llc.analysis.health's rule chooses, recorded in ``.metrics["step_size"]`` and ``["step_size_rule"]``),
     ``posterior`` those of PosteriorConfig (beta_mode, beta0, gamma, prior_radius).
     """
     if sampler not in _SAMPLER_CONFIGS:
@@ -283,6 +285,7 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     out = sampling.sample_one(sampler, post, scfg, key, proj_dim=proj_dim)
     metrics = sampling.evaluate(out, post)
     metrics.update(out.work)
+    metrics.update({k: out.info[k] for k in ("step_size", "step_size_rule") if k in out.info})
     if metrics["llc_mean"] is None:
         _warn_diverged(sampler, scfg, out)
     return Estimate(sampler, metrics["llc_mean"], metrics["llc_se"], metrics, out,

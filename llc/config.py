@@ -34,6 +34,10 @@ MODULAR_MODELS = ("transformer", "mlp")
 DTYPES = ("float32", "float64")
 FIGURE_MODES = ("auto", "none", "summary", "all")
 SAMPLERS = registry.SAMPLER_NAMES
+# A step size of "auto" is chosen per run (and per checkpoint) by a batched grid on the one road
+# (llc.pipeline.sampling); the type of such fields is ``StepSize``.
+AUTO = "auto"
+StepSize = float | str
 
 
 class ConfigError(ValueError):
@@ -342,7 +346,7 @@ class MinibatchKind(SamplerKind):
 class SGLDConfig(MinibatchKind):
     CALIBRATION: ClassVar[dict[str, Any]] = {"mala_check": True}  # record the MALA acceptance
 
-    step_size: float = _f(1e-4, gt=0.0, runtime=True)  # epsilon: drift eps/2 * grad, noise variance eps
+    step_size: StepSize = _f(AUTO, gt=0.0, runtime=True)  # epsilon: drift eps/2 * grad, noise variance eps
     batch_size: int = _f(256, gt=0)
     chains: int = _f(4, gt=0)
     draws: int = _f(1000, gt=0)  # recorded full-batch evaluations of L_n per chain
@@ -354,9 +358,9 @@ class SGLDConfig(MinibatchKind):
     eps: float = _f(1e-8, gt=0.0, runtime=True)
     bias_correction: bool = _f(True)
     # Record the Metropolis (MALA) acceptance probability of a draw's last move under the
-    # full-batch posterior, every ``mala_every`` draws: 2 full-batch gradients each time (llc
-    # calibrate turns it on; other draws record NaN).
-    mala_check: bool = _f(False)
+    # full-batch posterior, every ``mala_every`` draws: 2 full-batch gradients each time (other
+    # draws record NaN). llc.analysis.flags' step_bias reads it.
+    mala_check: bool = _f(True)
     mala_every: int = _f(10, gt=0)
     dtype: str = _f("float32", choices=DTYPES)
 
@@ -370,7 +374,7 @@ class SGLDConfig(MinibatchKind):
 class SGHMCConfig(MinibatchKind):
     """Stochastic-gradient HMC (Chen et al. 2014): underdamped Langevin with friction, minibatched."""
 
-    step_size: float = _f(1e-3, gt=0.0, runtime=True)  # h: time step of the Euler solver (BlackJAX diffusions.sghmc)
+    step_size: StepSize = _f(AUTO, gt=0.0, runtime=True)  # h: time step of the Euler solver (BlackJAX diffusions.sghmc)
     friction: float = _f(100.0, gt=0.0, runtime=True)  # alpha: momentum friction; alpha*h is the damping per step
     batch_size: int = _f(256, gt=0)
     chains: int = _f(4, gt=0)
@@ -384,7 +388,7 @@ class SGHMCConfig(MinibatchKind):
 class SGNHTConfig(MinibatchKind):
     """Stochastic-gradient Nose-Hoover thermostat (Ding et al. 2014), minibatched."""
 
-    step_size: float = _f(1e-3, gt=0.0, runtime=True)  # h, as for SGHMC
+    step_size: StepSize = _f(AUTO, gt=0.0, runtime=True)  # h, as for SGHMC
     diffusion: float = _f(100.0, gt=0.0, runtime=True)  # alpha: injected noise 2*alpha*h; also the thermostat's start
     batch_size: int = _f(256, gt=0)
     chains: int = _f(4, gt=0)
@@ -548,7 +552,13 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _is_step_size(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and set(typing.get_args(tp)) == {float, str}
+
+
 def _type_name(tp: Any) -> str:
+    if _is_step_size(tp):
+        return f"a number or {AUTO}"
     inner, optional = _unwrap_optional(tp)
     if typing.get_origin(inner) is tuple:
         item = typing.get_args(inner)[0].__name__
@@ -560,8 +570,13 @@ def _type_name(tp: Any) -> str:
 
 def parse_value(text: str, tp: Any, path: str) -> Any:
     """Parse a command-line string into the field type ``tp``."""
-    inner, optional = _unwrap_optional(tp)
+    wanted = tp
     raw = text.strip()
+    if _is_step_size(tp):
+        if raw.lower() == AUTO:
+            return AUTO
+        tp = float
+    inner, optional = _unwrap_optional(tp)
     if optional and raw.lower() in ("none", "null", ""):
         return None
     try:
@@ -589,11 +604,13 @@ def parse_value(text: str, tp: Any, path: str) -> Any:
             return tuple(parse_value(p, item_tp, path) for p in parts)
     except ValueError:
         pass
-    raise ConfigError(f"{path}: cannot parse {text!r} as {_type_name(tp)}")
+    raise ConfigError(f"{path}: cannot parse {text!r} as {_type_name(wanted)}")
 
 
 def _check_type(value: Any, tp: Any, path: str) -> Any:
     """Check (and gently coerce, e.g. int -> float, list -> tuple) a value from a file or dict."""
+    if _is_step_size(tp):
+        return parse_value(value, tp, path) if isinstance(value, str) else _check_type(value, float, path)
     inner, optional = _unwrap_optional(tp)
     if value is None:
         if optional:
@@ -638,7 +655,7 @@ def _check_number(value: Any, path: str) -> None:
 
 
 def _check_constraints(value: Any, meta: typing.Mapping[str, Any], path: str) -> None:
-    if value is None:
+    if value is None or value == AUTO:
         return
     for item in value if isinstance(value, tuple) else (value,):
         _check_number(item, path)

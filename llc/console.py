@@ -116,7 +116,7 @@ def print_trajectory(summary: dict[str, Any], console: Console) -> None:
     t = summary.get("target") or {}
     table = Table(title=f"LLC trajectory ({summary['sampler']}) — target {t.get('id')} ({t.get('kind')}, d={t.get('d')})")
     cols = (("step", "step", "d"), ("λ̂ ± SE", None, None), ("R̂", "rhat", ".3f"), ("ESS", "ess", ".0f"),
-            ("train acc", "train_acc", ".3f"), ("test acc", "test_acc", ".3f"), ("train loss", "train_loss", ".3g"),
+            ("ε", "step_size", ".2g"), ("train acc", "train_acc", ".3f"), ("test acc", "test_acc", ".3f"), ("train loss", "train_loss", ".3g"),
             ("tr H", "hessian_trace", ".3g"), ("tr F", "fisher_trace", ".3g"), ("‖∇L‖", "grad_norm", ".2g"),
             ("flags", "flags", None))
     for title, *_ in cols:

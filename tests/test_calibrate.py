@@ -14,7 +14,7 @@ from llc.pipeline import calibrate as cal
 from llc.pipeline.experiment import run_experiment
 
 runner = CliRunner()
-QUAD4 = ["target.kind=quadratic", "target.quadratic.dim=4"]
+QUAD4 = ["target.kind=quadratic", "target.quadratic.dim=4", "sgld.step_size=1e-4"]  # the default grid around 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_large_step_is_not_recommended_and_is_marked(tmp_path):
     summary = cal.calibrate(plan, tmp_path)
     big = [r for r in summary["rows"] if r["sgld.step_size"] == 0.0108][0]
     assert not big["healthy"]
-    assert big["flags"] or big["mala_acceptance"] < cal.MALA_MIN
+    assert big["flags"]
     assert summary["rows"][summary["recommended"]["index"]]["sgld.step_size"] == 1e-4
 
 

@@ -66,7 +66,7 @@ def test_preset_errors(tmp_path):
         load_preset("nope")
     bad = tmp_path / "bad.toml"
     bad.write_text("[sgld]\nstep_size = 'big'\n")
-    with pytest.raises(ConfigError, match="sgld.step_size: cannot parse 'big' as float"):
+    with pytest.raises(ConfigError, match="sgld.step_size: cannot parse 'big' as a number or auto"):
         build_config(str(bad))
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[sgdl]\nstep_size = 1.0\n")

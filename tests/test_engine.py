@@ -137,7 +137,7 @@ def test_precompiled_programs_are_the_ones_run(tmp_path):
     shapes_only = make_posterior(loss_fn, params, x, y, cfg.posterior, L0=0.0)
     trained = _quadratic_posts((100.0,), tmp_path)[0]
     driver._COMPILED.clear()
-    algs = [sgld.make(SGLDConfig(chains=2, draws=20, eval_every=2)),
+    algs = [sgld.make(SGLDConfig(chains=2, draws=20, eval_every=2, step_size=1e-4)),
             mclmc.make(MCLMCConfig(chains=2, draws=20, warmup=60, energy_check_steps=30))]
     threads = [threading.Thread(target=driver.precompile, args=([a], [shapes_only]), kwargs={"programs": (p,)})
                for a in algs for p in (("warmup",) if a.warmup else ()) + ("sample",)]

@@ -9,6 +9,7 @@ import numpy as np
 
 import llc
 from llc import config as C
+from llc.engine import autostep
 from llc.engine.posterior import make_posterior
 from llc.pipeline import sampling
 
@@ -49,9 +50,9 @@ def _quadratic_post(gamma: float = 100.0):
 
 
 def test_plan_groups_by_program_and_keeps_job_order():
-    small = C.SGLDConfig(chains=2, draws=20, burnin=0, eval_every=1, batch_size=16)
+    small = C.SGLDConfig(chains=2, draws=20, burnin=0, eval_every=1, batch_size=16, step_size=1e-4)
     other_step = C.SGLDConfig(chains=2, draws=20, burnin=0, eval_every=1, batch_size=16, step_size=2e-4)
-    other_shape = C.SGLDConfig(chains=2, draws=30, burnin=0, eval_every=1, batch_size=16)
+    other_shape = C.SGLDConfig(chains=2, draws=30, burnin=0, eval_every=1, batch_size=16, step_size=1e-4)
     jobs = [sampling.Job("sgld", cfg, sampling.sampler_key(seed, "sgld"))
             for seed, cfg in enumerate((small, other_shape, other_step))]
     jobs.append(sampling.Job("vi", C.VIConfig(steps=20, eval_every=10, batch_size=16), sampling.sampler_key(0, "vi")))
@@ -59,6 +60,12 @@ def test_plan_groups_by_program_and_keeps_job_order():
     assert [(b.sampler, b.members) for b in batches] == [("sgld", (0, 2)), ("sgld", (1,)), ("vi", (3,))]
     assert batches[2].algorithms is None  # VI runs its own loop
     assert [len(b.members) for b in sampling.plan(jobs[:3], cap=lambda group: 1)] == [1, 1, 1]
+    # step_size=auto: the job once per point of its grid, in the same program as the numeric steps
+    auto = sampling.Job("sgld", C.SGLDConfig(chains=2, draws=20, burnin=0, eval_every=1, batch_size=16),
+                        sampling.sampler_key(5, "sgld"))
+    [batch, _] = sampling.plan([jobs[0], auto, jobs[1]])
+    points = len(autostep.FACTORS)
+    assert batch.members == (0, *[1] * points) and batch.grid == (None, *range(points))
 
 
 def test_sample_one_is_the_road_with_one_job():

@@ -56,7 +56,10 @@ def _allowed(value, f: dataclasses.Field) -> bool:
 def other_value(cfg, f: dataclasses.Field):
     """Another value of field ``f`` within its metadata's constraints (choices, bounds, types)."""
     value = getattr(cfg, f.name)
-    inner, optional = config._unwrap_optional(typing.get_type_hints(type(cfg))[f.name])
+    hint = typing.get_type_hints(type(cfg))[f.name]
+    inner, optional = config._unwrap_optional(hint)
+    if config._is_step_size(hint):  # a number or "auto": another number (auto is resolved before make)
+        inner, value = float, (None if value == config.AUTO else value)
     if "choices" in f.metadata:
         candidates = list(f.metadata["choices"]) + ([None] if optional else [])
     elif inner is bool:
@@ -72,6 +75,12 @@ def other_value(cfg, f: dataclasses.Field):
     else:
         raise TypeError(f"{f.name}: no rule for picking another {inner}")
     return next(c for c in candidates if c != value and _allowed(c, f))
+
+
+def concrete(cfg):
+    """The default section with a number where the step size is ``auto`` (resolved on the one road,
+    never by ``make``)."""
+    return dataclasses.replace(cfg, step_size=1e-3) if getattr(cfg, "step_size", None) == config.AUTO else cfg
 
 
 def _leaves(params) -> list[np.ndarray]:
@@ -93,7 +102,7 @@ def test_signature_has_every_structural_field_and_no_runtime_one(name):
 
 @pytest.mark.parametrize("name", BATCHED)
 def test_make_passes_every_runtime_field_as_an_argument(name):
-    cfg = sampler_class(name)()
+    cfg = concrete(sampler_class(name)())
     alg = _module(name).make(cfg)
     assert alg.static == cfg.signature()  # what the driver's compile cache is keyed on
     for f in _fields(name, runtime=True):

@@ -38,16 +38,20 @@ def test_every_checkpoint_has_lambda_hat_and_curvature(first_run):
         assert np.isfinite(r["llc_mean"]) and r["llc_se"] > 0
         assert r["hessian_trace_se"] >= 0 and r["fisher_trace"] >= 0 and r["weight_norm"] > 0
         assert 0.0 <= r["train_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
+        # step_size=auto (the preset's default), chosen per checkpoint, with the rule's reason
+        assert r["step_size"] > 0 and "sgld.step_size=auto" in r["step_size_rule"]
+    assert len({r["step_size"] for r in rows}) > 1  # the curvature, so the step, changes over training
     out = summary["artifacts"]
     with open(f"{out}/trajectory.csv", newline="") as fh:
         header = next(csv.reader(fh))
     for col in ("step", "llc_mean", "llc_se", "rhat", "ess", "train_loss", "test_loss", "train_acc", "test_acc",
-                "grad_norm", "hessian_trace", "fisher_trace", "weight_norm", "flags"):
+                "grad_norm", "hessian_trace", "fisher_trace", "weight_norm", "flags", "step_size", "step_size_rule"):
         assert col in header
     import xarray as xr
 
     ds = xr.open_dataset(f"{out}/trajectory.nc", engine="h5netcdf")
     assert ds["llc"].dims == ("step", "chain", "draw") and ds.sizes["step"] == len(rows)
+    assert ds["step_size"].values.tolist() == [r["step_size"] for r in rows]
 
 
 def test_other_epsilon_trains_nothing_and_interrupted_runs_resume(first_run, monkeypatch):

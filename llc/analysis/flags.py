@@ -81,6 +81,18 @@ Per sampler, from its kept draws of lambda-hat (diverged chains excluded):
   chains reaching 1/10 of the localizer's width, 0 %. The quick preset's MLP has Var/lambda-hat
   0.33-0.40: not flagged.
 
+- ``step_bias``: plain SGLD's mean MALA acceptance (every SGLD run checks its moves under the
+  full-batch posterior, ``sgld.mala_check``), plus 2 SE, below ``llc.analysis.health.mala_floor(d)``:
+  what an isotropic Gaussian posterior of the run's dimension accepts at the step that inflates
+  lambda-hat by STEP_BIAS_REL = 5 %. devinterp's fixed 0.9 ignores the dimension: the acceptance
+  falls with d at a fixed per-direction bias (d = 16,000: 0.76 at a 2.5 % bias), so 0.9 would forbid
+  every step that mixes in a network's budget there, and pass a 25 % bias at d = 4 (0.83 needed).
+  Where curvature is spread over orders of magnitude the few stiff directions set the acceptance and
+  the floor is lenient; ``step_size=auto``'s grid then catches a bias by comparing steps.
+  Rates (``python benchmarks/step_flag_rates.py``): in the module's STEP_BIAS notes below.
+- ``auto_step``: ``step_size=auto`` found no healthy point on its grid (llc.pipeline.sampling's
+  ``choose_step``): λ̂ is from the best-mixed point, and the message lists why each point failed.
+
 Across samplers of one run (``add_cross_sampler_flags``):
 
 - ``disagree``: two samplers' lambda-hat more than 3 combined SE apart, sqrt(SE_a^2 + SE_b^2);
@@ -118,7 +130,7 @@ UNCONVERGED_ESS = 100.0
 LOCALIZER_VAR_MAX = 0.1
 LOCALIZER_SPREAD_MIN = 0.25
 FLAG_CODES = ("diverged", "unconverged", "above_d_half", "negative", "excess_variance", "drift", "outlier_chain",
-              "analytic", "localizer", "disagree")
+              "analytic", "localizer", "step_bias", "auto_step", "disagree")
 
 
 def _g(x: float) -> str:
@@ -195,6 +207,30 @@ def unconverged(rhat: float | None, ess_bulk: float | None, ess_tail: float | No
     if not found:
         return None
     return f"unconverged: {', '.join(found)}: {' and '.join(advice)}"
+
+
+def step_bias(info: dict[str, Any], dim: int | None) -> str | None:
+    """SGLD's mean MALA acceptance, 2 SE up, below llc.analysis.health.mala_floor(d) (the module docstring)."""
+    from llc.analysis.health import STEP_BIAS_REL, mala_floor
+
+    acc, checks = info.get("mean_mala_acceptance"), info.get("mala_checks") or 0
+    if acc is None or not math.isfinite(acc) or not dim or not checks:
+        return None
+    floor = mala_floor(int(dim))
+    sd = info.get("mala_sd")
+    se = (sd if sd is not None and math.isfinite(sd) else 0.5) / math.sqrt(checks)
+    if acc + 2.0 * se >= floor:
+        return None
+    return (f"step_bias: mean MALA acceptance {acc:.3f} < {floor:.3f}, what a d = {dim} Gaussian posterior accepts at "
+            f"a step that inflates λ̂ by {STEP_BIAS_REL:.0%}: the step size ({_g(info['step_size'])}) biases λ̂; use "
+            "step_size=auto or a smaller step")
+
+
+def auto_step(info: dict[str, Any]) -> str | None:
+    """``step_size=auto`` found no healthy grid point (the rule's text says why)."""
+    if info.get("auto_step_chosen_healthy", 1):
+        return None
+    return "auto_step: " + str(info.get("step_size_rule", "")).split("=auto: ", 1)[-1]
 
 
 def above_half_dim(mean: float, se: float, dim: int | None, kind: str = "full_batch") -> str | None:
@@ -357,7 +393,8 @@ def sampler_flags(llc: np.ndarray, metrics: dict[str, Any], attrs: dict[str, Any
     bulk, tail = (None, None) if independent else (metrics.get("ess_bulk"), metrics.get("ess_tail"))
     out = [diverged(metrics.get("diverged_chains", 0), metrics.get("chains", 0),
                     (info or {}).get("failure_reasons")),
-           unconverged(metrics.get("rhat"), bulk, tail, kind)]
+           unconverged(metrics.get("rhat"), bulk, tail, kind), step_bias(info or {}, attrs.get("dim")),
+           auto_step(info or {})]
     mean, se = metrics.get("llc_mean"), metrics.get("llc_se")
     if mean is not None:
         se = se if se is not None and math.isfinite(se) else 0.0

@@ -76,3 +76,32 @@ def fisher_trace(loss_fn: LossFn, params, data, batch: int | None = None) -> jax
         return _sq_norm(jax.grad(loss_fn)(params, jax.tree.map(one, xi), jax.tree.map(one, yi)))
 
     return jnp.mean(jax.lax.map(example_sq_norm, (x, y), batch_size=batch))
+
+
+def stiffness(loss_fn: LossFn, params, data, nbeta, gamma, key, *, metric=None, iters: int = 30) -> jax.Array:
+    """The largest |eigenvalue| of the tempered posterior's curvature nbeta*H + gamma*I at ``params``
+    (H the Hessian of the mean loss), in the diagonal ``metric`` M (a pytree like ``params``; None:
+    the identity), i.e. of M^(1/2) (nbeta*H + gamma*I) M^(1/2), by ``iters`` steps of power
+    iteration on Hessian-vector products. A Langevin step's discretisation error in a direction of
+    curvature lam grows with step*lam, so 1/stiffness is the natural unit of a step size."""
+    x, y = data
+    grad = jax.grad(lambda w: loss_fn(w, x, y))
+    root = jax.tree.map(jnp.ones_like, params) if metric is None else jax.tree.map(jnp.sqrt, metric)
+
+    def apply(v):
+        scaled = jax.tree.map(jnp.multiply, root, v)
+        hv = jax.jvp(grad, (params,), (scaled,))[1]
+        return jax.tree.map(lambda r, h, s: r * (nbeta * h + gamma * s), root, hv, scaled)
+
+    def normalise(v):
+        norm = jnp.sqrt(_sq_norm(v))
+        return jax.tree.map(lambda a: a / norm, v)
+
+    def body(_, carry):
+        v, _lam = carry
+        w = apply(v)
+        return normalise(w), jnp.sqrt(_sq_norm(w))
+
+    start = normalise(_rademacher(key, params))
+    zero = jnp.zeros((), jnp.result_type(jax.tree.leaves(params)[0]))
+    return jax.lax.fori_loop(0, iters, body, (start, zero))[1]

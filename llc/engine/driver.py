@@ -54,6 +54,14 @@ class SamplerOutput(NamedTuple):
     info: dict[str, Any]  # tuned hyperparameters (scalars or per-chain arrays) and similar
 
 
+def require_step(cfg: Any) -> None:
+    """A sampler's ``make`` needs a numeric step size: ``auto`` is resolved on the one road
+    (llc.pipeline.sampling), which tries a grid of them."""
+    if cfg.step_size == "auto":
+        raise ValueError(f"{type(cfg).__name__}.step_size is 'auto', which llc.pipeline.sampling resolves (a grid "
+                         "of steps); pass a number to build the sampler directly")
+
+
 class Algorithm(NamedTuple):
     """A sampler as the driver sees it; built by a sampler module's ``make(cfg)``.
 

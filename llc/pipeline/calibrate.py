@@ -8,8 +8,9 @@ static signature (everything but runtime values such as epsilon, gamma, beta0, s
 have alone.
 
 Recommendation rule (``recommend``), for the line of the grid at the base config's other values
-(gamma, beta0, ...): a point is *healthy* when it has no failure flag, R-hat < 1.01 and, for SGLD,
-a mean MALA acceptance of at least 0.9. The *anchor* is the healthy point with the smallest step
+(gamma, beta0, ...): a point is *healthy* when it has no failure flag (for SGLD that includes
+``step_bias``, its MALA check against a floor that depends on the dimension: llc.analysis.flags) and
+R-hat < 1.01. The *anchor* is the healthy point with the smallest step
 size (the least discretisation bias). Walking up the step sizes, a healthy point joins the plateau
 when its lambda-hat agrees within 2 combined standard errors with every healthy point below it;
 the first that does not ends the walk (its bias now shows). The recommended point is the largest
@@ -41,13 +42,13 @@ from typing import Any, Callable
 import numpy as np
 
 from llc import registry
-from llc.config import (ConfigError, RunConfig, apply_overrides, canonical, get_field, sampler_class, target_section,
+from llc.config import (AUTO, ConfigError, RunConfig, apply_overrides, canonical, get_field, sampler_class, target_section,
                         to_dict, to_toml, validate)
 from llc.store import cache
 
 STEP_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
 GAMMA_FACTORS = (0.5, 1.0, 2.0)
-from llc.analysis.health import AGREE_SE, BACKOFF, MALA_MIN, RHAT_MAX
+from llc.analysis.health import AGREE_SE, BACKOFF, RHAT_MAX, healthy, step_choice
 from llc.store.layout import CAL_DIR
 
 
@@ -68,7 +69,9 @@ def _step_field(sampler: str) -> str:
 def default_axes(base: RunConfig, sampler: str) -> dict[str, tuple]:
     axes: dict[str, tuple] = {}
     scfg = getattr(base, sampler)
-    if hasattr(scfg, "step_size"):
+    if getattr(scfg, "step_size", None) == AUTO:  # step_size=auto's grid, placed when the target exists
+        axes[_step_field(sampler)] = (AUTO,)
+    elif hasattr(scfg, "step_size"):
         axes[_step_field(sampler)] = tuple(float(f"{scfg.step_size * f:.6g}") for f in STEP_FACTORS)
     axes["posterior.gamma"] = tuple(float(f"{base.posterior.gamma * f:.6g}") for f in GAMMA_FACTORS)
     return axes
@@ -138,9 +141,25 @@ def calibration_id(p: Plan) -> str:
 
 # --------------------------------------------------------------------------- running
 
+def resolve_auto(p: Plan, post: Any) -> Plan:
+    """The plan with a step-size value ``auto`` replaced by step_size=auto's grid on ``post`` (the
+    base config's posterior): what a run with step_size=auto would try, one row each."""
+    from llc.pipeline import sampling
+
+    step = _step_field(p.sampler)
+    if AUTO not in p.axes.get(step, ()):
+        return p
+    job = sampling.Job(p.sampler, getattr(p.base, p.sampler), sampling.sampler_key(p.base.seed, p.sampler))
+    steps, _ = sampling.auto_grid(job, post)
+    values = sorted({v for v in p.axes[step] if v != AUTO} | {float(f"{v:.6g}") for v in steps})
+    grid = [f"{k}={','.join(str(v) for v in (values if k == step else vs))}" for k, vs in p.axes.items()]
+    return dataclasses.replace(plan(p.base, p.sampler, grid), restore=p.restore)
+
+
 def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None] | None = None,
                log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """Build (or load) the target, run every point (batched), return per-point results and traces."""
+    """Build (or load) the target, run every point (batched), return per-point results and traces
+    (and ``plan``: ``p`` with an ``auto`` step value resolved)."""
     from llc.pipeline import sampling
 
     sampling.prepare()
@@ -148,6 +167,11 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     from llc.engine.targets import analytic_llc, get_target
     from llc.pipeline.resources import batch_cap
 
+    if AUTO in p.axes.get(_step_field(p.sampler), ()):
+        target = get_target(p.base, root)
+        p = resolve_auto(p, make_posterior(target.loss_fn, target.params, target.x, target.y, p.base.posterior,
+                                           L0=target.L0))
+        log(f"step_size=auto: grid {', '.join(f'{v:g}' for v in p.axes[_step_field(p.sampler)])}")
     jobs = [sampling.Job(p.sampler, getattr(c, p.sampler), sampling.sampler_key(c.seed, p.sampler),
                          p.base.theta_proj_dim) for c in p.cfgs]
     batches = sampling.plan(jobs, cap=lambda group: batch_cap([p.cfgs[i] for i in group]))
@@ -178,18 +202,11 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
                      "flags": m["flags"]})
     compile_s = sum(o.info.get("batch_compile_s", o.work["compile_s"]) for o in
                     (outputs[b.members[0]] for b in batches))
-    return {"target": target, "rows": rows, "outputs": outputs, "posts": posts, "wall_s": wall,
+    return {"plan": p, "target": target, "rows": rows, "outputs": outputs, "posts": posts, "wall_s": wall,
             "sampling_s": sampling_s, "compile_s": compile_s, "batches": len(batches)}
 
 
 # --------------------------------------------------------------------------- the rule
-
-def healthy(row: dict[str, Any]) -> bool:
-    ok = not row["flags"] and row["rhat"] is not None and row["rhat"] < RHAT_MAX
-    if row.get("mala_acceptance") is not None:
-        ok = ok and row["mala_acceptance"] >= MALA_MIN
-    return bool(ok)
-
 
 def recommend(p: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Apply the module docstring's rule; returns the chosen row index (or None) and why."""
@@ -210,26 +227,15 @@ def recommend(p: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {"index": i if healthy(r) else None, "line": line,
                 "why": f"no step-size axis on the grid; the base setting's point ({where}) is {state}"}
     line.sort(key=lambda i: rows[i][step])
-    good = [i for i in line if healthy(rows[i])]
-    if not good:
-        return {"index": None, "line": line, "why": (f"no point on the line {base_vals or ''} is healthy: every one has a flag, "
-                                       f"R-hat >= {RHAT_MAX}" + (f" or MALA acceptance < {MALA_MIN}" if
-                                                                "mala_check" in p.restore else ""))}
-    anchor = rows[good[0]]
-    plateau = [good[0]]
-    for i in good[1:]:
-        r = rows[i]
-        if not all(abs(r["llc_mean"] - rows[j]["llc_mean"]) <= AGREE_SE * math.hypot(r["llc_se"], rows[j]["llc_se"])
-                   for j in plateau):
-            break
-        plateau.append(i)
-    top = rows[plateau[-1]]
+    chosen, plateau, good = step_choice(rows, line, step)
+    if chosen is None:
+        return {"index": None, "line": line, "why": (f"no point on the line {base_vals or ''} is healthy: every one has a flag "
+                                                     f"or R-hat >= {RHAT_MAX}")}
+    anchor, top = rows[plateau[0]], rows[plateau[-1]]
     below = [i for i in plateau if rows[i][step] * BACKOFF <= top[step] * (1 + 1e-9)]
-    chosen = below[-1] if below else plateau[0]
     c = rows[chosen]
     health = (f"healthy (no flag, R-hat {c['rhat']:.3f} < {RHAT_MAX}"
-              + (f", MALA acceptance {c['mala_acceptance']:.3f} >= {MALA_MIN}" if c.get("mala_acceptance") is not None
-                 else "") + ")")
+              + (f", MALA acceptance {c['mala_acceptance']:.3f}" if c.get("mala_acceptance") is not None else "") + ")")
     def lam(r: dict[str, Any]) -> str:
         return f"lambda-hat {r['llc_mean']:.4g} ± {r['llc_se']:.2g}"
 
@@ -317,6 +323,7 @@ def _compute(p: Plan, root: Path, out_dir: Path, *, reference: str, progress: Ca
 
     cid = out_dir.name
     result = run_points(p, root, progress=progress, log=log)
+    p = result["plan"]
     rows = result["rows"]
     rec = recommend(p, rows)
     ref = None

@@ -30,7 +30,12 @@ SUMMARY_KEYS = ("llc_mean", "llc_se", "ess", "rhat", "wall_s", "compile_s", "fde
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics.get(k) for k in SUMMARY_KEYS}
+    """A sampler's entry of the result record (``--json``, the sweep CSV): SUMMARY_KEYS, and the step
+    size it used with, for step_size=auto, the rule's reason (llc.pipeline.sampling.choose_step)."""
+    out = {k: metrics.get(k) for k in SUMMARY_KEYS}
+    info = metrics.get("info") or {}
+    out.update({k: info[k] for k in ("step_size", "step_size_rule") if isinstance(info.get(k), (int, float, str))})
+    return out
 
 
 def _versions() -> dict[str, str]:

@@ -11,7 +11,13 @@ sample through this module and re-implement none of its steps::
 
 A batch holds jobs of one driver-run sampler whose Algorithms share ``driver.batch_signature`` and
 θ-projection size: they differ only in runtime values (step size, gamma, n*beta, seed, w*) and
-execute as one program, each with the random stream it would have alone. A sampler that runs its
+execute as one program, each with the random stream it would have alone.
+
+A job whose step size is ``auto`` becomes one batch member per point of its sampler's grid
+(``auto_steps``: llc.engine.autostep.FACTORS in units of the posterior's stiffness at w*, measured
+when the posterior exists); ``sample`` applies llc.analysis.health's rule to the points' metrics
+and returns the chosen point's output, the run it would be alone with that step size, carrying the
+choice, its reason and the grid's numbers in its ``info`` (``AUTO_INFO``) and the whole grid's work. A sampler that runs its
 own loop (VI) gets a batch of one job. A run saved to disk takes its metrics from what its NetCDF
 holds instead (``llc.analysis.diagnostics.sampler_metrics``), so ``llc analyze`` reproduces them.
 """
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 from llc import registry
+from llc.config import AUTO
 
 # ArviZ, xarray, pandas and the store (seconds of imports) are needed only once draws exist: a cold
 # run imports them on a thread while it trains and compiles (``import_store_in_background``).
@@ -101,18 +108,25 @@ class Job:
 
 class Batch(NamedTuple):
     """Jobs (indices into the job list) that execute together; ``algorithms`` (one per member) is
-    None for a sampler that runs its own loop, which always has a single member."""
+    None for a sampler that runs its own loop, which always has a single member. ``grid`` gives,
+    per member, its point on an ``auto`` job's step-size grid (None: the job's own step size); a
+    job appears once per point."""
 
     sampler: str
     members: tuple[int, ...]
     algorithms: tuple[Any, ...] | None
+    grid: tuple[int | None, ...] | None = None
+
+
+def is_auto(job: Job) -> bool:
+    return getattr(job.config, "step_size", None) == AUTO
 
 
 def plan(jobs: Sequence[Job], *, cap: Callable[[list[int]], int] | None = None) -> list[Batch]:
     """The batches that run ``jobs``: samplers in order of first appearance; a driver-run
     sampler's jobs grouped by compiled program and split in parts of at most ``cap(group)``
     (memory; default: no limit). Imports each sampler's module once."""
-    from llc.engine import driver
+    from llc.engine import autostep, driver
     from llc.engine.samplers import load
     from llc.pipeline.resources import split_batch
 
@@ -123,13 +137,19 @@ def plan(jobs: Sequence[Job], *, cap: Callable[[list[int]], int] | None = None) 
         if not spec.batched:
             batches += [Batch(name, (i,), None) for i in members]
             continue
-        algorithms = {i: module.make(jobs[i].config) for i in members}
-        groups: dict[tuple, list[int]] = {}
-        for i in members:
-            groups.setdefault((driver.batch_signature(algorithms[i]), jobs[i].proj_dim), []).append(i)
+        # (job, grid point) entries; a placeholder step for auto points, set when the posterior exists.
+        entries = [(i, g) for i in members
+                   for g in (range(len(autostep.FACTORS)) if is_auto(jobs[i]) else (None,))]
+        algorithms = {e: module.make(_with_step(jobs[e[0]].config, 1.0) if e[1] is not None else jobs[e[0]].config)
+                      for e in entries}
+        groups: dict[tuple, list[tuple[int, int | None]]] = {}
+        for e in entries:
+            groups.setdefault((driver.batch_signature(algorithms[e]), jobs[e[0]].proj_dim), []).append(e)
         for group in groups.values():
-            for part in split_batch(group, cap(group) if cap else len(group)):
-                batches.append(Batch(name, tuple(part), tuple(algorithms[i] for i in part)))
+            cap_n = cap([i for i, _ in group]) if cap else len(group)
+            for part in split_batch(group, cap_n):
+                batches.append(Batch(name, tuple(i for i, _ in part), tuple(algorithms[e] for e in part),
+                                     tuple(g for _, g in part) if any(g is not None for _, g in part) else None))
     return batches
 
 
@@ -180,9 +200,24 @@ def precompile_in_background(batches: list[Batch], jobs: Sequence[Job],
 BatchProgress = Callable[[int, Batch, int, int, str], None]  # (batch index, batch, done, total, phase)
 
 
+def _with_step(config: Any, step: float) -> Any:
+    return dataclasses.replace(config, step_size=float(step))
+
+
+def auto_grid(job: Job, post: Any) -> tuple[tuple[float, ...], float]:
+    """The step sizes an ``auto`` job tries on ``post`` and the stiffness they are scaled by."""
+    import jax
+
+    from llc.engine.samplers import load
+
+    # Its own stream (the power iteration's start), apart from the chains'.
+    return load(job.sampler).auto_steps(post, job.config, jax.random.fold_in(job.key, 0xA7))
+
+
 def sample_batch(index: int, batch: Batch, jobs: Sequence[Job], posts: Sequence[Any], *,
-                 progress: BatchProgress | None = None) -> list[Any]:
-    """The SamplerOutputs of one batch's members, in member order."""
+                 progress: BatchProgress | None = None, grids: dict[int, tuple] | None = None) -> list[Any]:
+    """The SamplerOutputs of one batch's members, in member order. ``grids`` caches each auto job's
+    ``auto_grid`` (computed here when missing)."""
     from llc.engine import driver
     from llc.engine.samplers import load
 
@@ -191,18 +226,38 @@ def sample_batch(index: int, batch: Batch, jobs: Sequence[Job], posts: Sequence[
     if batch.algorithms is None:
         return [load(batch.sampler).run(posts[batch.members[0]], first.config, first.key, proj_dim=first.proj_dim,
                                         **kwargs)]
-    return driver.run_batch(list(batch.algorithms), [posts[i] for i in batch.members],
+    algorithms = list(batch.algorithms)
+    if batch.grid is not None:
+        grids = {} if grids is None else grids
+        module = load(batch.sampler)
+        for m, (i, g) in enumerate(zip(batch.members, batch.grid)):
+            if g is not None:
+                if i not in grids:
+                    grids[i] = auto_grid(jobs[i], posts[i])
+                algorithms[m] = module.make(_with_step(jobs[i].config, grids[i][0][g]))
+    return driver.run_batch(algorithms, [posts[i] for i in batch.members],
                             [jobs[i].key for i in batch.members], proj_dim=first.proj_dim, **kwargs)
 
 
 def sample(batches: list[Batch], jobs: Sequence[Job], posts: Sequence[Any], *,
            progress: BatchProgress | None = None) -> list[Any]:
     """Run every batch in order; the SamplerOutput of each job, in job order. ``posts[i]`` is job
-    i's posterior (the members of a batch share the loss and data)."""
+    i's posterior (the members of a batch share the loss and data). An ``auto`` job's output is its
+    chosen grid point's (``choose_step``)."""
     outputs: list[Any] = [None] * len(jobs)
+    points: dict[int, dict[int, Any]] = {}
+    grids: dict[int, tuple] = {}
     for index, batch in enumerate(batches):
-        for i, out in zip(batch.members, sample_batch(index, batch, jobs, posts, progress=progress)):
-            outputs[i] = out
+        outs = sample_batch(index, batch, jobs, posts, progress=progress, grids=grids)
+        for m, (i, out) in enumerate(zip(batch.members, outs)):
+            g = batch.grid[m] if batch.grid is not None else None
+            if g is None:
+                outputs[i] = out
+            else:
+                points.setdefault(i, {})[g] = out
+    for i, by_point in points.items():
+        steps, lam = grids[i]
+        outputs[i] = choose_step([by_point[g] for g in range(len(steps))], posts[i], steps, lam)
     return outputs
 
 
@@ -212,6 +267,92 @@ def sample_one(sampler: str, post: Any, config: Any, key: Any, *, proj_dim: int 
     jobs = [Job(sampler, config, key, proj_dim)]
     report = (lambda index, batch, done, total, phase: progress(done, total, phase)) if progress else None
     return sample(plan(jobs), jobs, [post], progress=report)[0]
+
+
+# --------------------------------------------------------------------------- step_size=auto
+
+# What an auto job's output carries in ``info`` besides its chosen ``step_size`` (recorded in the
+# NetCDF, metrics.json, --json and the CSVs): the rule's verdict and the grid, one value per point.
+AUTO_INFO = ("step_size_rule", "auto_step_stiffness", "auto_step_chosen_healthy", "auto_step_grid",
+             "auto_step_llc", "auto_step_se", "auto_step_rhat", "auto_step_mala", "auto_step_healthy")
+
+
+def _mala(out: Any) -> float | None:
+    import numpy as np
+
+    acc = out.stats.get("mala_acceptance")
+    if acc is None or not np.isfinite(acc).any():
+        return None
+    return float(np.nanmean(acc))
+
+
+def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: float) -> Any:
+    """The output of the grid point llc.analysis.health's rule chooses among ``outs`` (one per step in
+    ``steps``, increasing), with the choice and its reason in its info and the grid's work in its work.
+    When no point is healthy, the best-mixed point without diverged chains (lowest R-hat) stands in
+    and ``auto_step_chosen_healthy`` is 0, which llc.analysis.flags reports."""
+    import math
+
+    from llc.analysis.health import AGREE_SE, BACKOFF, RHAT_MAX, step_choice
+    from llc.engine.autostep import FACTORS
+
+    rows = []
+    for step, out in zip(steps, outs):
+        m = evaluate(out, post)
+        rows.append({"step_size": step, "llc_mean": m["llc_mean"], "llc_se": m["llc_se"], "rhat": m["rhat"],
+                     "flags": m["flags"], "mala_acceptance": _mala(out), "diverged": m["diverged_chains"]})
+    order = list(range(len(rows)))
+    chosen, plateau, good = step_choice(rows, order, "step_size")
+    name = outs[0].name
+
+    def lam_hat(r):
+        return "nan" if r["llc_mean"] is None else f"{r['llc_mean']:.4g} ± {r['llc_se']:.2g}"
+
+    grid_text = (f"grid {steps[0]:.3g}..{steps[-1]:.3g} (eps*lam_max = {FACTORS[0]:g}..{FACTORS[-1]:g}, "
+                 f"lam_max = {lam:.4g})")
+    if chosen is not None:
+        c = rows[chosen]
+        why = (f"{name}.step_size=auto chose {c['step_size']:.4g}: healthy (no flag, R-hat {c['rhat']:.4f} < {RHAT_MAX}"
+               + (f", MALA acceptance {c['mala_acceptance']:.3f}" if c["mala_acceptance"] is not None else "")
+               + f"), lambda-hat {lam_hat(c)}; ")
+        if len(plateau) > 1:
+            why += (f"the healthy steps agree within {AGREE_SE:g} combined SE from {rows[plateau[0]]['step_size']:.3g} to "
+                    f"{rows[plateau[-1]]['step_size']:.3g} ({lam_hat(rows[plateau[-1]])}); the largest at most 1/{BACKOFF:g} "
+                    "of that top is used")
+        else:
+            nxt = [i for i in good if i > chosen]
+            why += ("the smallest healthy step" + (" (smaller ones did not mix in these draws)" if chosen > 0 else "")
+                    + (f"; the next healthy one disagrees ({lam_hat(rows[nxt[0]])})" if nxt else
+                       "; no larger one is healthy") + ", so its bias is not checked against another step")
+        why += f"; {grid_text}"
+    else:
+        usable = [i for i in order if not rows[i]["diverged"] and rows[i]["rhat"] is not None
+                  and math.isfinite(rows[i]["rhat"])] or order
+        chosen = min(usable, key=lambda i: rows[i]["rhat"] if rows[i]["rhat"] is not None else math.inf)
+        c = rows[chosen]
+        reasons = []
+        for r in rows:
+            bad = (r["flags"][0].split(":")[0] if r["flags"] else
+                   f"R-hat {r['rhat']:.3f}" if r["rhat"] is not None and r["rhat"] >= RHAT_MAX else
+                   f"MALA {r['mala_acceptance']:.2f}")
+            reasons.append(f"{r['step_size']:.3g}: {bad}")
+        why = (f"{name}.step_size=auto: no step size on the {grid_text} is healthy ({', '.join(reasons)}); "
+               f"lambda-hat is from the best-mixed one, {c['step_size']:.4g} (R-hat {c['rhat']:.3f}); more draws "
+               f"({name}.draws) let a smaller step mix")
+    out = outs[chosen]
+    work = dict(out.work)
+    for key in ("n_grad_evals", "fde", "full_loss_evals"):  # the grid's cost is the estimate's cost
+        if key in work:
+            work[key] = float(sum(o.work.get(key, 0.0) for o in outs))
+
+    def column(key):
+        return [math.nan if r[key] is None else float(r[key]) for r in rows]
+
+    info = {**out.info, "step_size": float(steps[chosen]), "step_size_rule": why, "auto_step_stiffness": float(lam),
+            "auto_step_chosen_healthy": int(chosen in good), "auto_step_grid": [float(v) for v in steps],
+            "auto_step_llc": column("llc_mean"), "auto_step_se": column("llc_se"), "auto_step_rhat": column("rhat"),
+            "auto_step_mala": column("mala_acceptance"), "auto_step_healthy": [int(i in good) for i in order]}
+    return out._replace(work=work, info=info)
 
 
 # --------------------------------------------------------------------------- metrics and flags

@@ -29,8 +29,10 @@ from llc import registry
 from llc.store import cache
 
 from llc.store.layout import TRAJ_DIR
-CSV_COLUMNS = ("step", "llc_mean", "llc_se", "rhat", "ess", "train_loss", "test_loss", "train_acc", "test_acc",
-               "grad_norm", "hessian_trace", "hessian_trace_se", "fisher_trace", "weight_norm", "L0", "flags")
+CSV_COLUMNS = ("step", "llc_mean", "llc_se", "rhat", "ess", "step_size", "train_loss", "test_loss", "train_acc",
+               "test_acc", "grad_norm", "hessian_trace", "hessian_trace_se", "fisher_trace", "weight_norm", "L0", "flags",
+               "step_size_rule")
+TEXT_COLUMNS = ("flags", "step_size_rule")  # strings in trajectory.nc; every other column but step is a float
 HUTCHINSON_PROBES = 64
 
 
@@ -149,7 +151,8 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
         for i, post, out, c in zip(idx, posts, outs, curv):
             m = sampling.evaluate(out, post)
             row = {"step": steps[i], "llc_mean": m["llc_mean"], "llc_se": m["llc_se"], "rhat": m["rhat"],
-                   "ess": m["ess"], "L0": post.L0, "nbeta": post.nbeta, "gamma": post.gamma, **c,
+                   "ess": m["ess"], "step_size": out.info.get("step_size"),
+                   "step_size_rule": out.info.get("step_size_rule", ""), "L0": post.L0, "nbeta": post.nbeta, "gamma": post.gamma, **c,
                    **{k: float(np.asarray(v)[i]) for k, v in data.metrics.items()}, "flags": m["flags"]}
             _atomic_write(_point_file(out_dir, steps[i]), lambda p, r=row, o=out: _save_npz(
                 p, row=json.dumps(r, default=float), Ln=o.Ln, theta=o.theta_proj))
@@ -177,8 +180,9 @@ def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, c
                  np.stack([r["nbeta"] * (p["Ln"] - r["L0"]) for p, r in zip(points, rows)])),
          "theta_proj": (("step", "chain", "draw", "proj"), np.stack([p["theta"] for p in points])),
          **{c: (("step",), np.asarray([np.nan if r.get(c) is None else r[c] for r in rows], np.float64))
-            for c in CSV_COLUMNS if c not in ("step", "flags")},
-         "flags": (("step",), np.asarray(["; ".join(r["flags"]) for r in rows], dtype=str))},
+            for c in CSV_COLUMNS if c != "step" and c not in TEXT_COLUMNS},
+         "flags": (("step",), np.asarray(["; ".join(r["flags"]) for r in rows], dtype=str)),
+         "step_size_rule": (("step",), np.asarray([r.get("step_size_rule") or "" for r in rows], dtype=str))},
         coords={"step": np.asarray(steps, np.int64)}, attrs={"sampler": sampler})
     _atomic_write(out_dir / "trajectory.nc", lambda p: ds.to_netcdf(p, engine="h5netcdf"))
     summary = {"sampler": sampler, "target": target, "checkpoints": len(steps), "computed": computed, "wall_s": wall_s,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from llc.analysis.health import AGREE_SE, BACKOFF, MALA_MIN, RHAT_MAX
+from llc.analysis.health import AGREE_SE, BACKOFF, RHAT_MAX, STEP_BIAS_REL, mala_floor
 from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
                                      cell, esc, fmt, kv_table, legend_only, log_axis, num, plot_html, read_json_file,
                                      rel_link, rgba, section, split_flags, stride_for, table, thin, value_text)
@@ -66,14 +66,17 @@ def x_field(summary: dict[str, Any]) -> str:
 
 
 def unhealthy_reasons(row: dict[str, Any]) -> list[str]:
-    """Why a point fails the rule's health test (its flags, R̂, MALA acceptance)."""
+    """Why a point fails the rule's health test (its flags, step_bias from the MALA check among them, and R̂)."""
     reasons = split_flags(row)
-    rhat, acc = num(row.get("rhat")), num(row.get("mala_acceptance"))
+    rhat = num(row.get("rhat"))
     if rhat is None or rhat >= RHAT_MAX:
         reasons.append(f"R̂ {fmt(rhat, '.3f')} ≥ {RHAT_MAX}" if rhat is not None else "no R̂")
-    if acc is not None and acc < MALA_MIN:
-        reasons.append(f"MALA acceptance {acc:.3f} < {MALA_MIN}")
     return reasons
+
+
+def _mala_floor(summary: dict[str, Any]) -> float | None:
+    d = (summary.get("target") or {}).get("d")
+    return mala_floor(int(d)) if d else None
 
 
 def _is_healthy(row: dict[str, Any]) -> bool:
@@ -241,7 +244,9 @@ def diagnostics_figure(summary: dict[str, Any]):
     others, lines = _lines(summary, xf)
     panels = [("rhat", f"R̂ (healthy < {RHAT_MAX})"), ("ess", "ESS (bulk)")]
     if any(num(r.get("mala_acceptance")) is not None for r in rows):
-        panels.append(("mala_acceptance", f"MALA acceptance of SGLD moves (healthy ≥ {MALA_MIN})"))
+        floor = _mala_floor(summary)
+        panels.append(("mala_acceptance", "MALA acceptance of SGLD moves" + (f" (step_bias below {floor:.3f})"
+                                                                             if floor is not None else "")))
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[1] for p in panels], horizontal_spacing=0.07)
     for j, (key, idx) in enumerate(lines.items()):
         color = CHAIN_COLORS[j % len(CHAIN_COLORS)]
@@ -256,8 +261,8 @@ def diagnostics_figure(summary: dict[str, Any]):
     for c, (col, _) in enumerate(panels, start=1):
         if col == "rhat":
             fig.add_hline(y=RHAT_MAX, line={"color": BAD, "dash": "dash", "width": 1.2}, row=1, col=c)
-        if col == "mala_acceptance":
-            fig.add_hline(y=MALA_MIN, line={"color": BAD, "dash": "dash", "width": 1.2}, row=1, col=c)
+        if col == "mala_acceptance" and _mala_floor(summary) is not None:
+            fig.add_hline(y=_mala_floor(summary), line={"color": BAD, "dash": "dash", "width": 1.2}, row=1, col=c)
         if col == "ess":
             fig.update_yaxes(row=1, col=c, **log_axis([num(r.get("ess")) for r in rows]))
         fig.update_xaxes(title_text=short(xf), row=1, col=c, **x_axis(summary, xf))
@@ -359,8 +364,9 @@ def _recommendation_html(summary: dict[str, Any], cal_dir: Path, page_dir: Path)
     if rec.get("index") is not None and preset.is_file():
         run_line = (f'<p class="run-it">Run it: <code>llc run --preset {esc(preset)}</code> '
                     f'(<a href="{esc(rel_link(preset, page_dir))}">recommended.toml</a>)</p>')
-    rule = (f"A point is <i>healthy</i> with no failure flag, R̂ &lt; {RHAT_MAX} and, for SGLD, a mean MALA acceptance "
-            f"≥ {MALA_MIN}. On the line of the base config's other values, walking up the step sizes from the "
+    rule = (f"A point is <i>healthy</i> with no failure flag (for SGLD, <code>step_bias</code> among them: a mean MALA "
+            f"acceptance below what a Gaussian posterior of the same dimension accepts at a step that inflates λ̂ by "
+            f"{STEP_BIAS_REL:.0%}) and R̂ &lt; {RHAT_MAX}. On the line of the base config's other values, walking up the step sizes from the "
             f"smallest healthy one, a point joins the plateau while its λ̂ agrees within {AGREE_SE:g} combined SE "
             f"with every healthy point below it. The recommended step size is the largest on the plateau that is at "
             f"most 1/{BACKOFF:g} of the plateau's top: the bias grows about linearly with the step, and the top's "
@@ -398,7 +404,8 @@ def _points_table(summary: dict[str, Any]) -> str:
         row += [cell(fmt(rhat, ".3f"), sort=rhat, cls="bad" if rhat is None or rhat >= RHAT_MAX else ""),
                 cell(fmt(r.get("ess"), ".0f"), sort=num(r.get("ess")))]
         if has_mala:
-            row.append(cell(fmt(acc, ".3f"), sort=acc, cls="bad" if acc is not None and acc < MALA_MIN else ""))
+            floor = _mala_floor(summary)
+            row.append(cell(fmt(acc, ".3f"), sort=acc, cls="bad" if None not in (acc, floor) and acc < floor else ""))
         healthy = _is_healthy(r)
         status = ('<span class="badge rec">recommended</span>' if i == chosen else
                   '<span class="ok">yes</span>' if healthy else

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llc.config import SGLDConfig
-from llc.engine import driver
+from llc.engine import autostep, driver
 
 
 # Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20), precision 1:
@@ -117,7 +117,16 @@ def mala_acceptance(problem, params: SGLDParams, w, w_new) -> jax.Array:
     return jnp.where(jnp.isfinite(log_a), jnp.exp(jnp.minimum(log_a, 0.0)), 0.0)
 
 
+def auto_steps(post, cfg: SGLDConfig, key) -> tuple[tuple[float, ...], float]:
+    """``step_size=auto``'s grid (llc.engine.autostep): eps = c / lam_max, with lam_max measured in the
+    preconditioner's metric for RMSProp/Adam (their move is eps*G*grad). Returns (steps, lam_max)."""
+    metric = None if cfg.precond == "none" else autostep.rmsprop_metric(post, key, cfg.batch_size, cfg.eps)
+    lam = autostep.checked(autostep.stiffness(post, key, metric))
+    return tuple(c / lam for c in autostep.FACTORS), lam
+
+
 def make(cfg: SGLDConfig) -> driver.Algorithm:
+    driver.require_step(cfg)
     dtype = cfg.dtype
     params = SGLDParams(*(np.asarray(v, dtype) for v in (
         cfg.step_size, float(np.sqrt(cfg.step_size)), cfg.beta1, cfg.beta2, cfg.eps)))
@@ -149,7 +158,11 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
             checks = -(-(cfg.burnin + cfg.draws) // cfg.mala_every) * cfg.chains
             work["n_grad_evals"] += 2 * checks  # full-batch gradients of the check
             work["fde"] += 2 * checks
-            info["mean_mala_acceptance"] = float(np.nanmean(stats["mala_acceptance"][:, cfg.burnin:]))
+            kept = np.asarray(stats["mala_acceptance"][:, cfg.burnin:], np.float64)
+            kept = kept[np.isfinite(kept)]
+            info["mean_mala_acceptance"] = float(kept.mean()) if kept.size else float("nan")
+            info["mala_checks"] = int(kept.size)  # checks are mala_every draws apart: nearly independent
+            info["mala_sd"] = float(kept.std()) if kept.size else float("nan")
         return work, info, {}
 
     # The MALA check assumes the unpreconditioned proposal.

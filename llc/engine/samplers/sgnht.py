@@ -22,7 +22,7 @@ import numpy as np
 from blackjax.sgmcmc import diffusions
 
 from llc.config import SGNHTConfig
-from llc.engine import driver
+from llc.engine import autostep, driver
 from llc.engine.samplers.sghmc import like
 from llc.engine.samplers.sgld import gaussian_like, minibatch_work
 
@@ -42,7 +42,16 @@ class SGNHTParams(NamedTuple):
     diffusion: jax.Array
 
 
+def auto_steps(post, cfg: SGNHTConfig, key) -> tuple[tuple[float, ...], float]:
+    """``step_size=auto``'s grid (llc.engine.autostep): the position moves h*p with unit momentum
+    variance, so h^2 plays the role of SGLD's eps: h = sqrt(c / lam_max). Returns (steps, lam_max)."""
+    del cfg
+    lam = autostep.checked(autostep.stiffness(post, key))
+    return tuple(float(np.sqrt(c / lam)) for c in autostep.FACTORS), lam
+
+
 def make(cfg: SGNHTConfig) -> driver.Algorithm:
+    driver.require_step(cfg)
     params = SGNHTParams(np.asarray(cfg.step_size, cfg.dtype), np.asarray(cfg.diffusion, cfg.dtype))
 
     def init(key, position, problem, params):
