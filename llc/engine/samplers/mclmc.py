@@ -23,8 +23,9 @@ Per chain (vmapped) or once on chain 0 (``adaptation="shared"``, all chains then
 chain 0's tuned state with their own random streams).
 
 Sampling: ``eval_every`` integrator steps per kept draw. MCLMC has no accept/reject step, so its
-draws are biased by the integration error (about -2% in E[L_n] on a Gaussian at the default
-``desired_energy_var``). Per-draw statistics: ``energy_change`` and ``kinetic_change`` of the
+draws are biased by the integration error: -1.7% in lambda-hat on a 100-d quadratic and -6.5% on a
+tanh MLP at BlackJAX's ``desired_energy_var`` (5e-4), within 1 SE of exact or adjusted answers at
+the default 5e-6 (``MCLMCConfig``). Per-draw statistics: ``energy_change`` and ``kinetic_change`` of the
 draw's last step, and ``nan_steps`` (steps BlackJAX reverted because they produced a non-finite
 state).
 
