@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,6 +28,57 @@ class _Command(TyperCommand):
         params = super().get_params(ctx)
         _flags_as_flags(params)
         return params
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # (Typer would exit 130 without a word)
+            _interrupted(exc)
+
+
+# The innermost llc module on the stack Ctrl-C interrupted -> what was interrupted. The CLI, the
+# progress lines and the pipeline's orchestration are skipped: a Ctrl-C mostly lands in a progress
+# callback, called from the engine's sampling or training loop. (module prefix, functions or None.)
+_PHASES = (
+    ("llc.posthoc.figures", None, "drawing figures"),
+    ("llc.posthoc.report", None, "writing the report page"),
+    ("llc.posthoc", None, "analysing"),
+    ("llc.store.cache", {"verify", "verify_sealed_file", "usable", "run_dir_problem", "key_lock", "_hold"},
+     "checking the cache"),
+    ("llc.store", None, "writing results"),
+    ("llc.analysis", None, "computing diagnostics"),
+    ("llc.engine.targets", None, "building or training the target"),
+    ("llc.engine", None, "sampling"),
+    ("llc.pipeline.sampling", None, "sampling"),
+)
+
+
+def _interrupted_phase(exc: BaseException) -> str | None:
+    import traceback
+
+    frames = [(f.f_globals.get("__name__", ""), f.f_code.co_name) for f, _ in traceback.walk_tb(exc.__traceback__)]
+    for module, function in reversed(frames):
+        for prefix, functions, phase in _PHASES:
+            if (module == prefix or module.startswith(prefix + ".")) and (functions is None or function in functions):
+                return phase
+    return None
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C: one line saying what stopped (what was being written is already removed: every
+    artifact is written to a temporary name and renamed), then exit 130."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting: no traceback
+    phase = _interrupted_phase(exc)
+    if phase == "drawing figures":
+        err.print("[yellow]interrupted[/] while drawing figures: the run itself is saved; the figures not drawn "
+                  "yet are drawn when asked again (the same command, or llc analyze)", highlight=False, soft_wrap=True)
+    else:
+        err.print(f"[yellow]interrupted[/]{f' while {phase}' if phase else ''}: nothing half-written is kept; "
+                  "run the same command again to start over (finished parts are reused)", highlight=False,
+                  soft_wrap=True)
+    raise typer.Exit(130)
 
 
 class _Group(TyperGroup):
@@ -646,7 +698,20 @@ def plot_sweep(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code == 130:
+            # Interrupted, and cleaned up on the way out: skip the interpreter's exit handlers, which
+            # join figure workers and executor threads (seconds, or a hang) for nothing. Only the
+            # multiprocessing finalizers that unlink semaphores run, or the resource tracker warns.
+            if (mp_util := sys.modules.get("multiprocessing.util")) is not None:
+                with contextlib.suppress(Exception):
+                    mp_util._run_finalizers(0)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
@@ -150,10 +151,21 @@ def draw_job(run_dir: str, sampler: str | None, key: str) -> tuple[list[str], li
     return written, errors
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     # Below the sampler in the scheduler's eyes: figures fill idle cores, never slow a run down.
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and ends the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="llc-parent-watch").start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.1) -> None:
+    """A worker outlives no parent (kill -9 of ``llc run``): once reparented, it exits. Polling
+    getppid rather than PR_SET_PDEATHSIG, which fires when the *thread* that spawned the worker ends."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 # --------------------------------------------------------------------------- records
@@ -227,6 +239,7 @@ class FigureQueue:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._left = 0
+        self._cancelled = False
 
     def submit(self, run_dir: Path, keys: tuple[str, ...]) -> int:
         """Queue a saved run's figures; returns the number of tasks queued."""
@@ -237,7 +250,7 @@ class FigureQueue:
             return 0
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init)
+                                             initializer=_worker_init, initargs=(os.getpid(),))
         with self._lock:
             self._left += len(todo)
         for sampler, key in todo:
@@ -251,11 +264,13 @@ class FigureQueue:
         return self._left
 
     def _done(self, pending: _Pending, key: str, future: Future) -> None:
+        if self._cancelled:  # workers ended by cancel(): nothing more is recorded or said
+            return
         try:
             written, errors = future.result()
         except CancelledError:
             written, errors = [], ["cancelled"]
-        except Exception as exc:  # noqa: BLE001 - a dead worker: the run itself is safe
+        except BaseException as exc:  # noqa: BLE001 - a dead worker: the run itself is safe
             written, errors = [], [f"{type(exc).__name__}: {exc}"]
         with self._lock:
             self._left -= 1
@@ -279,10 +294,18 @@ class FigureQueue:
         return self.reports
 
     def cancel(self) -> None:
-        """Drop queued figures (a run keeps whatever was drawn; redraw later on demand)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Drop queued figures and end the workers now (a run keeps whatever was drawn; its figure
+        record is not updated, so the missing ones are drawn when asked again). Ending them, not
+        waiting: at exit Python would otherwise join workers still drawing (Ctrl-C hung > 45 s)."""
+        self._cancelled = True
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                proc.kill()  # a PNG being written is a temporary file: never a half PNG under its name
+        with contextlib.suppress(Exception):  # not waiting: a Ctrl-C may have cut a wait() short
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 _ACTIVE: FigureQueue | None = None
@@ -291,18 +314,20 @@ _ACTIVE: FigureQueue | None = None
 @contextlib.contextmanager
 def background(workers: int | None = None, log: Log = _quiet) -> Iterator[FigureQueue]:
     """Within the block, ``after_save`` queues figures instead of drawing them; the block's end
-    waits for them (an exception, e.g. Ctrl-C, drops the queued ones instead)."""
+    waits for them. An exception in the block or while waiting (Ctrl-C) ends the workers at once
+    and drops what is left."""
     global _ACTIVE
     queue = FigureQueue(workers, log)
     previous, _ACTIVE = _ACTIVE, queue
     try:
         yield queue
+        _ACTIVE = previous
+        queue.wait()
     except BaseException:
         queue.cancel()
         raise
     finally:
         _ACTIVE = previous
-    queue.wait()
 
 
 def after_save(run_dir: Path, keys: tuple[str, ...], *, log: Log = _quiet) -> FigureReport | None:
