@@ -30,10 +30,24 @@ class _Command(TyperCommand):
         return params
 
     def invoke(self, ctx):
+        from llc.store import writes
+
         try:
-            return super().invoke(ctx)
+            with writes.quiet_hdf5_repeats():  # a failed NetCDF write is said once, below
+                return super().invoke(ctx)
         except KeyboardInterrupt as exc:  # (Typer would exit 130 without a word)
             _interrupted(exc)
+        except OSError as exc:  # a full disk, a read-only file system: one line, not a traceback
+            artifacts = ctx.params.get("artifacts")
+            if (message := writes.write_failure(exc, default=artifacts and Path(artifacts))) is None:
+                raise
+            # An HDF5 file whose close failed is flushed again by HDF5's exit handler: a segfault.
+            _EXIT_AT_ONCE.add(1)
+            fail(message, code=1)
+
+
+# Exit codes for which main() skips the interpreter's exit handlers (see there).
+_EXIT_AT_ONCE = {130}
 
 
 # The innermost llc module on the stack Ctrl-C interrupted -> what was interrupted. The CLI, the
@@ -482,6 +496,10 @@ def analyze(
     # (A damaged file of a complete run is named by the analysis itself when it reads it.)
     if problem := cache.run_dir_problem(run_dir):
         fail(problem)
+    try:  # before the analysis: a read-only run directory was a traceback once it was done
+        cache.check_root(out or run_dir / "analysis", flag="--out" if out else "analyze", create=False)
+    except ConfigError as exc:
+        fail(str(exc))
 
     try:
         res = analyze_run(run_dir, which=which, plots=[] if plots.strip() == "none" else plots, out=out,
@@ -623,7 +641,13 @@ def report_cmd(
     """Write one self-contained HTML page (opens offline) of a run, a sweep, a calibration, a trajectory
     (or several overlaid) or an artifacts root (no JAX)."""
     from llc.posthoc.report import ReportError, write_report
+    from llc.store.cache import check_root
 
+    try:  # before the page is built: where it goes is writable
+        where = out.parent if out is not None else (path if path.is_dir() else path.parent)
+        check_root(where if str(where) else Path("."), flag="--out" if out is not None else "report", create=False)
+    except ConfigError as exc:
+        fail(str(exc))
     try:
         page, kind = write_report(path, out)
     except ReportError as exc:
@@ -701,16 +725,17 @@ def main() -> None:
     try:
         app()
     except SystemExit as exc:
-        if exc.code == 130:
-            # Interrupted, and cleaned up on the way out: skip the interpreter's exit handlers, which
-            # join figure workers and executor threads (seconds, or a hang) for nothing. Only the
-            # multiprocessing finalizers that unlink semaphores run, or the resource tracker warns.
+        if exc.code in _EXIT_AT_ONCE:
+            # Interrupted (or a failed write), and cleaned up on the way out: skip the interpreter's
+            # exit handlers, which join figure workers and executor threads (seconds, or a hang) for
+            # nothing, or crash in HDF5's. Only the multiprocessing finalizers that unlink
+            # semaphores run, or the resource tracker warns.
             if (mp_util := sys.modules.get("multiprocessing.util")) is not None:
                 with contextlib.suppress(Exception):
                     mp_util._run_finalizers(0)
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)
+            os._exit(exc.code)
         raise
 
 

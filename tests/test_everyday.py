@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -200,3 +201,164 @@ def test_ctrl_c_during_a_run_says_what_stopped_and_keeps_nothing_half_written(tm
     assert "Traceback" not in err
     assert _temp_names(art) == []
     assert [p.name for p in art.iterdir() if p.name != "targets"] == [] if art.exists() else True
+
+
+# --------------------------------------------------------------------------- 8. a full disk
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 20 MB tmpfs (needs root, as this project's CI runs): writes past it fail with ENOSPC."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(mount: Path, free_kb: int) -> None:
+    """Leave about ``free_kb`` KB free on ``mount``."""
+    filler = mount / "filler"
+    filler.unlink(missing_ok=True)
+    avail = shutil.disk_usage(mount).free
+    with filler.open("wb") as fh:
+        with contextlib.suppress(OSError):
+            fh.write(b"\0" * max(0, avail - free_kb * 1024))
+
+
+def _llc(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llc", *args], env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The only line that is not progress (a timestamped log line) on stderr, and no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not re.match(r"\d\d:\d\d:\d\d ", line)]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
+
+
+QUAD = ["--target", "quadratic", "--quad-dim", "3"]
+
+
+@pytest.mark.parametrize("free_kb, writing", [
+    (20, "targets/tgt_"),  # the target's save (before: long traceback)
+    (60, "sgld.nc"),  # the run's NetCDF (before: HDF5 tracebacks, then a segfault: exit 139)
+])
+def test_a_full_disk_during_a_run_is_one_line_and_leaves_no_temporary_file(small_disk, free_kb, writing):
+    art = small_disk / "A"
+    _fill(small_disk, free_kb)
+    proc = _llc("run", *QUAD, "--samplers", "sgld", "--figures", "none", "--artifacts", str(art))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = _one_error_line(proc)
+    assert line.startswith(f"error: no space left on {small_disk} (") and " KB free) while writing " in line, line
+    written = line.split(" while writing ", 1)[1].split(";", 1)[0]
+    assert writing in written and ".tmp-" not in written and written.startswith(str(art)), line
+    assert line.endswith("nothing half-written is kept: free some space and run again")
+    assert _temp_names(small_disk) == []
+    assert [p.name for p in art.iterdir() if p.name not in ("targets", ".locks")] == []  # no run directory
+
+
+def test_a_full_disk_during_a_calibration_is_one_line(small_disk):
+    art = small_disk / "A"
+    assert _llc("run", *QUAD, "--samplers", "sgld", "--figures", "none", "--draws", "20",
+                "--artifacts", str(art)).returncode == 0  # the target is cached
+    _fill(small_disk, 100)
+    proc = _llc("calibrate", *QUAD, "--draws", "200", "--artifacts", str(art))
+    assert proc.returncode == 1, proc.stderr[-3000:]  # before: a segfault (exit 139)
+    line = _one_error_line(proc)
+    assert re.search(rf"while writing {re.escape(str(art))}/calibrations/cal_\w+/calibration.nc;", line), line
+    assert _temp_names(small_disk) == []
+    assert not (art / "calibrations").exists() or list((art / "calibrations").iterdir()) == []
+
+
+GROK_SMALL = ["--preset", "grok-tiny", "--draws", "20", "--chains", "1", "--set", "training.steps=100",
+              "--set", "training.checkpoints_log=2", "--set", "training.checkpoints_linear=2", "--set", "sgld.burnin=10",
+              "--set", "target.modular.p=11", "--set", "sgld.batch_size=32"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_trajectory_is_one_line(small_disk):
+    art = small_disk / "A"
+    _fill(small_disk, 60)
+    proc = _llc("trajectory", *GROK_SMALL, "--artifacts", str(art))
+    assert proc.returncode == 1, proc.stderr[-3000:]  # before: a long traceback
+    line = _one_error_line(proc)
+    assert re.search(r"while writing \S+/trajectories/traj_\w+/", line) and ".tmp-" not in line, line
+    assert _temp_names(small_disk) == []
+
+
+def test_write_failures_name_the_final_file():
+    import errno as E
+
+    from llc.store.writes import final_name, write_failure
+
+    assert final_name(Path("/a/.r1.tmp-12-ab@h/.x.nc.tmp-3-cd@h")) == Path("/a/r1/x.nc")
+    hdf5 = OSError(E.ENOSPC, "Can't close file (file write failed: time = x, filename = '/a/.r1.tmp-1-a@h/s.nc', "
+                             "file descriptor = 4)")
+    assert write_failure(hdf5).startswith("no space left on / (")
+    assert "while writing /a/r1/s.nc;" in write_failure(hdf5)
+    assert write_failure(OSError(E.EROFS, "Read-only file system", "/m/.f.tmp-1-a@h")) == \
+        "read-only file system: cannot write /m/f; nothing half-written is kept"
+    assert write_failure(OSError(E.ENOENT, "No such file", "/x")) is None  # not a write failure: not ours
+    assert write_failure(ValueError("x")) is None
+
+
+# --------------------------------------------------------------------------- 9. read-only places
+
+@pytest.fixture
+def read_only_run(tmp_path):
+    """A complete run on a tmpfs remounted read-only (root ignores permission bits, not a ro mount)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        art = mount / "A"
+        proc = _llc("run", *QUAD, "--samplers", "sgld", "--figures", "none", "--draws", "20", "--artifacts", str(art))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        (run_dir,) = [p for p in art.iterdir() if p.name not in ("targets", ".locks")]
+        yield art, run_dir
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_analyze_and_report_on_a_read_only_place_are_one_line_before_work(read_only_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from llc.cli import app
+
+    art, run_dir = read_only_run
+    cases = [  # before: a 35- to 47-line EROFS traceback, exit 1, after the work was done
+        (["analyze", str(run_dir), "--plots", "none"], f"error: analyze: cannot create {run_dir}/analysis ({run_dir} "
+                                                       "is not writable: Read-only file system)"),
+        (["report", str(run_dir)], f"error: report: {run_dir} is not writable (Read-only file system)"),
+        (["report", str(art)], f"error: report: {art} is not writable (Read-only file system)"),
+        (["report", str(run_dir), "--out", str(art / "x.html")], f"error: --out: {art} is not writable"),
+    ]
+    for args, expected in cases:
+        res = CliRunner().invoke(app, args)
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(expected), (args, res.output)
+    # elsewhere the same commands work: the check refuses only what cannot be written
+    res = CliRunner().invoke(app, ["analyze", str(run_dir), "--plots", "none", "--out", str(tmp_path / "an")])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("command", [["calibrate", *QUAD], ["trajectory", "--preset", "grok-tiny"]])
+def test_calibrate_and_trajectory_refuse_unwritable_roots_before_work(read_only_run, command):
+    from typer.testing import CliRunner
+
+    from llc.cli import app
+
+    art, _ = read_only_run
+    for root, expected in ((art, f"error: --artifacts: {art} is not writable (Read-only file system)"),
+                           (Path("/dev/null"), "error: --artifacts: /dev/null is a file, not a directory")):
+        res = CliRunner().invoke(app, [*command, "--artifacts", str(root)])
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and lines == [expected], res.output
