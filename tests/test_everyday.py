@@ -284,7 +284,7 @@ GROK_SMALL = ["--preset", "grok-tiny", "--draws", "20", "--chains", "1", "--set"
 @pytest.mark.slow
 def test_a_full_disk_during_a_trajectory_is_one_line(small_disk):
     art = small_disk / "A"
-    _fill(small_disk, 60)
+    _fill(small_disk, 150)  # the target (~100 KB) fits, its trajectory (~180 KB) does not
     proc = _llc("trajectory", *GROK_SMALL, "--artifacts", str(art))
     assert proc.returncode == 1, proc.stderr[-3000:]  # before: a long traceback
     line = _one_error_line(proc)
@@ -362,3 +362,74 @@ def test_calibrate_and_trajectory_refuse_unwritable_roots_before_work(read_only_
         res = CliRunner().invoke(app, [*command, "--artifacts", str(root)])
         lines = [line for line in res.output.splitlines() if line.strip()]
         assert res.exit_code == 2 and lines == [expected], res.output
+
+
+# --------------------------------------------------------------------------- 14. redraw what is gone; moved roots
+
+def test_deleted_or_truncated_figures_and_a_zeroed_gallery_are_redrawn(tmp_path):
+    import json
+
+    from llc.config import build_config
+    from llc.pipeline.experiment import run_experiment
+    from llc.posthoc import figures
+
+    cfg = build_config(None, ["target.kind=quadratic", "target.quadratic.dim=3", "samplers=sgld", "sgld.draws=100",
+                              "figures=summary"])
+    run_dir = Path(run_experiment(cfg, tmp_path / "A")["artifacts"])
+    record = json.loads((run_dir / "figures.json").read_text())
+    assert set(record["keys"]) == set(figures.SUMMARY_PLOTS)
+    deleted, truncated = run_dir / "sgld_llc_running.png", run_dir / "sgld_L_trace.png"
+    deleted.unlink()
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    (run_dir / "gallery.md").write_bytes(b"\0" * 300)
+    # the record no longer claims what is not on disk, whole
+    assert figures.recorded_keys(run_dir) == {"combined"}
+
+    assert run_experiment(cfg, tmp_path / "A")["cached"] is True  # before: nothing redrawn
+    for png in (deleted, truncated):
+        assert figures.png_intact(png), png
+    gallery = (run_dir / "gallery.md").read_text()
+    assert gallery.startswith("# Figures of run") and "](sgld_llc_running.png)" in gallery
+    record = json.loads((run_dir / "figures.json").read_text())
+    assert set(record["keys"]) == set(figures.SUMMARY_PLOTS)
+    assert record["files"] == sorted(p.name for p in run_dir.glob("*.png"))
+
+    # a zeroed gallery alone (every PNG whole) is rewritten too, without drawing anything
+    (run_dir / "gallery.md").write_bytes(b"\0" * 300)
+    stamps = {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.png")}
+    run_experiment(cfg, tmp_path / "A")
+    assert (run_dir / "gallery.md").read_text().startswith("# Figures of run")
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.png")}
+    from llc.store import cache
+
+    assert cache.is_complete(run_dir)  # figure records are not part of the sealed run
+
+
+def test_a_copied_artifacts_root_reports_where_its_files_are(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from llc.cli import app
+
+    args = ["calibrate", *QUAD, "--draws", "100", "--grid", "sgld.step_size=1e-4,3e-4", "--json"]
+    first = CliRunner().invoke(app, [*args, "--artifacts", str(tmp_path / "A")])
+    assert first.exit_code == 0, first.output
+    shutil.copytree(tmp_path / "A", tmp_path / "B")
+    shutil.rmtree(tmp_path / "A")
+    res = CliRunner().invoke(app, [*args, "--artifacts", str(tmp_path / "B")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["cached"] is True
+    where = tmp_path / "B" / "calibrations" / summary["calibration_id"]
+    assert summary["artifacts"] == str(where)  # before: the old root's path
+    if summary.get("preset"):  # where a point is recommended
+        assert summary["preset"] == str(where / "recommended.toml") and Path(summary["preset"]).is_file()
+    assert str(tmp_path / "A") not in res.stdout  # no path of the old root anywhere
+
+    run = ["run", *QUAD, "--samplers", "sgld", "--draws", "50", "--figures", "none", "--json"]
+    assert CliRunner().invoke(app, [*run, "--artifacts", str(tmp_path / "B")]).exit_code == 0
+    shutil.copytree(tmp_path / "B", tmp_path / "C")
+    res = CliRunner().invoke(app, [*run, "--artifacts", str(tmp_path / "C")])
+    record = json.loads(res.stdout.strip().splitlines()[-1])
+    assert record["cached"] is True and record["artifacts"].startswith(str(tmp_path / "C"))

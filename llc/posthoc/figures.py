@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from llc.config import figure_mode
-from llc.store.records import FIGURE_RECORD as RECORD_FILE
+from llc.store.records import FIGURE_RECORD as RECORD_FILE, png_intact
 
 SUMMARY_PLOTS = ("running_llc", "trace", "combined")
 WORKERS_ENV = "LLC_FIGURE_WORKERS"
@@ -62,18 +62,63 @@ def default_workers() -> int:
 
 # --------------------------------------------------------------------------- what to draw
 
+def key_of(name: str) -> str | None:
+    """The plot key a figure file of a run belongs to (``sgld_L_ess_quantile.png`` -> ess_quantile)."""
+    from llc.posthoc.plots import COMBINED_FILE, PER_SAMPLER
+
+    if name == COMBINED_FILE:
+        return "combined"
+    stem = name[:-4] if name.endswith(".png") else name
+    found = [(len(suffix), key) for key, items in PER_SAMPLER.items() for suffix, _ in items
+             if stem.endswith("_" + suffix)]
+    return max(found)[1] if found else None  # the longest suffix: L_ess_quantile, not L_ess
+
+
+def _record(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((Path(run_dir) / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else {}
+
+
+def damaged_keys(run_dir: Path, record: dict[str, Any] | None = None) -> set[str]:
+    """Keys of figures the record lists, or PNGs on disk, that are missing, truncated or zeroed."""
+    run_dir = Path(run_dir)
+    record = _record(run_dir) if record is None else record
+    names = set((record or {}).get("files") or ()) | {p.name for p in run_dir.glob("*.png")}
+    return {k for name in names if not png_intact(run_dir / name) and (k := key_of(name)) is not None}
+
+
 def recorded_keys(run_dir: Path, *, legacy: bool = True) -> set[str]:
-    """Plot keys a run's figures were drawn for. With ``legacy``: a run from before ``figures.json``
+    """Plot keys a run's figures were drawn for and are still on disk, whole: a deleted or
+    truncated PNG is drawn again when asked for. With ``legacy``: a run from before ``figures.json``
     with PNGs drew them all inside ``llc run``; one without PNGs drew none."""
     from llc.posthoc.plots import PLOT_KEYS
 
-    path = Path(run_dir) / RECORD_FILE
-    if path.is_file():
-        try:
-            return set(json.loads(path.read_text()).get("keys") or ())
-        except (OSError, ValueError, AttributeError):
-            return set()
-    return set(PLOT_KEYS) if legacy and any(Path(run_dir).glob("*.png")) else set()
+    record = _record(run_dir)
+    if record is not None:
+        return set(record.get("keys") or ()) - damaged_keys(run_dir, record)
+    if (Path(run_dir) / RECORD_FILE).exists():
+        return set()  # unreadable: draw again
+    return set(PLOT_KEYS) - damaged_keys(run_dir, {}) if legacy and any(Path(run_dir).glob("*.png")) else set()
+
+
+def records_stale(run_dir: Path) -> bool:
+    """Whether the figure records (``figures.json``, ``gallery.md``) no longer match the PNGs on disk."""
+    from llc.store.records import GALLERY_FILE
+
+    run_dir = Path(run_dir)
+    record = _record(run_dir)
+    if record is None:
+        return False  # nothing was drawn (or recorded) yet: the figure step writes them
+    on_disk = sorted(p.name for p in run_dir.glob("*.png") if png_intact(p))
+    try:
+        gallery = (run_dir / GALLERY_FILE).read_text()
+    except (OSError, UnicodeDecodeError):
+        return True
+    return (sorted(record.get("files") or ()) != on_disk or not gallery.startswith("# ")
+            or any(f"]({name})" not in gallery for name in on_disk))
 
 
 def missing_keys(run_dir: Path, keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -187,8 +232,10 @@ def finish(report: FigureReport, log: Log = _quiet) -> FigureReport:
 
     run_dir = Path(report.run_dir)
     keys = recorded_keys(run_dir, legacy=False) | (set(report.keys) - report.failed_keys)
+    keys -= damaged_keys(run_dir, {})  # never record a key whose figure is not on disk, whole
     write_text_atomic(run_dir / RECORD_FILE, json.dumps({
-        "keys": [k for k in PLOT_KEYS if k in keys], "files": sorted(p.name for p in run_dir.glob("*.png")),
+        "keys": [k for k in PLOT_KEYS if k in keys],
+        "files": sorted(p.name for p in run_dir.glob("*.png") if png_intact(p)),
         "errors": report.errors, "seconds": round(report.seconds, 3)}, indent=2) + "\n")
     try:
         doc = json.loads((run_dir / METRICS_FILE).read_text())
@@ -334,6 +381,8 @@ def after_save(run_dir: Path, keys: tuple[str, ...], *, log: Log = _quiet) -> Fi
     """The figure step of a run, once its directory is complete: queue or draw what is not drawn yet."""
     keys = missing_keys(run_dir, tuple(keys))
     if not keys:
+        if records_stale(run_dir):  # e.g. a zeroed gallery.md, a PNG deleted but no longer asked for
+            return finish(FigureReport(str(run_dir), ()), log)
         return None
     if _ACTIVE is not None:
         _ACTIVE.submit(run_dir, keys)
