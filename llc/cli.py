@@ -514,9 +514,11 @@ def analyze(
     if json_out:
         sys.stdout.write(dumps(res["metrics"], indent=None) + "\n")
         return
+    from llc.console import fit
+
     console = Console()
     for table in metrics_tables(res["metrics"]):
-        console.print(table)
+        console.print(fit(table, console))
     console.print(f"wrote metrics.json and {len(res['figures'])} figure(s) to {res['out']}", highlight=False)
     if res["differences"] is not None:
         if res["differences"]:

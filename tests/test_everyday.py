@@ -433,3 +433,110 @@ def test_a_copied_artifacts_root_reports_where_its_files_are(tmp_path):
     res = CliRunner().invoke(app, [*run, "--artifacts", str(tmp_path / "C")])
     record = json.loads(res.stdout.strip().splitlines()[-1])
     assert record["cached"] is True and record["artifacts"].startswith(str(tmp_path / "C"))
+
+
+# --------------------------------------------------------------------------- 3. tables at 80 columns
+
+def cell_len(line: str) -> int:
+    from rich.cells import cell_len as width
+
+    return width(line)  # "λ̂" is two code points, one cell
+
+def _tables():
+    """A run's, a calibration's, a trajectory's and llc analyze's tables, with the values the
+    issue saw cut at 80 columns (long numbers, a long flag, many columns)."""
+    from rich.table import Table
+
+    from llc import console as C
+    from llc.posthoc.analyze import metrics_tables
+
+    flag = ("unconverged: bulk ESS = 2 and tail ESS = 26 < 100: too few effective draws to trust the SE "
+            "(run more draws)")
+    sampler = {"llc_mean": 1.2345678, "llc_se": 0.0312, "ess": 724.3, "rhat": 1.004, "wall_s": 0.05, "fde": 5500.0,
+               "diverged_chains": 0, "flags": [flag]}
+    result = {"run_id": "8696bec49e68", "cached": True, "artifacts": "/a/8696bec49e68",
+              "target": {"id": "tgt_2d65c7baeb8a", "kind": "quadratic", "d": 3, "n": 2048, "analytic_llc": 1.0931},
+              "posterior": {"nbeta": 268.6, "gamma": 100.0}, "samplers": {"sgld": sampler, "hmc": sampler}}
+    run = C.result_table(result)
+    row = {"sgld.step_size": 0.00031622, "posterior.gamma": 200.0, "nbeta": 268.6, "llc_mean": 0.93456,
+           "llc_se": 0.034, "analytic_llc": 0.8598123, "rhat": 1.279, "ess": 12.0, "mala_acceptance": 0.999,
+           "flags": "unconverged: R-hat 1.279", "recommended": True, "healthy": True}
+    cal = C.calibration_table({"axes": {"sgld.step_size": [], "posterior.gamma": []}, "sampler": "sgld",
+                               "calibration_id": "cal_40abdd3ae2be", "target": result["target"], "rows": [row] * 3,
+                               "reference": {"kind": "analytic", "llc_mean": 1.093}})
+    est, eff = metrics_tables({"run_id": "r1", "target": result["target"], "posterior": result["posterior"],
+                               "target_se": 1.0, "samplers": {"sampler_with_a_long_name": {
+                                   **sampler, "mcse": 0.0312, "ess_bulk": 724.0, "ess_tail": 151.0,
+                                   "acceptance_mean": 0.8123, "energy_change_abs_mean": 0.0123,
+                                   "divergent_transitions": 3, "ess_per_sec": 112.0, "ess_per_fde": 0.0325,
+                                   "wnv_time": 0.0062, "wnv_fde": 21.4, "time_to_se1": 0.0062, "fde_to_se1": 21.4}}})
+    traj_rows = [{"step": s, "llc_mean": 0.0123456, "llc_se": 0.00123, "rhat": 1.0012, "ess": 2.0, "train_acc": 0.05,
+                  "test_acc": 0.098, "train_loss": 2.4012, "hessian_trace": 4.6421, "fisher_trace": 4.67,
+                  "grad_norm": 0.2, "flags": flag} for s in (0, 100, 4000)]
+    traj = {"sampler": "sgld", "target": result["target"], "rows": traj_rows, "artifacts": "/a/t", "computed": 3,
+            "checkpoints": 3, "wall_s": 1.0, "compile_s": 1.0}
+    assert all(isinstance(t, Table) for t in (run, cal, est, eff))
+    return {"run": run, "calibration": cal, "analyze estimates": est, "analyze efficiency": eff}, traj, row
+
+
+def _cell_texts(table) -> list[str]:
+    from rich.text import Text
+
+    return [Text.from_markup(c).plain if isinstance(c, str) else str(c) for col in table.columns for c in col._cells]
+
+
+@pytest.mark.parametrize("width", [80, 100, 240])
+def test_every_table_is_readable_at_the_terminal_width(width, monkeypatch):
+    """Every value and header whole (before at 80 columns: ``0.0…``, ``samp…``, a headerless column)."""
+    import io
+
+    from rich.console import Console
+
+    from llc import console as C
+
+    monkeypatch.setenv("COLUMNS", str(width))  # the width of a piped or narrow terminal
+    tables, traj, _ = _tables()
+    printed = {}
+    for name, table in tables.items():
+        values = [v for v in _cell_texts(table) if v.strip()]
+        headers = [str(c.header) for c in table.columns]
+        assert all(h.strip() for h in headers), (name, headers)  # every column says what it is
+        out = io.StringIO()
+        console = Console(file=out)
+        assert console.width == width
+        console.print(C.fit(table, console))
+        printed[name] = text = out.getvalue()
+        assert "…" not in text, (name, text)
+        assert max(cell_len(line) for line in text.splitlines()) <= width, text
+        flat = " ".join(text.split())  # a long flag may wrap across lines; every value is there whole
+        for value in values + headers:
+            assert " ".join(value.split()) in flat, (name, value, text)
+    out = io.StringIO()
+    C.print_trajectory(traj, Console(file=out))
+    text = out.getvalue()
+    assert "…" not in text and max(cell_len(line) for line in text.splitlines()) <= width, text
+    for value in ("0.01235 ± 0.0012", "4.64", "0.098", "2.4", "step", "‖∇L‖", "4000"):
+        assert value in text, (value, text)
+    if width == 80:  # at 80, the wide tables are stacked: one block per row
+        assert "┃" not in printed["calibration"] and "┃" not in text
+    if width == 240:  # wide enough: tables as tables
+        assert all("┃" in t for t in printed.values()) and "┃" in text
+
+
+def test_the_cli_tables_are_readable_when_piped(tmp_path):
+    """Through the real CLI at COLUMNS=80 (what a pipe gets): llc run and llc analyze."""
+    art = tmp_path / "A"
+    env = _env(COLUMNS="80")
+    proc = subprocess.run([sys.executable, "-m", "llc", *QUAD_RUN, "--artifacts", str(art)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = next(p for p in art.iterdir() if p.name not in ("targets", ".locks"))
+    ana = subprocess.run([sys.executable, "-m", "llc", "analyze", str(run_dir), "--plots", "none", "--out",
+                          str(tmp_path / "an")], env=env, capture_output=True, text=True, timeout=300)
+    assert ana.returncode == 0, ana.stderr[-2000:]
+    for text in (proc.stdout, ana.stdout):
+        assert "…" not in text and max(cell_len(line) for line in text.splitlines()) <= 80, text  # before: samp…, acce…
+        assert "sgld" in text and "λ̂ ± SE" in text
+
+
+QUAD_RUN = ["run", *QUAD, "--samplers", "sgld", "--draws", "50", "--figures", "none"]
