@@ -81,9 +81,6 @@ def _interrupted_phase(exc: BaseException) -> str | None:
 def _interrupted(exc: KeyboardInterrupt) -> None:
     """Ctrl-C: one line saying what stopped (what was being written is already removed: every
     artifact is written to a temporary name and renamed), then exit 130."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting: no traceback
     phase = _interrupted_phase(exc)
     if phase == "drawing figures":
         err.print("[yellow]interrupted[/] while drawing figures: the run itself is saved; the figures not drawn "
@@ -733,6 +730,9 @@ def main() -> None:
         app()
     except SystemExit as exc:
         if exc.code in _EXIT_AT_ONCE:
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting: no traceback
             # Interrupted (or a failed write), and cleaned up on the way out: skip the interpreter's
             # exit handlers, which join figure workers and executor threads (seconds, or a hang) for
             # nothing, or crash in HDF5's. Only the multiprocessing finalizers that unlink

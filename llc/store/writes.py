@@ -118,4 +118,6 @@ def write_failure(exc: BaseException, default: Path | None = None) -> str | None
         with contextlib.suppress(OSError):
             what += f" on {mount} ({_size(shutil.disk_usage(mount).free)} free)"
         return f"{what} while writing {path}; nothing half-written is kept: free some space and run again"
-    return f"{what}: cannot write {path}; nothing half-written is kept"
+    if exc.errno == errno.EROFS:
+        return f"{what}: cannot write {path}; nothing half-written is kept"
+    return f"{what}: {path}; nothing half-written is kept"  # EACCES/EPERM: maybe a read, so not "write"
