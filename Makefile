@@ -1,6 +1,8 @@
-# Common tasks. Variables: PY (interpreter), ARTIFACTS (artifacts root), RUN (a run id),
-# SWEEP_ARGS (extra `llc sweep` flags, e.g. SWEEP_ARGS="--backend=joblib --workers=2").
-PY ?= python
+# Common tasks. Variables: VENV (the environment `make install` creates, .venv), PY (its interpreter;
+# every target runs it, not whatever `python` is first on PATH), ARTIFACTS (artifacts root), RUN (a
+# run id), SWEEP_ARGS (extra `llc sweep` flags, e.g. SWEEP_ARGS="--backend=joblib --workers=2").
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
 LLC ?= $(PY) -m llc
 MODAL ?= $(PY) -m modal
 ARTIFACTS ?= artifacts
@@ -12,9 +14,11 @@ SWEEP_ARGS ?=
 help:
 	@echo "targets: install quick test test-slurm sweep plot-sweep slurm-start slurm-stop modal-deploy modal-ls modal-get clean"
 
-install:  ## the package with both remote backends, plus pytest
-	@if command -v uv >/dev/null 2>&1; then uv sync --all-extras; \
-	else $(PY) -m pip install -e '.[slurm,modal]' pytest; fi
+# What the README installs: the package and its test extra (the remote backends, pytest, selenium).
+# Not --all-extras: cuda12 and cuda13 are alternatives, and both plugins together crash JAX.
+install:  ## the package with its test extra into $(VENV)
+	@if command -v uv >/dev/null 2>&1; then UV_PROJECT_ENVIRONMENT=$(VENV) uv sync --extra test; \
+	else { test -x $(PY) || python3 -m venv $(VENV); } && $(PY) -m pip install -e '.[test]'; fi
 
 quick:  ## one run of the quick preset, figures included
 	$(LLC) run --preset=quick

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,6 +28,68 @@ class _Command(TyperCommand):
         params = super().get_params(ctx)
         _flags_as_flags(params)
         return params
+
+    def invoke(self, ctx):
+        from llc.store import writes
+
+        try:
+            with writes.quiet_hdf5_repeats():  # a failed NetCDF write is said once, below
+                return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # (Typer would exit 130 without a word)
+            _interrupted(exc)
+        except OSError as exc:  # a full disk, a read-only file system: one line, not a traceback
+            artifacts = ctx.params.get("artifacts")
+            if (message := writes.write_failure(exc, default=artifacts and Path(artifacts))) is None:
+                raise
+            # An HDF5 file whose close failed is flushed again by HDF5's exit handler: a segfault.
+            _EXIT_AT_ONCE.add(1)
+            fail(message, code=1)
+
+
+# Exit codes for which main() skips the interpreter's exit handlers (see there).
+_EXIT_AT_ONCE = {130}
+
+
+# The innermost llc module on the stack Ctrl-C interrupted -> what was interrupted. The CLI, the
+# progress lines and the pipeline's orchestration are skipped: a Ctrl-C mostly lands in a progress
+# callback, called from the engine's sampling or training loop. (module prefix, functions or None.)
+_PHASES = (
+    ("llc.posthoc.figures", None, "drawing figures"),
+    ("llc.posthoc.report", None, "writing the report page"),
+    ("llc.posthoc", None, "analysing"),
+    ("llc.store.cache", {"verify", "verify_sealed_file", "usable", "run_dir_problem", "key_lock", "_hold"},
+     "checking the cache"),
+    ("llc.store", None, "writing results"),
+    ("llc.analysis", None, "computing diagnostics"),
+    ("llc.engine.targets", None, "building or training the target"),
+    ("llc.engine", None, "sampling"),
+    ("llc.pipeline.sampling", None, "sampling"),
+)
+
+
+def _interrupted_phase(exc: BaseException) -> str | None:
+    import traceback
+
+    frames = [(f.f_globals.get("__name__", ""), f.f_code.co_name) for f, _ in traceback.walk_tb(exc.__traceback__)]
+    for module, function in reversed(frames):
+        for prefix, functions, phase in _PHASES:
+            if (module == prefix or module.startswith(prefix + ".")) and (functions is None or function in functions):
+                return phase
+    return None
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C: one line saying what stopped (what was being written is already removed: every
+    artifact is written to a temporary name and renamed), then exit 130."""
+    phase = _interrupted_phase(exc)
+    if phase == "drawing figures":
+        err.print("[yellow]interrupted[/] while drawing figures: the run itself is saved; the figures not drawn "
+                  "yet are drawn when asked again (the same command, or llc analyze)", highlight=False, soft_wrap=True)
+    else:
+        err.print(f"[yellow]interrupted[/]{f' while {phase}' if phase else ''}: nothing half-written is kept; "
+                  "run the same command again to start over (finished parts are reused)", highlight=False,
+                  soft_wrap=True)
+    raise typer.Exit(130)
 
 
 class _Group(TyperGroup):
@@ -333,6 +396,11 @@ def calibrate(
     with err.status(f"calibrating {sampler}: {len(plan.points)} points"):
         summary = cal.calibrate(plan, artifacts, reference=reference, skip=not no_skip,
                                 log=_log)
+    if summary.get("cached"):  # its summary.json names where it was written (an artifacts root copied since?)
+        from llc.store.jsonfiles import moved
+        from llc.store.layout import CAL_DIR
+
+        summary = moved(summary, summary["artifacts"], str(artifacts / CAL_DIR / summary["calibration_id"]))
     if json_out:
         from llc.store.jsonfiles import dumps
 
@@ -430,6 +498,10 @@ def analyze(
     # (A damaged file of a complete run is named by the analysis itself when it reads it.)
     if problem := cache.run_dir_problem(run_dir):
         fail(problem)
+    try:  # before the analysis: a read-only run directory was a traceback once it was done
+        cache.check_root(out or run_dir / "analysis", flag="--out" if out else "analyze", create=False)
+    except ConfigError as exc:
+        fail(str(exc))
 
     try:
         res = analyze_run(run_dir, which=which, plots=[] if plots.strip() == "none" else plots, out=out,
@@ -439,9 +511,11 @@ def analyze(
     if json_out:
         sys.stdout.write(dumps(res["metrics"], indent=None) + "\n")
         return
+    from llc.console import fit
+
     console = Console()
     for table in metrics_tables(res["metrics"]):
-        console.print(table)
+        console.print(fit(table, console))
     console.print(f"wrote metrics.json and {len(res['figures'])} figure(s) to {res['out']}", highlight=False)
     if res["differences"] is not None:
         if res["differences"]:
@@ -571,7 +645,13 @@ def report_cmd(
     """Write one self-contained HTML page (opens offline) of a run, a sweep, a calibration, a trajectory
     (or several overlaid) or an artifacts root (no JAX)."""
     from llc.posthoc.report import ReportError, write_report
+    from llc.store.cache import check_root
 
+    try:  # before the page is built: where it goes is writable
+        where = out.parent if out is not None else (path if path.is_dir() else path.parent)
+        check_root(where if str(where) else Path("."), flag="--out" if out is not None else "report", create=False)
+    except ConfigError as exc:
+        fail(str(exc))
     try:
         page, kind = write_report(path, out)
     except ReportError as exc:
@@ -646,7 +726,24 @@ def plot_sweep(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code in _EXIT_AT_ONCE:
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting: no traceback
+            # Interrupted (or a failed write), and cleaned up on the way out: skip the interpreter's
+            # exit handlers, which join figure workers and executor threads (seconds, or a hang) for
+            # nothing, or crash in HDF5's. Only the multiprocessing finalizers that unlink
+            # semaphores run, or the resource tracker warns.
+            if (mp_util := sys.modules.get("multiprocessing.util")) is not None:
+                with contextlib.suppress(Exception):
+                    mp_util._run_finalizers(0)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code)
+        raise
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from llc.analysis import flags
 from llc.config import RunConfig
@@ -43,6 +44,77 @@ def run_with_progress(cfg: RunConfig, root: Path, *, skip: bool, console: Consol
         return run_experiment(cfg, root, skip=skip, progress=progress, log=log)
 
 
+# --------------------------------------------------------------------------- tables at any width
+
+WRAPPED = ("flags",)  # columns whose text may wrap inside a table; every other cell stays on one line
+WRAPPED_MIN = 24  # narrower than this, a wrapped column becomes a tall strip of words
+_GAP = "   "
+
+
+def _plain(cell: Any) -> Text:
+    return cell.copy() if isinstance(cell, Text) else Text.from_markup(str(cell)) if isinstance(cell, str) else Text(str(cell))
+
+
+def _needed(table: Table) -> list[int]:
+    """The width each column needs for no cell (nor header) to be cut or broken: its widest value,
+    or for a wrapped column the smaller of its widest value and ``WRAPPED_MIN`` (at least its
+    longest word)."""
+    widths = []
+    for column in table.columns:
+        texts = [_plain(c) for c in column._cells]
+        header = str(column.header)
+        if header.strip().lower() in WRAPPED:
+            longest = max([len(w) for t in texts for w in t.plain.split()] + [len(header)])
+            widths.append(max(longest, min(max([t.cell_len for t in texts] + [0]), WRAPPED_MIN)))
+        else:
+            widths.append(max([t.cell_len for t in texts] + [Text(header).cell_len]))
+    return widths
+
+
+def stacked(table: Table, width: int = 80) -> Group:
+    """The table's rows as blocks: the first cell in bold, then ``header value`` pairs packed into
+    lines (a narrow terminal, or output piped at 80 columns, reads every value whole)."""
+    out: list[Any] = []
+    if table.title:
+        out.append(Text(str(table.title), style="bold"))
+    headers = [str(c.header) or "·" for c in table.columns]
+    cells = [[_plain(c) for c in column._cells] for column in table.columns]
+    for i, row in enumerate(table.rows):
+        values = [col[i] for col in cells]
+        first = Text.assemble((f"{headers[0]} ", "dim"), (values[0].plain, "bold"))
+        pairs = [Text.assemble((f"{h} ", "dim"), v) for h, v in zip(headers[1:], values[1:]) if v.plain.strip()]
+        line = Text("  ")
+        lines = [first]
+        for pair in pairs:
+            if line.cell_len > 2 and line.cell_len + len(_GAP) + pair.cell_len > width:
+                lines.append(line)
+                line = Text("  ")
+            line += (Text(_GAP) if line.cell_len > 2 else Text()) + pair
+        if line.cell_len > 2:
+            lines.append(line)
+        block = Text("\n").join(lines)
+        if row.style:
+            block.stylize(row.style)
+        out.append(block)
+    if table.caption:
+        out.append(Text.from_markup(str(table.caption)))
+    return Group(*out)
+
+
+def fit(table: Table, console: Console) -> Table | Group:
+    """``table`` as is where every column fits the console on one line per value (the wrapped
+    columns: at least ``WRAPPED_MIN`` wide); else its rows stacked (``stacked``). One rule for
+    every table the CLI prints: at 80 columns a table of 10 columns cut numbers to ``0.0…``."""
+    needed = _needed(table)
+    border = 3 * len(table.columns) + 1  # "│ " + " " per column and the closing "│"
+    if sum(needed) + border <= console.width:
+        for column, need in zip(table.columns, needed):
+            if str(column.header).strip().lower() not in WRAPPED:
+                column.no_wrap, column.min_width = True, need
+        return table
+    return stacked(table, console.width)
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -69,7 +141,7 @@ def result_table(result: dict[str, Any]) -> Table:
 
 
 def print_result(result: dict[str, Any], console: Console) -> None:
-    console.print(result_table(result))
+    console.print(fit(result_table(result), console))
     console.print(f"artifacts: {result['artifacts']}", highlight=False)
 
 
@@ -81,7 +153,7 @@ def calibration_table(summary: dict[str, Any]) -> Table:
                         f"{' (cached)' if summary.get('cached') else ''} — target {t['id']} ({t['kind']}, d={t['d']})")
     exact = any(r.get("analytic_llc") is not None for r in summary["rows"])
     for col in [a.rsplit(".", 1)[-1] for a in axes] + ["nβ", "λ̂ ± SE"] + (["exact λ"] if exact else []) + \
-            ["R̂", "ESS", "MALA acc.", "flags", ""]:
+            ["R̂", "ESS", "MALA acc.", "flags", "choice"]:
         table.add_column(col, justify="right")
     for row in summary["rows"]:
         llc = "—" if row["llc_mean"] is None else f"{row['llc_mean']:.4g} ± {_fmt(row['llc_se'], '.2g')}"
@@ -99,7 +171,7 @@ def calibration_table(summary: dict[str, Any]) -> Table:
 
 
 def print_calibration(summary: dict[str, Any], console: Console) -> None:
-    console.print(calibration_table(summary))
+    console.print(fit(calibration_table(summary), console))
     rec = summary["recommended"]
     console.print(("[bold]recommended:[/] " if rec["index"] is not None else "[bold red]no recommendation:[/] ")
                   + rec["why"], highlight=False)
@@ -131,7 +203,7 @@ def print_trajectory(summary: dict[str, Any], console: Console) -> None:
             else:
                 cells.append(_fmt(row.get(key), spec))
         table.add_row(*cells)
-    console.print(table)
+    console.print(fit(table, console))
     console.print(f"artifacts: {summary['artifacts']}  ({summary['computed']} of {summary['checkpoints']} checkpoints "
                   f"computed now, {summary['wall_s']:.1f} s, {summary['compile_s']:.1f} s compiling); figure: "
                   f"{summary['artifacts']}/trajectory.png", highlight=False)

@@ -495,3 +495,49 @@ def test_calibrate_and_trajectory_print_the_report_command(cal_dir, traj_root, t
     res = CliRunner().invoke(app, ["trajectory", "--preset", "grok-tiny", "--artifacts", str(tmp_path), "--report"])
     assert res.exit_code == 0, res.output
     assert _said(res.output, f"report: {done / R.PAGE_FILE}") and (done / R.PAGE_FILE).is_file()
+
+
+# Issue 24 item 4: long flag texts widened the index table until flags, seconds and open were off-screen
+# at 1400 px, and the run page cut a flag's text at the table's edge.
+LONG_FLAGS = ["unconverged: R̂ = 1.124 > 1.05, bulk ESS = 24 < 100: chains disagree (longer warm-up or a smaller "
+              "step) and too few effective draws to trust the SE (run more draws)",
+              "localizer: γ, not the loss, sets λ̂: Var/λ̂ = 0.03 < 0.1 and γ·E[θ²] = 0.9 > 0.25 (lower γ, or more than "
+              "this many draws to tell)"]
+
+
+def _overflow(driver, selector: str) -> list[str]:
+    """Elements matching ``selector`` whose content is wider than they are (cut or scrolled), and
+    the table columns whose right edge lies beyond the window."""
+    return driver.execute_script("""
+        const out = [];
+        for (const el of document.querySelectorAll(arguments[0])) {
+          if (el.scrollWidth > el.clientWidth + 1) out.push('overflow: ' + (el.id || el.className));
+          for (const th of el.querySelectorAll('thead th'))
+            if (th.getBoundingClientRect().right > window.innerWidth + 1) out.push('off-screen: ' + th.textContent);
+        }
+        for (const td of document.querySelectorAll('td.flags'))
+          if (td.scrollWidth > td.clientWidth + 1) out.push('flag cut: ' + td.textContent.slice(0, 40));
+        return out;""", selector)
+
+
+def test_long_flags_wrap_and_every_column_stays_on_screen(browser, tmp_path):
+    rng = np.random.default_rng(7)
+    root = tmp_path / "artifacts"
+    for i in range(3):
+        run = write_run(root / f"run{i}", {"sgld": make_idata("sgld", rng, 2, 200, rho=0.3),
+                                           "hmc": make_idata("hmc", rng, 2, 200, rho=0.1, stats=hmc_stats(rng, 2, 200))})
+        doc = json.loads((run / "metrics.json").read_text())
+        doc["samplers"]["sgld"]["flags"] = LONG_FLAGS
+        doc["samplers"]["hmc"]["flags"] = LONG_FLAGS[:1]
+        (run / "metrics.json").write_text(json.dumps(doc))
+    assert browser.execute_script("return window.innerWidth") <= 1400
+    index, _ = R.write_report(root)
+    _open(browser, index)
+    _check_clean(browser)
+    assert _overflow(browser, "#runs") == [] and _overflow(browser, ".table-wrap") == []
+    text = browser.find_element("id", "runs").text
+    assert "more draws" in text.replace("\n", " ")  # the whole flag is shown, not only its hover title
+    page, _ = R.write_report(root / "run0")
+    _open(browser, page)
+    assert _overflow(browser, ".table-wrap") == []  # before: "…more tha" cut at the table's edge
+    assert "(run more draws)" in browser.find_element("id", "estimates").text.replace("\n", " ")

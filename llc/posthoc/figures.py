@@ -22,6 +22,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from llc.config import figure_mode
-from llc.store.records import FIGURE_RECORD as RECORD_FILE
+from llc.store.records import FIGURE_RECORD as RECORD_FILE, png_intact
 
 SUMMARY_PLOTS = ("running_llc", "trace", "combined")
 WORKERS_ENV = "LLC_FIGURE_WORKERS"
@@ -61,18 +62,63 @@ def default_workers() -> int:
 
 # --------------------------------------------------------------------------- what to draw
 
+def key_of(name: str) -> str | None:
+    """The plot key a figure file of a run belongs to (``sgld_L_ess_quantile.png`` -> ess_quantile)."""
+    from llc.posthoc.plots import COMBINED_FILE, PER_SAMPLER
+
+    if name == COMBINED_FILE:
+        return "combined"
+    stem = name[:-4] if name.endswith(".png") else name
+    found = [(len(suffix), key) for key, items in PER_SAMPLER.items() for suffix, _ in items
+             if stem.endswith("_" + suffix)]
+    return max(found)[1] if found else None  # the longest suffix: L_ess_quantile, not L_ess
+
+
+def _record(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((Path(run_dir) / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else {}
+
+
+def damaged_keys(run_dir: Path, record: dict[str, Any] | None = None) -> set[str]:
+    """Keys of figures the record lists, or PNGs on disk, that are missing, truncated or zeroed."""
+    run_dir = Path(run_dir)
+    record = _record(run_dir) if record is None else record
+    names = set((record or {}).get("files") or ()) | {p.name for p in run_dir.glob("*.png")}
+    return {k for name in names if not png_intact(run_dir / name) and (k := key_of(name)) is not None}
+
+
 def recorded_keys(run_dir: Path, *, legacy: bool = True) -> set[str]:
-    """Plot keys a run's figures were drawn for. With ``legacy``: a run from before ``figures.json``
+    """Plot keys a run's figures were drawn for and are still on disk, whole: a deleted or
+    truncated PNG is drawn again when asked for. With ``legacy``: a run from before ``figures.json``
     with PNGs drew them all inside ``llc run``; one without PNGs drew none."""
     from llc.posthoc.plots import PLOT_KEYS
 
-    path = Path(run_dir) / RECORD_FILE
-    if path.is_file():
-        try:
-            return set(json.loads(path.read_text()).get("keys") or ())
-        except (OSError, ValueError, AttributeError):
-            return set()
-    return set(PLOT_KEYS) if legacy and any(Path(run_dir).glob("*.png")) else set()
+    record = _record(run_dir)
+    if record is not None:
+        return set(record.get("keys") or ()) - damaged_keys(run_dir, record)
+    if (Path(run_dir) / RECORD_FILE).exists():
+        return set()  # unreadable: draw again
+    return set(PLOT_KEYS) - damaged_keys(run_dir, {}) if legacy and any(Path(run_dir).glob("*.png")) else set()
+
+
+def records_stale(run_dir: Path) -> bool:
+    """Whether the figure records (``figures.json``, ``gallery.md``) no longer match the PNGs on disk."""
+    from llc.store.records import GALLERY_FILE
+
+    run_dir = Path(run_dir)
+    record = _record(run_dir)
+    if record is None:
+        return False  # nothing was drawn (or recorded) yet: the figure step writes them
+    on_disk = sorted(p.name for p in run_dir.glob("*.png") if png_intact(p))
+    try:
+        gallery = (run_dir / GALLERY_FILE).read_text()
+    except (OSError, UnicodeDecodeError):
+        return True
+    return (sorted(record.get("files") or ()) != on_disk or not gallery.startswith("# ")
+            or any(f"]({name})" not in gallery for name in on_disk))
 
 
 def missing_keys(run_dir: Path, keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -150,10 +196,21 @@ def draw_job(run_dir: str, sampler: str | None, key: str) -> tuple[list[str], li
     return written, errors
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     # Below the sampler in the scheduler's eyes: figures fill idle cores, never slow a run down.
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and ends the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="llc-parent-watch").start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.1) -> None:
+    """A worker outlives no parent (kill -9 of ``llc run``): once reparented, it exits. Polling
+    getppid rather than PR_SET_PDEATHSIG, which fires when the *thread* that spawned the worker ends."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 # --------------------------------------------------------------------------- records
@@ -175,8 +232,10 @@ def finish(report: FigureReport, log: Log = _quiet) -> FigureReport:
 
     run_dir = Path(report.run_dir)
     keys = recorded_keys(run_dir, legacy=False) | (set(report.keys) - report.failed_keys)
+    keys -= damaged_keys(run_dir, {})  # never record a key whose figure is not on disk, whole
     write_text_atomic(run_dir / RECORD_FILE, json.dumps({
-        "keys": [k for k in PLOT_KEYS if k in keys], "files": sorted(p.name for p in run_dir.glob("*.png")),
+        "keys": [k for k in PLOT_KEYS if k in keys],
+        "files": sorted(p.name for p in run_dir.glob("*.png") if png_intact(p)),
         "errors": report.errors, "seconds": round(report.seconds, 3)}, indent=2) + "\n")
     try:
         doc = json.loads((run_dir / METRICS_FILE).read_text())
@@ -227,6 +286,7 @@ class FigureQueue:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._left = 0
+        self._cancelled = False
 
     def submit(self, run_dir: Path, keys: tuple[str, ...]) -> int:
         """Queue a saved run's figures; returns the number of tasks queued."""
@@ -237,7 +297,7 @@ class FigureQueue:
             return 0
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init)
+                                             initializer=_worker_init, initargs=(os.getpid(),))
         with self._lock:
             self._left += len(todo)
         for sampler, key in todo:
@@ -251,11 +311,13 @@ class FigureQueue:
         return self._left
 
     def _done(self, pending: _Pending, key: str, future: Future) -> None:
+        if self._cancelled:  # workers ended by cancel(): nothing more is recorded or said
+            return
         try:
             written, errors = future.result()
         except CancelledError:
             written, errors = [], ["cancelled"]
-        except Exception as exc:  # noqa: BLE001 - a dead worker: the run itself is safe
+        except BaseException as exc:  # noqa: BLE001 - a dead worker: the run itself is safe
             written, errors = [], [f"{type(exc).__name__}: {exc}"]
         with self._lock:
             self._left -= 1
@@ -279,10 +341,18 @@ class FigureQueue:
         return self.reports
 
     def cancel(self) -> None:
-        """Drop queued figures (a run keeps whatever was drawn; redraw later on demand)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Drop queued figures and end the workers now (a run keeps whatever was drawn; its figure
+        record is not updated, so the missing ones are drawn when asked again). Ending them, not
+        waiting: at exit Python would otherwise join workers still drawing (Ctrl-C hung > 45 s)."""
+        self._cancelled = True
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                proc.kill()  # a PNG being written is a temporary file: never a half PNG under its name
+        with contextlib.suppress(Exception):  # not waiting: a Ctrl-C may have cut a wait() short
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 _ACTIVE: FigureQueue | None = None
@@ -291,24 +361,28 @@ _ACTIVE: FigureQueue | None = None
 @contextlib.contextmanager
 def background(workers: int | None = None, log: Log = _quiet) -> Iterator[FigureQueue]:
     """Within the block, ``after_save`` queues figures instead of drawing them; the block's end
-    waits for them (an exception, e.g. Ctrl-C, drops the queued ones instead)."""
+    waits for them. An exception in the block or while waiting (Ctrl-C) ends the workers at once
+    and drops what is left."""
     global _ACTIVE
     queue = FigureQueue(workers, log)
     previous, _ACTIVE = _ACTIVE, queue
     try:
         yield queue
+        _ACTIVE = previous
+        queue.wait()
     except BaseException:
         queue.cancel()
         raise
     finally:
         _ACTIVE = previous
-    queue.wait()
 
 
 def after_save(run_dir: Path, keys: tuple[str, ...], *, log: Log = _quiet) -> FigureReport | None:
     """The figure step of a run, once its directory is complete: queue or draw what is not drawn yet."""
     keys = missing_keys(run_dir, tuple(keys))
     if not keys:
+        if records_stale(run_dir):  # e.g. a zeroed gallery.md, a PNG deleted but no longer asked for
+            return finish(FigureReport(str(run_dir), ()), log)
         return None
     if _ACTIVE is not None:
         _ACTIVE.submit(run_dir, keys)

@@ -47,9 +47,9 @@ from llc.posthoc.report_calibration import INDEX_HEADERS as CAL_INDEX_HEADERS
 from llc.posthoc.report_calibration import calibration_page, is_calibration
 from llc.posthoc.report_calibration import index_rows as cal_index_rows
 from llc.posthoc.report_html import (CHAIN_COLORS, INDEX_FILE, MAX_LAGS, MAX_PAGE_BYTES, MIN_TRACE_POINTS,
-                                     OK_STATUS, PAGE_FILE, RUNNING_POINTS, VALUE_BUDGET, Page, ReportError, badges,
-                                     base_layout, cell, esc, flatten, fmt, kv_table, legend_only, num, plot_html,
-                                     read_json_file, rel_link, section, stride_for, table, thin)
+                                     OK_STATUS, PAGE_FILE, RUNNING_POINTS, VALUE_BUDGET, Page, ReportError,
+                                     base_layout, cell, esc, flags_cell, flatten, fmt, kv_table, legend_only, num,
+                                     plot_html, read_json_file, rel_link, section, stride_for, table, thin)
 from llc.posthoc.report_trajectory import INDEX_HEADERS as TRAJ_INDEX_HEADERS
 from llc.posthoc.report_trajectory import index_rows as traj_index_rows
 from llc.posthoc.report_trajectory import is_overlay, is_trajectory, trajectory_page
@@ -126,7 +126,7 @@ def _estimate_rows(doc: dict[str, Any], analytic: float | None) -> tuple[list[st
                 cell(f"{chains} × {m.get('draws', '—')}"),
                 cell(fmt(m.get("acceptance_mean"), ".3f"), sort=num(m.get("acceptance_mean"))),
                 cell(div_text, sort=div, cls="bad" if div else ""),
-                cell(badges(m.get("flags")) or '<span class="ok">none</span>', raw=True, sort=len(m.get("flags") or []))]
+                flags_cell(m.get("flags") or [], '<span class="ok">none</span>')]
         rows.append(row)
     return headers, rows
 
@@ -680,7 +680,7 @@ def sweep_page(csv_path: Path, page_dir: Path | None = None, value_budget: int =
         st = r.get("status", "")
         row.append(cell(st, cls="bad" if st == "failed" else "", title=r.get("error") or None))
         flags = [f for f in str(r.get("flags", "") or "").replace(";", ",").split(",") if f.strip()]
-        row.append(cell(badges(flags) or "", raw=True, sort=len(flags)))
+        row.append(flags_cell(flags))
         run_dir = Path(r["artifacts"]) if r.get("artifacts") else root_guess / "artifacts" / r["run_id"]
         if (run_dir / PAGE_FILE).is_file():
             link = f'<a href="{esc(rel_link(run_dir / PAGE_FILE, page_dir))}">{esc(r["run_id"])}</a>'
@@ -825,7 +825,7 @@ def _run_row(run_dir: Path, ts: float, created: str, manifest: dict[str, Any], d
             cell(f"{t.get('kind') or '—'} (d={t.get('d', '—')}, n={t.get('n', '—')})"),
             cell(est or "—", raw=True, sort=num(next(iter(samplers.values()), {}).get("llc_mean"))),
             cell(fmt(rhat, ".3f"), sort=rhat, cls="warn" if rhat and rhat > RHAT_MAX else ""),
-            cell(badges(flags) or "", raw=True, sort=len(flags)),
+            flags_cell(flags),
             cell(fmt(manifest.get("total_seconds"), ".3g"), sort=num(manifest.get("total_seconds"))),
             cell(link, raw=True)]
 
@@ -968,7 +968,8 @@ th,td{padding:5px 9px;border-bottom:1px solid var(--line);text-align:right;white
 th:first-child,td:first-child{text-align:left}table.textual th,table.textual td{text-align:left}thead th{background:#f0f2f5;position:sticky;top:0}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#e4e8ef}
 th.asc::after{content:" ▲";font-size:10px}th.desc::after{content:" ▼";font-size:10px}
-tbody tr:hover{background:#f7f9fc}td.bad{color:var(--bad);font-weight:600}td.warn{color:var(--warn);font-weight:600}
+tbody tr:hover{background:#f7f9fc}
+td.flags{white-space:normal;text-align:left;min-width:16em;max-width:30em}td.flags .badge{white-space:normal;text-align:left}td.bad{color:var(--bad);font-weight:600}td.warn{color:var(--warn);font-weight:600}
 table.kv th{text-align:left;background:none;color:var(--muted);font-weight:500;position:static}table.kv td{text-align:left;white-space:normal;word-break:break-all}
 .badge{display:inline-block;padding:1px 7px;border-radius:10px;font-size:11.5px;font-weight:600;margin:1px}
 .badge.bad{background:#fee4e2;color:var(--bad)}.ok{color:#067647}.muted{color:var(--muted)}

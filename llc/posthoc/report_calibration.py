@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from llc.analysis.health import AGREE_SE, BACKOFF, RHAT_MAX, STEP_BIAS_REL, mala_floor
-from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
-                                     cell, esc, fmt, kv_table, legend_only, log_axis, num, plot_html, read_json_file,
-                                     rel_link, rgba, section, split_flags, stride_for, table, thin, value_text)
+from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, base_layout,
+                                     cell, esc, flags_cell, fmt, kv_table, legend_only, log_axis, num, plot_html,
+                                     read_json_file, rel_link, rgba, section, split_flags, stride_for, table, thin,
+                                     value_text)
 from llc.store.layout import CAL_DIR
 
 # Per-point running λ̂ panels: ~0.6 kB of JSON a line however short, so at most 30 panels of 4 chains
@@ -411,7 +412,7 @@ def _points_table(summary: dict[str, Any]) -> str:
                   '<span class="ok">yes</span>' if healthy else
                   f'<span class="badge bad" title="{esc("; ".join(unhealthy_reasons(r)))}">no</span>')
         row += [cell(status, raw=True, sort=2 if i == chosen else int(healthy)),
-                cell(badges(split_flags(r)), raw=True, sort=len(split_flags(r))),
+                flags_cell(split_flags(r)),
                 cell(r.get("run_id") or "—")]
         body.append(row)
         attrs.append({"class": "recommended" if i == chosen else "" if healthy else "unhealthy",

@@ -121,6 +121,13 @@ def badges(flags: Any) -> str:
     return " ".join(out)
 
 
+def flags_cell(flags: Any, empty: str = "") -> dict[str, Any]:
+    """A table cell of failure flags as badges, sorted by their number; ``td.flags`` wraps their text
+    (a flag's message is a sentence: unwrapped, it pushed the table's other columns off-screen)."""
+    count = len(flags) if isinstance(flags, (list, tuple)) else int(bool(flags))
+    return cell(badges(flags) or empty, raw=True, sort=count, cls="flags")
+
+
 def kv_table(items: list[tuple[str, Any]]) -> str:
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
     return f'<div class="table-wrap"><table class="kv"><tbody>{rows}</tbody></table></div>'

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from llc.analysis.health import RHAT_MAX
-from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, badges, base_layout,
-                                     cell, esc, f32, flatten, fmt, kv_table, legend_only, log_axis, num, plot_html,
-                                     read_json_file, rel_link, rgba, section, split_flags, table, value_text)
+from llc.posthoc.report_html import (CHAIN_COLORS, PAGE_FILE, VALUE_BUDGET, Page, ReportError, base_layout,
+                                     cell, esc, f32, flags_cell, flatten, fmt, kv_table, legend_only, log_axis, num,
+                                     plot_html, read_json_file, rel_link, rgba, section, split_flags, table,
+                                     value_text)
 from llc.store.layout import TRAJ_DIR
 
 Member = tuple[Path, dict[str, Any], "dict[str, Any] | None"]  # directory, summary, the setting that made it
@@ -445,7 +446,7 @@ def _checkpoint_table(members: list[Member], names: list[str]) -> str:
                     row.append(cell(f"{fmt(v, spec)} ± {fmt(r['hessian_trace_se'], '.2g')}", sort=v))
                 else:
                     row.append(cell(fmt(v, spec), sort=v))
-            row.append(cell(badges(split_flags(r)), raw=True, sort=len(split_flags(r))))
+            row.append(flags_cell(split_flags(r)))
             body.append(row)
             attrs.append({"class": "flagged" if split_flags(r) else ""})
     return table(headers, body, cls="sortable", table_id="checkpoints", row_attrs=attrs)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 from llc.config import ConfigError, RunConfig, normalized
 from llc.store.layout import CAL_DIR, TARGETS_DIR
+from llc.store.writes import failed_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PROJECT_DIR = PACKAGE_DIR.parent
@@ -258,8 +259,10 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = _make_dir(final.parent / f".{final.name}.tmp-{_tag()}")
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.filename is None and failed_path(exc) is None:
+            exc.filename = str(final)  # a bare write() error names no file: the directory it was for
         raise
     old = None
     if final.exists():
@@ -293,8 +296,10 @@ def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # write() and close() errors name no file
         raise
 
 

@@ -44,6 +44,18 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=indent)
 
 
+def moved(obj: Any, old: str, new: str) -> Any:
+    """``obj`` with every string naming ``old`` or a path below it re-rooted at ``new``: a cached
+    record read from a directory copied or moved elsewhere then names where its files are now."""
+    if isinstance(obj, str) and (obj == old or obj.startswith(old.rstrip("/") + "/")):
+        return new + obj[len(old):]
+    if isinstance(obj, dict):
+        return {k: moved(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [moved(v, old, new) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> Path:
     Path(path).write_text(dumps(obj) + "\n")
     return Path(path)

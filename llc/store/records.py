@@ -8,6 +8,7 @@ No JAX, no matplotlib and, at import, no ArviZ: ``llc run`` writes them without 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,30 @@ def figure_info(name: str, samplers: tuple[str, ...] = registry.SAMPLER_NAMES) -
     return (len(samplers), 0, stem)
 
 
+_PNG_START = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
+
+
+def png_intact(path: Path) -> bool:
+    """Whether a PNG is there whole: its signature first and its end chunk last (a truncated or
+    zeroed file has neither)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _PNG_START:
+                return False
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() < 8 + len(_PNG_END):
+                return False
+            fh.seek(-len(_PNG_END), os.SEEK_END)
+            return fh.read() == _PNG_END
+    except OSError:
+        return False
+
+
 def figure_files(out_dir: Path) -> list[str]:
-    """PNG figures in a directory, grouped by sampler (in sampler order), then the cross-sampler ones."""
-    names = [p.name for p in Path(out_dir).glob("*.png")]
+    """PNG figures in a directory (whole ones), grouped by sampler (in sampler order), then the
+    cross-sampler ones."""
+    names = [p.name for p in Path(out_dir).glob("*.png") if png_intact(p)]
     return sorted(names, key=lambda n: (*figure_info(n)[:2], n))
 
 
