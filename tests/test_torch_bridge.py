@@ -83,6 +83,28 @@ class Encoder(nn.Module):
         return self.out(self.enc(self.inp(x), mask=self.mask, is_causal=True))
 
 
+class Zoo(nn.Module):
+    """The rest of the table in one module: Conv1d/Conv2d, BatchNorm (eval), padding, SiLU, ELU,
+    LeakyReLU, Softplus, sigmoid, advanced indexing, variance, cat/stack, clamp, log_softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv1d = nn.Conv1d(3, 4, 2, dilation=2)
+        self.lin = nn.Linear(4, 5)
+        self.register_buffer("pick", torch.tensor([0, 2, 4]))
+
+    def forward(self, x):
+        h = nn.functional.silu(self.bn(self.conv(x)))  # (B, 3, 4, 4)
+        h = nn.functional.pad(h, (1, 0, 0, 1)).mean(dim=2)  # (B, 3, 5)
+        h = self.lin(self.conv1d(h).transpose(1, 2))  # (B, 3, 5)
+        h = nn.functional.leaky_relu(h, 0.1) + nn.functional.elu(h) + nn.functional.softplus(h) + torch.sigmoid(h)
+        h = h[:, :, self.pick] * h.var(dim=-1, keepdim=True)  # (B, 3, 3)
+        h = torch.cat([h, torch.stack([h.amax(-1), h.abs().sum(-1).sqrt()], -1)], -1)  # (B, 3, 5)
+        h = torch.clamp(h, -3, 3) ** 2 - torch.exp(-h) / 2
+        return nn.functional.log_softmax(h.flatten(1), -1)
+
+
 def mlp():
     return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.GELU(),
                          nn.Linear(8, 2))
@@ -94,7 +116,15 @@ def cases():
         "mlp": (mlp(), torch.randn(6, 3), torch.randn(6, 2), "mse"),
         "gpt": (TinyGPT(layers=2), torch.randint(0, 7, (6, 6)), torch.randint(0, 7, (6, 6)), "cross_entropy"),
         "encoder": (Encoder(), torch.randn(6, 5, 3), torch.randn(6, 5, 2), "mse"),
+        "zoo": (zoo(), torch.randn(6, 2, 4, 4), torch.randn(6, 15), "mse"),
     }
+
+
+def zoo():
+    module = Zoo()
+    for _ in range(3):  # BatchNorm's running statistics away from (0, 1): the buffers must be read
+        module(torch.randn(8, 2, 4, 4))
+    return module
 
 
 def torch_loss(name, out, y):
@@ -103,7 +133,7 @@ def torch_loss(name, out, y):
     return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
-@pytest.mark.parametrize("case", ["mlp", "gpt", "encoder"])
+@pytest.mark.parametrize("case", ["mlp", "gpt", "encoder", "zoo"])
 def test_forward_and_gradient_equal_torch(case):
     """float32 both sides: the translation is exact up to summation order (a few ulps of the output)."""
     module, x, y, loss = cases()[case]
@@ -209,7 +239,7 @@ def _gpt_checkpoints():
 
 def test_tiny_gpt_estimate_and_trajectory(tmp_path):
     model, states, x, y = _gpt_checkpoints()
-    config = {"chains": 2, "draws": 60, "step_size": 1e-4, "batch_size": 32}
+    config = {"chains": 2, "draws": 60, "burnin": 10, "eval_every": 5, "step_size": 1e-4, "batch_size": 32}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotAMinimumWarning)  # 50 Adam steps: near, not at, a minimum
         est = llc.estimate(model, None, x, y, loss="cross_entropy", sampler_config=config)
