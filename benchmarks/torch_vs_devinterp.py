@@ -42,8 +42,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would only add noise
 
 
 def tiny_gpt(vocab: int, d: int, heads: int, T: int, layers: int):
-    """A GPT-2-like module (as tests/test_torch_bridge.py's): embeddings, pre-LayerNorm causal
-    self-attention, GELU MLP, dropout (off in eval), a linear head."""
+    """A GPT-2-like module (as tests/test_torch_bridge.py's, without dropout): embeddings, pre-LayerNorm
+    causal self-attention, GELU MLP, a linear head. No dropout: devinterp samples in train mode, llc
+    in eval mode, and the two must score the same function."""
     import torch
     from torch import nn
 
@@ -52,7 +53,7 @@ def tiny_gpt(vocab: int, d: int, heads: int, T: int, layers: int):
             super().__init__()
             self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
             self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Dropout(0.1))
+            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
             self.register_buffer("causal", torch.tril(torch.ones(T, T, dtype=torch.bool)))
 
         def forward(self, x):

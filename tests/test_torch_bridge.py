@@ -105,6 +105,20 @@ class Zoo(nn.Module):
         return nn.functional.log_softmax(h.flatten(1), -1)
 
 
+class Attention(nn.Module):
+    """F.scaled_dot_product_attention (causal) and a Conv3d."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.conv = nn.Linear(8, 24), nn.Conv3d(1, 2, 2)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, 2, T, 4)
+        return self.conv(y.reshape(B, 1, 2, T, 4)).flatten(1)
+
+
 def mlp():
     return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.GELU(),
                          nn.Linear(8, 2))
@@ -117,6 +131,7 @@ def cases():
         "gpt": (TinyGPT(layers=2), torch.randint(0, 7, (6, 6)), torch.randint(0, 7, (6, 6)), "cross_entropy"),
         "encoder": (Encoder(), torch.randn(6, 5, 3), torch.randn(6, 5, 2), "mse"),
         "zoo": (zoo(), torch.randn(6, 2, 4, 4), torch.randn(6, 15), "mse"),
+        "attention": (Attention(), torch.randn(6, 5, 8), torch.randn(6, 24), "mse"),
     }
 
 
@@ -133,7 +148,7 @@ def torch_loss(name, out, y):
     return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
-@pytest.mark.parametrize("case", ["mlp", "gpt", "encoder", "zoo"])
+@pytest.mark.parametrize("case", ["mlp", "gpt", "encoder", "zoo", "attention"])
 def test_forward_and_gradient_equal_torch(case):
     """float32 both sides: the translation is exact up to summation order (a few ulps of the output)."""
     module, x, y, loss = cases()[case]
@@ -275,6 +290,21 @@ def test_an_operator_outside_the_table_is_one_line_before_sampling(monkeypatch):
     msg = str(info.value)
     assert "\n" not in msg
     assert "aten.cumsum.default" in msg and "(in lin" not in msg and "llc.bridges.torch.SUPPORTED" in msg
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.lin(x) if x.sum() > 0 else -self.lin(x)  # a branch on values: not exportable
+
+
+def test_a_module_torch_export_cannot_trace_is_one_line():
+    with pytest.raises(ConfigError, match="model: torch.export could not export Branchy") as info:
+        llc.estimate(Branchy(), None, torch.randn(8, 3), torch.randn(8, 2))
+    assert "\n" not in str(info.value)
 
 
 def test_loss_options_and_bad_inputs():

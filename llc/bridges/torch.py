@@ -22,6 +22,7 @@ import hashlib
 import math
 import operator
 import sys
+import threading
 import weakref
 from typing import Any, Callable
 
@@ -34,7 +35,7 @@ from llc.config import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # The operator table: ATen overload name (str(OpOverload)) -> JAX function of the same arguments.
-# Tensors arrive as JAX arrays, torch dtypes as JAX dtypes (``_Call.value``), SymInts as ints.
+# Tensors arrive as JAX arrays, torch dtypes as JAX dtypes (``_jax_dtype``), SymInts as ints.
 # --------------------------------------------------------------------------------------------
 
 _INT64_MAX = 9223372036854775807
@@ -372,10 +373,14 @@ def _op_name(target: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class _Call:
-    """Per-call state of the interpreter: the float dtype torch's float32 maps to (the parameters')."""
+class _CallState(threading.local):
+    """Per-call state of the interpreter: the float dtype torch's float32 maps to (the parameters').
+    Thread-local: two threads may trace programs at two precisions at once."""
 
     float_dtype: Any = jnp.float32
+
+
+_Call = _CallState()
 
 
 def _jax_dtype(dt) -> Any:
@@ -383,9 +388,11 @@ def _jax_dtype(dt) -> Any:
 
     if dt.is_floating_point:
         return _Call.float_dtype  # float32 in torch computes at the sampler's precision here
-    return jax.dtypes.canonicalize_dtype({torch.bool: np.bool_, torch.int64: np.int64, torch.int32: np.int32,
-                                          torch.int16: np.int16, torch.int8: np.int8,
-                                          torch.uint8: np.uint8}[dt])
+    dtypes = {torch.bool: np.bool_, torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16,
+              torch.int8: np.int8, torch.uint8: np.uint8}
+    if dt not in dtypes:
+        raise ConfigError(f"model: the PyTorch bridge has no JAX dtype for {dt} (floating, bool and int dtypes only)")
+    return jax.dtypes.canonicalize_dtype(dtypes[dt])
 
 
 def _to_numpy(t) -> np.ndarray:
@@ -412,8 +419,10 @@ class TorchProgram:
                 ep = export(module, (ex,), dynamic_shapes=dynamic).run_decompositions()
             except Exception as exc:  # noqa: BLE001 - torch raises many kinds; one line for the user
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                why = ("forward branches on tensor values, which torch.export cannot trace; "
+                       if "DataDependent" in type(exc).__name__ else "")
                 raise ConfigError(f"model: torch.export could not export {type(module).__name__} with a "
-                                  f"dynamic batch axis ({type(exc).__name__}: {first})") from None
+                                  f"dynamic batch axis ({why}{type(exc).__name__}: {first})") from None
         finally:
             module.train(was_training)
         self.graph = ep.graph_module.graph
