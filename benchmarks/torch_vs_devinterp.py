@@ -13,8 +13,9 @@ benchmarks/devinterp_compare.py for the update rules): devinterp's ``lr`` = llc'
 draws x eval_every, burn-in ``burnin x eval_every`` steps, same minibatch size.
 
 What each side's time holds (end to end, one process, nothing compiled before):
-  llc        llc.estimate: torch.export + translation, input checks, XLA compile, warm-up, sampling
-             and the LLC metrics; then the same call again (export and programs reused).
+  llc        llc.estimate: torch.export + translation, input checks, XLA compile (persistent XLA
+             cache off unless --xla-cache), warm-up, sampling and the LLC metrics; then the same
+             call again (export and programs reused in memory).
   devinterp  devinterp.slt.sampling.sample + compute_llc (its zarr output in a temporary folder).
 
 Lambda-hat: llc records the full-batch L_n every eval_every steps after burn-in; devinterp records
@@ -213,13 +214,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--step-size", type=float, default=1e-4)
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--train-lr", type=float, default=1e-2)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's own; on a shared CPU use 1: on the 2-core dev box, "
+                         "loaded by other jobs, devinterp took 410 s with 2 threads, 17 s with 1)")
     ap.add_argument("--torch-device", default=None, help="devinterp's device (default: cuda if available)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-devinterp", action="store_true")
+    ap.add_argument("--xla-cache", action="store_true",
+                    help="keep llc's persistent XLA cache (default off: the first call compiles from nothing)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
+    if not args.xla_cache:
+        os.environ["LLC_JAX_CACHE"] = "off"  # before llc enables it: a cold first call, as devinterp's
     import torch
 
     if args.threads:
@@ -230,6 +237,11 @@ def main(argv=None) -> dict:
     result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "d": d, "train_loss": train_loss, "llc": ours}
+    try:
+        import devinterp  # noqa: F401
+    except ImportError as exc:  # a GPU machine without the bench extra still measures llc's side
+        result["devinterp"] = {"error": f"not importable ({exc}); pip install -e '.[bench]'"}
+        args.skip_devinterp = True
     if not args.skip_devinterp:
         theirs = run_devinterp(model, x, y, loss, est, args)
         result["devinterp"] = theirs

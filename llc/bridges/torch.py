@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.special  # noqa: F401 - OPS names jax.scipy.special.erf at import
 import numpy as np
 from jax import lax
 
