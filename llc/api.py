@@ -249,7 +249,7 @@ def _build(cls: type, values: dict[str, Any] | Any | None, section: str):
 def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
              sampler_config: dict[str, Any] | Any | None = None,
              posterior: dict[str, Any] | C.PosteriorConfig | None = None,
-             seed: int = 0, proj_dim: int = 4) -> Estimate:
+             seed: int = 0, proj_dim: int = 4, loss: Any = None) -> Estimate:
     """Estimate the LLC of ``model`` at ``params`` (w*) on data ``(x, y)``.
 
     ``model`` is a Flax linen Module (loss: mean squared error, 0.5 * ||y - f(x)||^2 per sample)
@@ -258,7 +258,10 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     minibatch samplers' default ``"auto"`` runs a batched grid of step sizes and keeps the one
     llc.analysis.health's rule chooses, recorded in ``.metrics["step_size"]`` and ``["step_size_rule"]``),
     ``posterior`` those of PosteriorConfig (beta_mode, beta0, gamma, prior_radius).
+    A PyTorch ``nn.Module`` (params None: its own weights) runs as JAX; ``loss`` is then "mse",
+    "cross_entropy" or a JAX ``loss(output, y)`` (``llc.bridges.torch``).
     """
+    model, params, x, y = _torch_bridge(model, params, x, y, loss)
     if sampler not in _SAMPLER_CONFIGS:
         raise C.ConfigError(f"sampler: {sampler!r} is not allowed; choose one of {', '.join(_SAMPLER_CONFIGS)}")
     _check_count("seed", seed, 0)  # as the CLI's --seed
@@ -290,6 +293,13 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
         _warn_diverged(sampler, scfg, out)
     return Estimate(sampler, metrics["llc_mean"], metrics["llc_se"], metrics, out,
                     post.n, post.beta, post.gamma, post.L0)
+
+
+def _torch_bridge(model: Any, params: Any, x: Any, y: Any, loss: Any, checkpoints: bool = False):
+    """A PyTorch module as a JAX loss function and parameter dict; any other model unchanged."""
+    from llc.bridges import torch as bridge
+
+    return bridge.adapt(model, params, x, y, loss, checkpoints=checkpoints)
 
 
 def _load_checkpoint_dir(path) -> tuple[list[Any], list[int]]:
@@ -355,7 +365,8 @@ class Trajectory:
 def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: Any = None,
                sampler: str = "sgld", sampler_config: dict[str, Any] | Any | None = None,
                posterior: dict[str, Any] | C.PosteriorConfig | None = None, seed: int = 0,
-               metrics: dict[str, Any] | None = None, out: Any = "llc_trajectory", max_batch: int = 16) -> Trajectory:
+               metrics: dict[str, Any] | None = None, out: Any = "llc_trajectory", max_batch: int = 16,
+               loss: Any = None) -> Trajectory:
     """Lambda-hat and curvature at every checkpoint of a user's own training run.
 
     ``model``: a Flax linen Module (MSE loss) or a pure ``loss_fn(params, (x, y))``;
@@ -365,6 +376,7 @@ def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: An
     per-checkpoint columns (e.g. ``{"test_acc": [...]}``). Writes ``out`` (trajectory.csv / .nc /
     .png, summary.json; checkpoints already there are not recomputed) and returns a ``Trajectory``.
     Without a ``train_loss`` metric, the train loss is L0, the loss at each checkpoint on ``data``.
+    A PyTorch ``nn.Module`` takes state_dicts as checkpoints and ``loss`` as in ``estimate``.
     """
     from llc.pipeline.trajectory import Checkpointed, compute
 
@@ -380,6 +392,7 @@ def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: An
     if len(steps) != len(params):
         raise ValueError(f"steps: {len(steps)} values for {len(params)} checkpoints")
     x, y = data
+    model, params, x, y = _torch_bridge(model, params, x, y, loss, checkpoints=True)
     scfg = _build(_SAMPLER_CONFIGS[sampler], sampler_config, sampler)
     if hasattr(scfg, "batch_size") and scfg.batch_size > np.shape(x)[0]:
         scfg = dataclasses.replace(scfg, batch_size=int(np.shape(x)[0]))

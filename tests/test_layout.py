@@ -79,6 +79,7 @@ LAYERS = (
     ("llc.store",),  # files: atomic writes, cache, NetCDF, records, stored targets (no JAX)
     ("llc.analysis",),  # metrics, diagnostics, flags, health thresholds (no JAX)
     ("llc.engine",),  # JAX: targets, training, posterior, driver, samplers
+    ("llc.bridges",),  # other frameworks' models as JAX loss functions (torch imported lazily)
     ("llc.posthoc",),  # figures and reports drawn from stored artifacts (no JAX)
     ("llc.pipeline",),  # experiment, calibrate, trajectory, sweep, backends (may draw what it just wrote)
     ("llc.api", "llc.cli", "llc.console", "llc.__main__", "llc"),  # entry points
