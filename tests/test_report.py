@@ -60,7 +60,7 @@ def sweep_csv(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cal_dir(tmp_path_factory):
-    """A real calibration (SGLD on the d = 4 quadratic, 15 points, ~10 s), its page written by --report."""
+    """A real calibration (SGLD on the d = 4 quadratic, 12 points, ~10 s), its page written by --report."""
     root = tmp_path_factory.mktemp("cal")
     res = CliRunner().invoke(app, ["calibrate", "--target", "quadratic", "--quad-dim", "4", "--artifacts", str(root),
                                    "--report"])
@@ -417,7 +417,7 @@ def test_calibration_page_in_browser(browser, cal_dir):
     _check_clean(browser)
     why = browser.find_element("id", "recommendation-why")
     assert why.is_displayed() and why.text == summary["recommended"]["why"]
-    assert _rows(browser, "points") == len(summary["rows"]) == 15  # one row per grid point
+    assert _rows(browser, "points") == len(summary["rows"]) == 12  # one row per grid point: 4 auto steps x 3 gammas
     for cls in ("grid-plot", "diagnostics-plot", "traces-plot"):
         assert len(browser.find_elements("css selector", f".{cls} .plotly-graph-div")) == 1, cls
         assert browser.find_elements("css selector", f".{cls} .plotly-graph-div .main-svg"), cls

@@ -37,8 +37,8 @@ def test_quadratic_sgld_matches_analytic_then_cached(tmp_path):
     p = result["posterior"]
     exact = quadratic_learning_coefficient(4, p["n"], p["beta"], p["gamma"])
     # Plain SGLD on a Gaussian of precision P = n*beta + gamma with step eps has stationary variance
-    # 1 / (P (1 - eps P / 4)): its lambda-hat is biased by that known factor, small at the default eps.
-    eps = build_config().sgld.step_size
+    # 1 / (P (1 - eps P / 4)): its lambda-hat is biased by that known factor, small at the eps auto chooses.
+    eps = s["step_size"]  # what step_size=auto chose
     precision = p["nbeta"] + p["gamma"]
     sgld_exact = exact / (1 - eps * precision / 4)
     assert abs(s["llc_mean"] - exact) / exact < 0.05

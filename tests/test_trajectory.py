@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import llc
+from llc.analysis.flags import split_flags
 from llc.cli import app
 from llc.config import build_config
 from llc.pipeline import trajectory as T
@@ -106,7 +107,9 @@ def test_damaged_points_and_leftovers_are_recomputed_and_removed(first_run):
     assert not leftover.exists()
     by_step = {r["step"]: r for r in summary["rows"]}
     for row in again["rows"]:  # the same random stream: the recomputed points are the ones lost
-        assert row["llc_mean"] == by_step[row["step"]]["llc_mean"]
+        # to float32 rounding: the recomputed batch is narrower (2 checkpoints x the auto grid, not 4 x),
+        # and XLA's CPU kernels may order a vmapped reduction differently by width
+        assert row["llc_mean"] == pytest.approx(by_step[row["step"]]["llc_mean"], rel=1e-6)
 
 
 def test_batched_checkpoints_equal_single_ones(first_run, tmp_path):
@@ -180,7 +183,7 @@ def test_api_on_a_users_own_checkpoints(tmp_path):
     # An object like llc.estimate's, its summary still readable as before (b["rows"]).
     assert isinstance(b, llc.Trajectory) and b.steps == [0, 10, 100] and b.artifacts == tmp_path / "b"
     assert b.llc_mean == [r["llc_mean"] for r in b["rows"]] and b.llc_se == list(b.table["llc_se"])
-    assert b.flags == [[f for f in r["flags"].split("; ") if f] for r in b["rows"]]
+    assert b.flags == [split_flags(r["flags"]) for r in b["rows"]]  # messages may hold "; "
     # No train_loss given: it is L0, the loss at each checkpoint on the data (was an empty column).
     saved = list(csv.DictReader(open(tmp_path / "b" / "trajectory.csv")))
     assert [float(r["train_loss"]) for r in saved] == [float(r["L0"]) for r in saved]

@@ -333,11 +333,10 @@ def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: flo
         reasons = []
         for r in rows:
             bad = (r["flags"][0].split(":")[0] if r["flags"] else
-                   f"R-hat {r['rhat']:.3f}" if r["rhat"] is not None and r["rhat"] >= RHAT_MAX else
-                   f"MALA {r['mala_acceptance']:.2f}")
+                   "no R-hat" if r["rhat"] is None else f"R-hat {r['rhat']:.3f}")
             reasons.append(f"{r['step_size']:.3g}: {bad}")
         why = (f"{name}.step_size=auto: no step size on the {grid_text} is healthy ({', '.join(reasons)}); "
-               f"lambda-hat is from the best-mixed one, {c['step_size']:.4g} (R-hat {c['rhat']:.3f}); more draws "
+               f"lambda-hat is from the best-mixed one, {c['step_size']:.4g} (R-hat {_fmt(c['rhat'])}); more draws "
                f"({name}.draws) let a smaller step mix")
     out = outs[chosen]
     work = dict(out.work)
@@ -353,6 +352,10 @@ def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: flo
             "auto_step_llc": column("llc_mean"), "auto_step_se": column("llc_se"), "auto_step_rhat": column("rhat"),
             "auto_step_mala": column("mala_acceptance"), "auto_step_healthy": [int(i in good) for i in order]}
     return out._replace(work=work, info=info)
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.3f}"
 
 
 # --------------------------------------------------------------------------- metrics and flags
