@@ -287,11 +287,13 @@ class FigureQueue:
         self._lock = threading.Lock()
         self._left = 0
         self._cancelled = False
+        self._run_dirs: set[Path] = set()  # where workers write (their temporary files, on cancel)
 
     def submit(self, run_dir: Path, keys: tuple[str, ...]) -> int:
         """Queue a saved run's figures; returns the number of tasks queued."""
         todo = jobs(run_dir, keys)
         pending = _Pending(FigureReport(str(run_dir), tuple(keys)), len(todo), time.perf_counter())
+        self._run_dirs.add(Path(run_dir))
         if not todo:
             self.reports.append(finish(pending.report, self.log))
             return 0
@@ -348,11 +350,20 @@ class FigureQueue:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        for proc in procs:
             with contextlib.suppress(Exception):
                 proc.kill()  # a PNG being written is a temporary file: never a half PNG under its name
         with contextlib.suppress(Exception):  # not waiting: a Ctrl-C may have cut a wait() short
             pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:  # SIGKILL is immediate; a bounded join only lets the kernel reap them
+            with contextlib.suppress(Exception):
+                proc.join(timeout=0.5)
+        from llc.store.cache import remove_stale_files
+
+        for run_dir in self._run_dirs:  # the killed workers' temporary PNGs (their owners are dead now)
+            with contextlib.suppress(OSError):
+                remove_stale_files(run_dir)
 
 
 _ACTIVE: FigureQueue | None = None
