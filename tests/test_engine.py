@@ -49,9 +49,14 @@ def _run_json(tmp_path, cache_dir, eps: float) -> dict:
 def test_fresh_process_reuses_the_persistent_cache(tmp_path):
     cache = tmp_path / "xla"
     cold = _run_json(tmp_path, cache, 1e-4)["samplers"]["sgld"]["compile_s"]
+    entries = sorted(p.name for p in cache.iterdir())
     warm = _run_json(tmp_path, cache, 3e-4)["samplers"]["sgld"]["compile_s"]
-    assert cold > 0
-    assert warm < 0.25 * cold, (cold, warm)
+    assert cold > 0 and entries
+    # Every program of the second process (another step size: a runtime value) came from the cache:
+    # it added no entry. Its remaining compile_s is tracing and lowering, which a persistent cache
+    # never skips: ~0.25 of the cold time on a loaded 2-core machine, so a ratio alone would be flaky.
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    assert warm < 0.5 * cold, (cold, warm)
 
 
 def test_sgld_step_is_the_langevin_update():
