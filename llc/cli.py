@@ -668,6 +668,7 @@ def clean(
     """Remove what interrupted runs left behind: stale temporary directories, damaged cache entries
     moved aside, unused lock files. Lists everything first; directories still in use are kept."""
     from llc.store import cache
+    from llc.store.writes import human_size
 
     if not artifacts.is_dir():
         fail(f"--artifacts: {artifacts} is not a directory")
@@ -676,7 +677,7 @@ def clean(
     console = Console()
     sizes = {i.path: i.size() for i in stale}
     for item in stale:
-        console.print(f"  {item.kind:<9} {item.path}  ({_size(sizes[item.path])}; {item.why})", highlight=False,
+        console.print(f"  {item.kind:<9} {item.path}  ({human_size(sizes[item.path])}; {item.why})", highlight=False,
                       soft_wrap=True)
     for item in items:
         if not item.stale:
@@ -684,7 +685,7 @@ def clean(
     if not stale:
         console.print(f"nothing to remove under {artifacts}", highlight=False)
         return
-    total = f"{len(stale)} item(s), {_size(sum(sizes.values()))}"
+    total = f"{len(stale)} item(s), {human_size(sum(sizes.values()))}"
     if dry_run:
         console.print(f"would remove {total}; run without --dry-run to remove them", highlight=False)
         return
@@ -696,14 +697,6 @@ def clean(
     for item in stale:
         cache.remove_litter(item)
     console.print(f"removed {total}", highlight=False)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 @_command("plot-sweep")

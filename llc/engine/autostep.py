@@ -69,3 +69,12 @@ def checked(lam: float) -> float:
         raise FloatingPointError(f"step_size=auto: the posterior's curvature at w* is {lam}, so no step-size scale "
                                  "follows from it; give a number (e.g. --set sgld.step_size=1e-4)")
     return lam
+
+
+def momentum_steps(post: Any, key, alpha: float) -> tuple[tuple[float, ...], float]:
+    """SGHMC's and SGNHT's grid: the position moves h*p with unit momentum variance, so h^2 plays the
+    role of SGLD's eps where friction is light, h = sqrt(c / lam_max); and Euler's momentum decay
+    (1 - alpha*h) needs alpha*h < 1, so h is also at most c / alpha (at the default alpha = 100 the
+    grid's 0.1 point is the old default h = 1e-3). Returns (steps, lam_max)."""
+    lam = checked(stiffness(post, key))
+    return tuple(float(min(np.sqrt(c / lam), c / alpha)) for c in FACTORS), lam

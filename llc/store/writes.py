@@ -69,7 +69,8 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
+    """A byte count as B / KB / MB / GB."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -116,7 +117,7 @@ def write_failure(exc: BaseException, default: Path | None = None) -> str | None
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         mount = _mount_point(path.parent)
         with contextlib.suppress(OSError):
-            what += f" on {mount} ({_size(shutil.disk_usage(mount).free)} free)"
+            what += f" on {mount} ({human_size(shutil.disk_usage(mount).free)} free)"
         return f"{what} while writing {path}; nothing half-written is kept: free some space and run again"
     if exc.errno == errno.EROFS:
         return f"{what}: cannot write {path}; nothing half-written is kept"

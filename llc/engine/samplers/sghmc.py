@@ -48,12 +48,8 @@ def like(tree, reference):
 
 
 def auto_steps(post, cfg: SGHMCConfig, key) -> tuple[tuple[float, ...], float]:
-    """``step_size=auto``'s grid (llc.engine.autostep): the position moves h*p with unit momentum
-    variance, so h^2 plays the role of SGLD's eps where friction is light, h = sqrt(c / lam_max); and
-    Euler's momentum decay (1 - alpha*h) needs alpha*h < 1, so h is also at most c / alpha (alpha =
-    ``friction``; at the default 100 the grid's third point is the old default 1e-3). Returns (steps, lam_max)."""
-    lam = autostep.checked(autostep.stiffness(post, key))
-    return tuple(float(min(np.sqrt(c / lam), c / cfg.friction)) for c in autostep.FACTORS), lam
+    """``step_size=auto``'s grid: llc.engine.autostep.momentum_steps with alpha = ``friction``."""
+    return autostep.momentum_steps(post, key, cfg.friction)
 
 
 def make(cfg: SGHMCConfig) -> driver.Algorithm:
