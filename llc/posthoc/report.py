@@ -558,7 +558,9 @@ def _read_csv(csv_path: Path):
     return df
 
 
-NOT_AXES = {"run_id", "status", "error", "backend_info", "artifacts", "sampler", "llc_mean", "llc_se", "flags"}
+# Text columns, identifiers and the estimate itself: never an x axis (step_size_rule is a sentence per row).
+NOT_AXES = {"run_id", "status", "error", "backend_info", "artifacts", "sampler", "llc_mean", "llc_se", "flags",
+            "step_size_rule"}
 
 
 def _axis_columns(df) -> tuple[list[str], list[str]]:
