@@ -396,11 +396,6 @@ def calibrate(
     with err.status(f"calibrating {sampler}: {len(plan.points)} points"):
         summary = cal.calibrate(plan, artifacts, reference=reference, skip=not no_skip,
                                 log=_log)
-    if summary.get("cached"):  # its summary.json names where it was written (an artifacts root copied since?)
-        from llc.store.jsonfiles import moved
-        from llc.store.layout import CAL_DIR
-
-        summary = moved(summary, summary["artifacts"], str(artifacts / CAL_DIR / summary["calibration_id"]))
     if json_out:
         from llc.store.jsonfiles import dumps
 

@@ -189,3 +189,15 @@ def test_an_unwritable_root_is_one_line_before_any_work(command, tmp_path):
         out = runner.invoke(app, [*command, "--artifacts", root])
         assert out.exit_code == 2, out.output
         assert "--artifacts" in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
+def test_a_cached_calibration_in_a_copied_root_names_where_its_files_are(quad_summary, tmp_path):
+    """The library, not only the CLI: llc.calibrate on a copy of the root reports the copy's paths."""
+    import shutil
+
+    plan, summary, root = quad_summary
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    again = cal.calibrate(plan, copy)
+    assert again["cached"] and again["artifacts"] == str(copy / "calibrations" / summary["calibration_id"])
+    assert again["preset"].startswith(again["artifacts"]) and Path(again["preset"]).is_file()

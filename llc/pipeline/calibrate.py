@@ -311,9 +311,13 @@ def calibrate(p: Plan, root: Path | str, *, reference: str = "none", skip: bool 
 
 
 def _cached(out_dir: Path) -> dict[str, Any]:
+    """A finished calibration's summary, naming where its files are now (its summary.json names where
+    they were written: an artifacts root may have been copied or moved since)."""
+    from llc.store.jsonfiles import moved
+
     summary = json.loads((out_dir / "summary.json").read_text())
     summary["cached"] = True
-    return summary
+    return moved(summary, summary["artifacts"], str(out_dir))
 
 
 def _compute(p: Plan, root: Path, out_dir: Path, *, reference: str, progress: Callable[[int, int, str], None] | None,
