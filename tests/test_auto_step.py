@@ -10,7 +10,7 @@ import pytest
 
 from llc.analysis import flags
 from llc.analysis.health import STEP_BIAS_REL, isotropic_mala_acceptance, mala_floor
-from llc.config import AUTO, ConfigError, build_config
+from llc.config import AUTO, ConfigError, build_config, target_n
 from llc.engine import autostep
 from llc.pipeline.experiment import run_experiment
 
@@ -121,7 +121,8 @@ def test_auto_is_unbiased_where_the_old_default_step_is_not(tmp_path):
 
 def test_step_bias_flags_a_large_explicit_step_and_not_a_small_one(tmp_path):
     """c = eps * lam_max: 1.0 inflates lambda-hat by ~25 % on the isotropic quadratic, 0.03 by < 1 %."""
-    lam = float(1000 / np.log(1000) + 100.0)  # n*beta * 1 + gamma
+    n = target_n(build_config(None, QUAD4))
+    lam = float(n / np.log(n) + 100.0)  # n*beta * 1 + gamma (beta = 1/log n, gamma 100)
     big = run_experiment(build_config(None, QUAD4 + [f"sgld.step_size={1.0 / lam!r}"]), tmp_path)["samplers"]["sgld"]
     small = run_experiment(build_config(None, QUAD4 + [f"sgld.step_size={0.03 / lam!r}"]), tmp_path)["samplers"]["sgld"]
     assert "step_bias" in flags.codes_in("; ".join(big["flags"]))
@@ -146,3 +147,19 @@ def test_calibrate_with_an_auto_base_grids_the_auto_steps(tmp_path):
     steps = sorted({r["sgld.step_size"] for r in summary["rows"]})
     assert len(steps) == len(autostep.FACTORS) and summary["points"] == len(steps) * 3  # x 3 gammas
     assert all(isinstance(v, float) for v in steps)
+
+
+def test_preconditioned_sgld_scales_its_grid_in_the_preconditioners_metric(tmp_path):
+    """RMSProp SGLD moves eps * G * grad with G = 1/(sqrt(v) + eps'): its stiffness is measured in that
+    metric, so its grid differs from plain SGLD's on the same posterior; each records its choice."""
+    runs = {}
+    for precond in ("none", "rmsprop"):
+        result = run_experiment(build_config(None, QUAD4[:-1] + ["sgld.draws=200", f"sgld.precond={precond}"]),
+                                tmp_path)
+        info = json.loads((tmp_path / result["run_id"] / "metrics.json").read_text())["samplers"]["sgld"]["info"]
+        runs[precond] = info
+        post = result["posterior"]
+        assert info["step_size"] in info["auto_step_grid"] and info["step_size_rule"].startswith("sgld.step_size=auto")
+    plain, rms = runs["none"]["auto_step_stiffness"], runs["rmsprop"]["auto_step_stiffness"]
+    assert plain == pytest.approx(post["nbeta"] + post["gamma"], rel=1e-3)  # n*beta * 1 + gamma, exact here
+    assert not np.isclose(rms, plain, rtol=0.1)  # G rescales the curvature it feels
