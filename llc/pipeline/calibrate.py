@@ -194,10 +194,9 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     for point, cfg, post, out in zip(p.points, p.cfgs, posts, outputs):
         analytic = analytic_llc(cfg, post.n, post.beta, post.gamma)
         m = sampling.evaluate(out, post, analytic=analytic, kind=cfg.target.kind)
-        acc = out.stats.get("mala_acceptance")
         rows.append({**point, "nbeta": post.nbeta, "gamma": post.gamma, "llc_mean": m["llc_mean"],
                      "llc_se": m["llc_se"], "rhat": m["rhat"], "ess": m["ess"],
-                     "mala_acceptance": float(np.nanmean(acc)) if acc is not None else None,
+                     "mala_acceptance": sampling.mean_mala(out),
                      "analytic_llc": analytic["value"] if analytic else None, "run_id": cache.run_id(cfg),
                      "flags": m["flags"]})
     compile_s = sum(o.info.get("batch_compile_s", o.work["compile_s"]) for o in

@@ -11,15 +11,15 @@ sample through this module and re-implement none of its steps::
 
 A batch holds jobs of one driver-run sampler whose Algorithms share ``driver.batch_signature`` and
 θ-projection size: they differ only in runtime values (step size, gamma, n*beta, seed, w*) and
-execute as one program, each with the random stream it would have alone.
+execute as one program, each with the random stream it would have alone. A sampler that runs its
+own loop (VI) gets a batch of one job. A run saved to disk takes its metrics from what its NetCDF
+holds instead (``llc.analysis.diagnostics.sampler_metrics``), so ``llc analyze`` reproduces them.
 
 A job whose step size is ``auto`` becomes one batch member per point of its sampler's grid
 (``auto_steps``: llc.engine.autostep.FACTORS in units of the posterior's stiffness at w*, measured
 when the posterior exists); ``sample`` applies llc.analysis.health's rule to the points' metrics
 and returns the chosen point's output, the run it would be alone with that step size, carrying the
-choice, its reason and the grid's numbers in its ``info`` (``AUTO_INFO``) and the whole grid's work. A sampler that runs its
-own loop (VI) gets a batch of one job. A run saved to disk takes its metrics from what its NetCDF
-holds instead (``llc.analysis.diagnostics.sampler_metrics``), so ``llc analyze`` reproduces them.
+choice, its reason and the grid's numbers in its ``info`` (``choose_step``) and the whole grid's work.
 """
 
 from __future__ import annotations
@@ -271,13 +271,8 @@ def sample_one(sampler: str, post: Any, config: Any, key: Any, *, proj_dim: int 
 
 # --------------------------------------------------------------------------- step_size=auto
 
-# What an auto job's output carries in ``info`` besides its chosen ``step_size`` (recorded in the
-# NetCDF, metrics.json, --json and the CSVs): the rule's verdict and the grid, one value per point.
-AUTO_INFO = ("step_size_rule", "auto_step_stiffness", "auto_step_chosen_healthy", "auto_step_grid",
-             "auto_step_llc", "auto_step_se", "auto_step_rhat", "auto_step_mala", "auto_step_healthy")
-
-
-def _mala(out: Any) -> float | None:
+def mean_mala(out: Any) -> float | None:
+    """The mean MALA acceptance an SGLD output recorded (None where it recorded none)."""
     import numpy as np
 
     acc = out.stats.get("mala_acceptance")
@@ -300,7 +295,7 @@ def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: flo
     for step, out in zip(steps, outs):
         m = evaluate(out, post)
         rows.append({"step_size": step, "llc_mean": m["llc_mean"], "llc_se": m["llc_se"], "rhat": m["rhat"],
-                     "flags": m["flags"], "mala_acceptance": _mala(out), "diverged": m["diverged_chains"]})
+                     "flags": m["flags"], "mala_acceptance": mean_mala(out), "diverged": m["diverged_chains"]})
     order = list(range(len(rows)))
     chosen, plateau, good = step_choice(rows, order, "step_size")
     name = outs[0].name

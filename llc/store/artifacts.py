@@ -38,7 +38,7 @@ FAILURE_VAR = "failure_reason"
 FLAGS_ATTR = "flags"
 # Info arrays whose axes are not (chain, ...): their dimension names. Any other array whose first
 # axis has one entry per chain gets ("chain", "<name>_dim_1", ...).
-# step_size=auto's grid (llc.pipeline.sampling.AUTO_INFO): one value per grid point.
+# step_size=auto's grid (llc.pipeline.sampling.choose_step): one value per grid point.
 AUTO_GRID_DIMS = {f"auto_step_{k}": ("auto_point",) for k in ("grid", "llc", "se", "rhat", "mala", "healthy")}
 INFO_DIMS = {"ranks": ("component",), "mixture_weights": ("chain", "component"), **AUTO_GRID_DIMS}
 TRACE_DIMS = {"pi": ("chain", "step", "component")}
