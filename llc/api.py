@@ -249,7 +249,7 @@ def _build(cls: type, values: dict[str, Any] | Any | None, section: str):
 def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
              sampler_config: dict[str, Any] | Any | None = None,
              posterior: dict[str, Any] | C.PosteriorConfig | None = None,
-             seed: int = 0, proj_dim: int = 4, loss: Any = None) -> Estimate:
+             seed: int = 0, proj_dim: int = 4, loss: Any = None, restrict: Any = None) -> Estimate | dict[str, Estimate]:
     """Estimate the LLC of ``model`` at ``params`` (w*) on data ``(x, y)``.
 
     ``model`` is a Flax linen Module (loss: mean squared error, 0.5 * ||y - f(x)||^2 per sample)
@@ -260,6 +260,10 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     ``posterior`` those of PosteriorConfig (beta_mode, beta0, gamma, prior_radius).
     A PyTorch ``nn.Module`` (params None: its own weights) runs as JAX; ``loss`` is then "mse",
     "cross_entropy" or a JAX ``loss(output, y)`` (``llc.bridges.torch``).
+    ``restrict`` moves only some parameters, the others held at w* (the weight-refined LLC;
+    llc.engine.restrict): globs over parameter paths (``"attn/*"``, ``["a"]``), a boolean mask pytree
+    like ``params``, or a function of the path; ``"per-layer"`` / ``"per-head"`` return a dict
+    {group: Estimate}, every group sampled in one batched program.
     """
     model, params, x, y = _torch_bridge(model, params, x, y, loss)
     if sampler not in _SAMPLER_CONFIGS:
@@ -282,17 +286,44 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     sampling.enable_compilation_cache()  # a new process reuses this model's programs too
     loss_fn = _as_loss_fn(model)
     _check_inputs(model, loss_fn, params, x, y, d, pcfg)
-    post = make_posterior(loss_fn, params, x, y, pcfg)
-    scfg.check(None, post.n)
+    groups = _restriction_groups(params, pcfg.restrict if restrict is None else restrict)
+    posts = [make_posterior(loss_fn, params, x, y, pcfg, restrict=r) for _, r in groups]
+    scfg.check(None, posts[0].n)
     key = jax.random.key(seed)
-    out = sampling.sample_one(sampler, post, scfg, key, proj_dim=proj_dim)
-    metrics = sampling.evaluate(out, post)
-    metrics.update(out.work)
-    metrics.update({k: out.info[k] for k in ("step_size", "step_size_rule") if k in out.info})
-    if metrics["llc_mean"] is None:
-        _warn_diverged(sampler, scfg, out)
-    return Estimate(sampler, metrics["llc_mean"], metrics["llc_se"], metrics, out,
-                    post.n, post.beta, post.gamma, post.L0)
+    jobs = [sampling.Job(sampler, scfg, key, proj_dim) for _ in posts]  # one stream: as each group alone
+    outs = sampling.sample(sampling.plan(jobs), jobs, posts)
+    estimates = {}
+    for (name, _), post, out in zip(groups, posts, outs):
+        metrics = sampling.evaluate(out, post)
+        metrics.update(out.work)
+        metrics.update({k: out.info[k] for k in ("step_size", "step_size_rule") if k in out.info})
+        metrics.update({"dim": post.dim, **({"restrict": name} if name is not None else {})})
+        if metrics["llc_mean"] is None:
+            _warn_diverged(sampler, scfg, out)
+        estimates[name] = Estimate(sampler, metrics["llc_mean"], metrics["llc_se"], metrics, out,
+                                   post.n, post.beta, post.gamma, post.L0)
+    return estimates if len(groups) > 1 else estimates[groups[0][0]]
+
+
+def _restriction_groups(params: Any, restrict: Any) -> list[tuple[str | None, Any]]:
+    """(name, restriction) per group: patterns (a family's groups, or the ones given), a mask pytree,
+    or a function of the path; ``[(None, ())]`` for no restriction."""
+    from llc.engine import restrict as restriction
+
+    if restrict is None or (isinstance(restrict, (tuple, list)) and not restrict):
+        return [(None, ())]
+    if callable(restrict):
+        patterns = restriction.from_callable(params, restrict)
+        if not patterns:
+            raise C.ConfigError("restrict: the function selects no parameter path; paths look like "
+                                + ", ".join(restriction.leaf_paths(params)[:4]))
+        return [(restriction.label(patterns), patterns)]
+    if isinstance(restrict, str):
+        restrict = (restrict,)
+    if isinstance(restrict, (tuple, list)) and all(isinstance(p, str) for p in restrict):
+        C.check_restrict_syntax(tuple(restrict))
+        return [(restriction.label(g), g) for g in restriction.resolve(params, tuple(restrict))]
+    return [("mask", restrict)]
 
 
 def _torch_bridge(model: Any, params: Any, x: Any, y: Any, loss: Any, checkpoints: bool = False):
@@ -366,7 +397,7 @@ def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: An
                sampler: str = "sgld", sampler_config: dict[str, Any] | Any | None = None,
                posterior: dict[str, Any] | C.PosteriorConfig | None = None, seed: int = 0,
                metrics: dict[str, Any] | None = None, out: Any = "llc_trajectory", max_batch: int = 16,
-               loss: Any = None) -> Trajectory:
+               loss: Any = None, restrict: Any = None) -> Trajectory:
     """Lambda-hat and curvature at every checkpoint of a user's own training run.
 
     ``model``: a Flax linen Module (MSE loss) or a pure ``loss_fn(params, (x, y))``;
@@ -377,6 +408,8 @@ def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: An
     .png, summary.json; checkpoints already there are not recomputed) and returns a ``Trajectory``.
     Without a ``train_loss`` metric, the train loss is L0, the loss at each checkpoint on ``data``.
     A PyTorch ``nn.Module`` takes state_dicts as checkpoints and ``loss`` as in ``estimate``.
+    ``restrict``: patterns or a function of the path as in ``estimate``; a family (``"per-layer"``,
+    ``"per-head"``) gives a row per (checkpoint, group), all groups batched together.
     """
     from llc.pipeline.trajectory import Checkpointed, compute
 
@@ -405,6 +438,16 @@ def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: An
         loss_at = jax.jit(loss_fn)
         cols["train_loss"] = np.asarray([float(loss_at(p, x, y)) for p in params])
     ck = Checkpointed(loss_fn, steps, params, x, y, cols)
+    pcfg = _build(C.PosteriorConfig, posterior, "posterior")
+    if restrict is not None:
+        from llc.engine import restrict as restriction
+
+        patterns = restriction.from_callable(params[0], restrict) if callable(restrict) else \
+            (restrict,) if isinstance(restrict, str) else tuple(restrict)
+        if not all(isinstance(p, str) for p in patterns):
+            raise C.ConfigError("restrict: a trajectory takes patterns or a function of the path (its directory is "
+                                "keyed by them), not a mask pytree")
+        C.check_restrict_syntax(patterns)
+        pcfg = dataclasses.replace(pcfg, restrict=patterns)
     return Trajectory.from_summary(compute(
-        ck, out, sampler=sampler, sampler_cfg=scfg, posterior_cfg=_build(C.PosteriorConfig, posterior, "posterior"),
-        seed=seed, max_batch=max_batch))
+        ck, out, sampler=sampler, sampler_cfg=scfg, posterior_cfg=pcfg, seed=seed, max_batch=max_batch))

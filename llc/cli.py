@@ -134,14 +134,16 @@ def _override_flags(**flags) -> list[str]:
     mapping = {
         "target": ["target.kind"], "quad_dim": ["target.quadratic.dim"], "seed": ["seed", "target.seed"],
         "n_data": ["data.n_data"], "dln_widths": ["target.dln.widths"], "dln_rank": ["target.dln.rank"],
-        "samplers": ["samplers"], "sgld_precond": ["sgld.precond"], "sgld_beta1": ["sgld.beta1"],
+        "restrict": ["posterior.restrict"], "samplers": ["samplers"], "sgld_precond": ["sgld.precond"], "sgld_beta1": ["sgld.beta1"],
         "sgld_beta2": ["sgld.beta2"], "sgld_eps": ["sgld.eps"], "sgld_bias_correction": ["sgld.bias_correction"],
         "chains": [f"{s}.{f}" for s in registry.SAMPLER_NAMES if (f := sampler_class(s).CHAINS_FIELD)],
         "draws": [f"{s}.{f}" for s in registry.SAMPLER_NAMES if (f := sampler_class(s).DRAWS_FIELD)],
     }
     for name, value in flags.items():
-        if value is None:
+        if value is None or value == []:
             continue
+        if isinstance(value, list):
+            value = ",".join(value)
         for dotted in mapping[name]:
             out.append(f"{dotted}={value}")
     return out
@@ -162,6 +164,10 @@ def _config(preset: str | None, overrides: list[str]):
 PresetOpt = Annotated[Optional[str], typer.Option(
     help=f"Preset name in llc/presets/ ({', '.join(preset_names())}) or a .toml path.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any field: dotted.field=value (repeatable).")]
+RestrictOpt = Annotated[Optional[list[str]], typer.Option(
+    "--restrict", help="posterior.restrict: move only these parameters (repeatable; the union): globs over parameter "
+                       "paths (attn/*), index selections (attn/query/kernel[:,1]), heads (attn@head0); or a family, "
+                       "one restricted estimate per group: per-layer, per-head.")]
 # Execution backends (llc/backends): shared by `run` and `sweep`.
 BackendOpt = Annotated[str, typer.Option(help="Where runs execute: local, joblib, submitit (SLURM), modal.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(help="Local worker processes (joblib; --backend=local with N>1 uses a pool too).")]
@@ -280,6 +286,7 @@ def run(
     sgld_eps: Annotated[Optional[float], typer.Option(help="Preconditioner stabiliser.")] = None,
     sgld_bias_correction: Annotated[Optional[bool], typer.Option(
         "--sgld-bias-correction/--no-sgld-bias-correction", help="Adam bias correction.")] = None,
+    restrict: RestrictOpt = None,
     set_: SetOpt = None,
     no_skip: Annotated[bool, typer.Option("--no-skip", help="Recompute even if a cached run exists.")] = False,
     no_save_plots: Annotated[bool, typer.Option("--no-save-plots", help="Skip figures (= --figures none).")] = False,
@@ -304,13 +311,36 @@ def run(
         target=target, quad_dim=quad_dim, dln_widths=dln_widths, dln_rank=dln_rank, n_data=n_data,
         samplers=samplers, chains=chains, draws=draws, seed=seed, sgld_precond=sgld_precond,
         sgld_beta1=sgld_beta1, sgld_beta2=sgld_beta2, sgld_eps=sgld_eps,
-        sgld_bias_correction=sgld_bias_correction)
+        sgld_bias_correction=sgld_bias_correction, restrict=restrict)
     overrides += _figures_override(figures, no_save_plots)
     try:
         cfg = _config(preset, [*overrides, *(set_ or [])])
         _check_root(artifacts)
     except ConfigError as exc:
         fail(str(exc))
+    from llc.pipeline.experiment import expand_restriction
+
+    try:
+        family = expand_restriction(cfg)
+    except ConfigError as exc:
+        fail(str(exc))
+    if len(family) > 1:  # --restrict per-layer / per-head: one run per group, batched as one program
+        if backend != "local":
+            fail(f"--restrict {cfg.posterior.restrict[0]}: a family runs on the local backend; on {backend}, "
+                 f"sweep its groups (llc sweep --restrict {cfg.posterior.restrict[0]})")
+        try:
+            results = report.run_family_with_progress(family, artifacts, skip=not no_skip, console=err)
+        except Exception as exc:
+            if not isinstance(exc, _run_errors()):
+                raise
+            fail(str(exc), code=1)
+        if json_out:
+            from llc.store.jsonfiles import dumps
+
+            sys.stdout.write(dumps({"groups": results}, indent=None) + "\n")
+        else:
+            report.print_family(results, Console())
+        return
     if backend == "local" and (workers or 1) == 1:
         with _figure_pool(cfg) as drawing:
             try:
@@ -373,6 +403,7 @@ def calibrate(
     chains: Annotated[Optional[int], typer.Option(help="Chains per grid point.")] = None,
     draws: Annotated[Optional[int], typer.Option(help="Kept draws per chain.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the runs and of the target.")] = None,
+    restrict: RestrictOpt = None,
     set_: SetOpt = None,
     no_skip: Annotated[bool, typer.Option("--no-skip", help="Recompute even if this calibration is cached.")] = False,
     write_html: ReportOpt = False,
@@ -387,9 +418,12 @@ def calibrate(
     if reference not in references:
         fail(f"--reference: {reference!r} is not allowed; choose one of {', '.join(references)}")
     overrides = _override_flags(target=target, quad_dim=quad_dim, dln_widths=dln_widths, dln_rank=dln_rank,
-                                n_data=n_data, chains=chains, draws=draws, seed=seed)
+                                n_data=n_data, chains=chains, draws=draws, seed=seed, restrict=restrict)
     try:
         plan = cal.plan(_config(preset, [*overrides, *(set_ or [])]), sampler, grid)
+        from llc.pipeline.experiment import check_restriction
+
+        check_restriction(plan.base, family_ok=False, what="llc calibrate")
         _check_root(artifacts)
     except ConfigError as exc:
         fail(str(exc))
@@ -413,8 +447,10 @@ def trajectory(
     chains: Annotated[Optional[int], typer.Option(help="Chains per checkpoint.")] = None,
     draws: Annotated[Optional[int], typer.Option(help="Kept draws per chain.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the runs and of the target.")] = None,
+    restrict: RestrictOpt = None,
     set_: SetOpt = None,
-    max_batch: Annotated[int, typer.Option(help="Checkpoints per batched program (memory).", min=1)] = 16,
+    max_batch: Annotated[int, typer.Option(help="Checkpoints (x restricted groups) per batched program (memory).",
+                                           min=1)] = 16,
     axis: Annotated[Optional[list[str]], typer.Option(
         help="Vary a training or target setting: dotted.field=v1,v2 (repeatable), e.g. training.weight_decay=0.3,1; "
              "one trajectory per combination, overlaid.")] = None,
@@ -426,11 +462,13 @@ def trajectory(
     from llc import console as report
     from llc.config import build_config
     from llc.pipeline.calibrate import parse_grid
+    from llc.pipeline.experiment import check_restriction
     from llc.pipeline.trajectory import check_checkpoints, run_trajectory, run_trajectory_sweep
 
-    overrides = _override_flags(chains=chains, draws=draws, seed=seed)
+    overrides = _override_flags(chains=chains, draws=draws, seed=seed, restrict=restrict)
     try:
         cfg = _config(preset, [*overrides, *(set_ or [])])
+        check_restriction(cfg)
         axes = parse_grid(axis or [], "--axis")
         check_checkpoints(cfg)
         for k, values in axes.items():  # every value checked before anything is trained
@@ -550,6 +588,7 @@ def sweep(
     space: Annotated[Optional[Path], typer.Option(
         help="Sweep space TOML (or a name: smoke -> llc/presets/sweep_smoke.toml) (default: llc/presets/sweep_default.toml).")] = None,
     preset: PresetOpt = None,
+    restrict: RestrictOpt = None,
     set_: SetOpt = None,
     axis: Annotated[Optional[list[str]], typer.Option(
         help="Replace or add an axis: dotted.field=v1,v2 (| separates list values, e.g. model.widths=16,16|64).")] = None,
@@ -579,7 +618,7 @@ def sweep(
     """Run a sweep (cartesian product over a sweep space) and stream results into a CSV."""
     from llc.pipeline import sweep as sw
 
-    overrides = [*(set_ or []), *_figures_override(figures, no_save_plots)]
+    overrides = [*_override_flags(restrict=restrict), *(set_ or []), *_figures_override(figures, no_save_plots)]
     try:
         points = sw.plan_sweep(sw.load_space(space), preset=preset, overrides=overrides, axes=axis or [],
                                n_seeds=n_seeds, seed=seed, samplers=samplers)

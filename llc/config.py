@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -282,6 +283,9 @@ class PosteriorConfig:
     beta0: float = _f(1.0, gt=0.0, runtime=True)  # beta = beta0 / log n, or beta0 itself when fixed
     gamma: float = _f(100.0, ge=0.0, runtime=True)
     prior_radius: float | None = _f(None, gt=0.0, runtime=True)  # when set, gamma = d / radius**2
+    # Weight restriction (llc.engine.restrict): the coordinates that move, the others held at w*;
+    # empty: all. A runtime value: restrictions of one model share the compiled programs.
+    restrict: tuple[str, ...] = _f((), runtime=True)
 
 
 class SamplerKind:
@@ -603,11 +607,28 @@ def parse_value(text: str, tp: Any, path: str) -> Any:
             return raw
         if typing.get_origin(inner) is tuple:
             item_tp = typing.get_args(inner)[0]
-            parts = [p for p in raw.strip("()[]").split(",") if p.strip()]
+            parts = [p for p in _split_items(raw) if p.strip()]
             return tuple(parse_value(p, item_tp, path) for p in parts)
     except ValueError:
         pass
     raise ConfigError(f"{path}: cannot parse {text!r} as {_type_name(wanted)}")
+
+
+def _split_items(raw: str) -> list[str]:
+    """A list written as text: "a,b", "(a, b)" or "[a, b]"; commas inside brackets stay (posterior.restrict's
+    index selections, e.g. attn/query/kernel[:,1])."""
+    raw = raw.strip()
+    if raw[:1] in "([" and raw[-1:] in ")]":
+        raw = raw[1:-1]
+    parts, depth, current = [], 0, ""
+    for char in raw:
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return parts + [current]
 
 
 def _check_type(value: Any, tp: Any, path: str) -> Any:
@@ -718,6 +739,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if len(set(cfg.samplers)) != len(cfg.samplers):
         raise ConfigError(f"samplers: duplicated entry in {','.join(cfg.samplers)}")
     active_target(cfg).check(cfg)
+    check_restrict_syntax(cfg.posterior.restrict)
     tr = cfg.training
     if tr.weight_decay and tr.optimizer != "adamw":
         raise ConfigError(f"training.weight_decay: only training.optimizer=adamw uses it (optimizer is "
@@ -731,6 +753,53 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{name}.{section.DRAWS_FIELD or 'steps'}: {steps} steps per chain exceeds {INT_MAX} "
                               f"(int32); lower it")
     return cfg
+
+
+# --------------------------------------------------------------------------- restrictions (syntax)
+# The patterns of posterior.restrict; llc.engine.restrict applies them to a model's parameters.
+
+RESTRICT_FAMILIES = ("per-layer", "per-head")
+RESTRICT_FIELD = "posterior.restrict"
+RESTRICT_INDEXED = re.compile(r"^(?P<glob>[^\[\]@]+)\[(?P<index>[^\[\]]*)\]$")
+RESTRICT_HEAD = re.compile(r"^(?P<module>[^\[\]@]+)@head(?P<head>\d+)$")
+
+
+def parse_restrict_index(text: str, pattern: str) -> tuple:
+    """``"[:, 0]"``'s inside as a NumPy index: integers and slices."""
+    parts: list[Any] = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            if ":" in item:
+                bounds = [int(b) if b.strip() else None for b in item.split(":")]
+                if len(bounds) > 3:
+                    raise ValueError
+                parts.append(slice(*bounds))
+            else:
+                parts.append(int(item))
+        except ValueError:
+            raise ConfigError(f"{RESTRICT_FIELD}: cannot read the index {item!r} of {pattern!r}; use integers and "
+                              "slices such as [:, 0] or [2:4]") from None
+    return tuple(parts)
+
+
+def check_restrict_syntax(patterns: tuple[str, ...]) -> None:
+    """What can be checked without the parameters: a family stands alone, indices and heads are well formed."""
+    families = [p for p in patterns if p in RESTRICT_FAMILIES]
+    if families and len(patterns) > 1:
+        raise ConfigError(f"{RESTRICT_FIELD}: {families[0]} is a family of restrictions and stands alone; "
+                          f"got {', '.join(patterns)}")
+    for pattern in patterns:
+        if not pattern.strip():
+            raise ConfigError(f"{RESTRICT_FIELD}: empty pattern; give a glob over parameter paths (e.g. attn/*), "
+                              f"MODULE@headN or one of {', '.join(RESTRICT_FAMILIES)}")
+        if "[" in pattern or "]" in pattern:
+            found = RESTRICT_INDEXED.match(pattern)
+            if found is None:
+                raise ConfigError(f"{RESTRICT_FIELD}: cannot read {pattern!r}; an index selection is PATTERN[i, j:k]")
+            parse_restrict_index(found["index"], pattern)
+        elif "@" in pattern and RESTRICT_HEAD.match(pattern) is None:
+            raise ConfigError(f"{RESTRICT_FIELD}: cannot read {pattern!r}; a head is MODULE@headN, e.g. attn@head0")
 
 
 # --------------------------------------------------------------------------- overrides

@@ -44,6 +44,39 @@ def run_with_progress(cfg: RunConfig, root: Path, *, skip: bool, console: Consol
         return run_experiment(cfg, root, skip=skip, progress=progress, log=log)
 
 
+def run_family_with_progress(cfgs: list[RunConfig], root: Path, *, skip: bool, console: Console) -> list[dict[str, Any]]:
+    """A restriction family's runs (one per group, llc.pipeline.experiment.expand_restriction) as one
+    batched call, with progress lines on ``console``."""
+    from llc.pipeline.experiment import run_experiments
+
+    with PlainProgress(stderr_line_writer(console.file)) as plain:
+        return run_experiments(cfgs, root, skip=skip, progress=plain, log=plain.log)
+
+
+def family_table(results: list[dict[str, Any]]) -> Table:
+    """One row per (group, sampler) of a restriction family: the group's dimension, lambda-hat, flags."""
+    first = results[0]
+    t = first["target"]
+    table = Table(title=f"restricted LLCs — target {t['id']} ({t['kind']}, d={t['d']}), {len(results)} groups")
+    for col in ("group", "d", "d/2", "sampler", "λ̂ ± SE", "R̂", "flags"):
+        table.add_column(col, justify="left" if col in ("group", "sampler", "flags") else "right")
+    for result in results:
+        post = result["posterior"]
+        group = ", ".join(post.get("restrict") or ["all"])
+        for name, m in result["samplers"].items():
+            llc = "—" if m["llc_mean"] is None else f"{m['llc_mean']:.4g} ± {_fmt(m['llc_se'], '.2g')}"
+            table.add_row(group, str(post.get("dim", t["d"])), f"{post.get('dim', t['d']) / 2:g}", name, llc,
+                          _fmt(m.get("rhat"), ".3f"),
+                          f"[red]⚠ {', '.join(flags.codes_in(m['flags']))}[/]" if m["flags"] else "ok")
+    return table
+
+
+def print_family(results: list[dict[str, Any]], console: Console) -> None:
+    console.print(fit(family_table(results), console))
+    for result in results:
+        console.print(f"artifacts: {result['artifacts']}", highlight=False)
+
+
 # --------------------------------------------------------------------------- tables at any width
 
 WRAPPED = ("flags",)  # columns whose text may wrap inside a table; every other cell stays on one line

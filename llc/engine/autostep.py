@@ -51,7 +51,10 @@ def _second_moment_program(loss_fn, batch_size: int):
 
 
 def stiffness(post: Any, key, metric=None) -> float:
-    """lam_max of ``post`` (an llc.engine.posterior.Posterior) at its w*, in the diagonal ``metric``."""
+    """lam_max of ``post`` (an llc.engine.posterior.Posterior) at its w*, in the diagonal ``metric``;
+    a restricted posterior's within the coordinates that move (its mask, a 0/1 metric)."""
+    if post.mask is not None:
+        metric = post.mask if metric is None else jax.tree.map(jnp.multiply, metric, post.mask)
     lam = _stiffness_program(post.loss_fn)(post.w_star, post.x, post.y, post.nbeta, post.gamma, key, metric)
     return float(lam)
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from llc.engine.posterior import Posterior, Problem, cast, problem_arrays
+from llc.engine.posterior import Posterior, Problem, cast, ones_mask, problem_arrays
 
 
 class ProgressFn(Protocol):
@@ -303,15 +303,18 @@ class _Inputs(NamedTuple):
 def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int) -> _Inputs:
     alg, post = algs[0], posts[0]
     unravel = unravel_function(post.w_star)
+    if any(p.mask is not None for p in posts):  # restrictions are runtime arrays: one shape for all
+        posts = [p if p.mask is not None else p._replace(mask=ones_mask(p)) for p in posts]
     arrays = [problem_arrays(p) for p in posts]
+    per_keys = ("w_star", "nbeta", "gamma", "mask") if "mask" in arrays[0] else ("w_star", "nbeta", "gamma")
 
     def problem_for(shared, per_setting) -> Problem:
         return Problem.build(post.loss_fn, {**shared, **per_setting}, post.n, unravel if alg.flat else None)
 
-    return _Inputs(per=_stack([{k: a[k] for k in ("w_star", "nbeta", "gamma")} for a in arrays]),
+    return _Inputs(per=_stack([{k: a[k] for k in per_keys} for a in arrays]),
                    shared={"x": arrays[0]["x"], "y": arrays[0]["y"]},  # the data: one copy, not vmapped
                    hyper=_stack([a.params for a in algs]),
-                   matrix=projection_matrix(post.dim, proj_dim, seed=0, dtype=alg.dtype),
+                   matrix=projection_matrix(post.size, proj_dim, seed=0, dtype=alg.dtype),
                    problem_for=problem_for)
 
 

@@ -2,6 +2,12 @@
 
     log p(w) = -n*beta*L_n(w) - (gamma/2) * ||w - w*||^2
     lambda_hat = n*beta * (E_w[L_n(w)] - L_n(w*))
+
+Restricted (``mask``, llc.engine.restrict): the loss sees w* + m * (w - w*), so only the selected
+coordinates reach it; the localizer still holds every coordinate, so an unselected one is an exact
+Gaussian N(w*, 1/gamma) that never touches L_n (no flat direction for HMC or MCLMC to drift along),
+and the minibatch samplers keep them at w* exactly (``Problem.restrict`` on their noise).
+lambda_hat then measures the selected coordinates alone, and d means their number.
 """
 
 from __future__ import annotations
@@ -26,14 +32,23 @@ class Posterior(NamedTuple):
     beta: float
     gamma: float
     L0: float
+    mask: Any = None  # restriction: a 0/1 pytree like w_star, or None (every coordinate moves)
 
     @property
     def nbeta(self) -> float:
         return self.n * self.beta
 
     @property
-    def dim(self) -> int:
+    def size(self) -> int:
+        """Coordinates of w (the samplers' state)."""
         return int(sum(np.size(leaf) for leaf in jax.tree.leaves(self.w_star)))
+
+    @property
+    def dim(self) -> int:
+        """Coordinates that move: d of d/2 and every dimension-dependent check."""
+        if self.mask is None:
+            return self.size
+        return int(sum(np.count_nonzero(np.asarray(m)) for m in jax.tree.leaves(self.mask)))
 
 
 def resolve_beta_gamma(cfg: PosteriorConfig, n: int, d: int) -> tuple[float, float]:
@@ -42,13 +57,20 @@ def resolve_beta_gamma(cfg: PosteriorConfig, n: int, d: int) -> tuple[float, flo
     return float(beta), float(gamma)
 
 
-def make_posterior(loss_fn: Callable, w_star, x, y, cfg: PosteriorConfig, L0: float | None = None) -> Posterior:
+def make_posterior(loss_fn: Callable, w_star, x, y, cfg: PosteriorConfig, L0: float | None = None,
+                   restrict: Any = None) -> Posterior:
+    """The posterior around ``w_star``. ``restrict`` (default ``cfg.restrict``): one group of patterns
+    (llc.engine.restrict; not a family), or a mask pytree like ``w_star`` (true where w moves)."""
+    from llc.engine import restrict as restriction
+
     n = int(np.shape(x)[0])
-    d = int(sum(np.size(leaf) for leaf in jax.tree.leaves(w_star)))
+    restrict = cfg.restrict if restrict is None else restrict
+    mask = restriction.as_mask(w_star, restrict)
+    d = restriction.free_dim(mask) if mask is not None else int(sum(np.size(leaf) for leaf in jax.tree.leaves(w_star)))
     beta, gamma = resolve_beta_gamma(cfg, n, d)
     if L0 is None:
         L0 = float(jax.jit(loss_fn)(w_star, x, y))
-    return Posterior(loss_fn, w_star, x, y, n, beta, gamma, float(L0))
+    return Posterior(loss_fn, w_star, x, y, n, beta, gamma, float(L0), mask)
 
 
 def cast(post: Posterior, dtype: str) -> Posterior:
@@ -62,14 +84,23 @@ def cast(post: Posterior, dtype: str) -> Posterior:
                             else np.asarray(a), tree)
         return jax.device_put(host)
 
-    return post._replace(w_star=conv(post.w_star), x=conv(post.x), y=conv(post.y))
+    mask = None if post.mask is None else conv(post.mask)
+    return post._replace(w_star=conv(post.w_star), x=conv(post.x), y=conv(post.y), mask=mask)
+
+
+def ones_mask(post: Posterior):
+    """The mask of no restriction (for a batch that mixes restricted and unrestricted runs)."""
+    return jax.tree.map(lambda a: np.ones(np.shape(a), np.asarray(a).dtype), post.w_star)
 
 
 def problem_arrays(post: Posterior) -> dict[str, Any]:
     """Everything of the posterior a compiled program takes as runtime arguments (never constants)."""
     dtype = jax.tree.leaves(post.w_star)[0].dtype
-    return {"w_star": post.w_star, "x": post.x, "y": post.y,
-            "nbeta": np.asarray(post.nbeta, dtype), "gamma": np.asarray(post.gamma, dtype)}
+    arrays = {"w_star": post.w_star, "x": post.x, "y": post.y,
+              "nbeta": np.asarray(post.nbeta, dtype), "gamma": np.asarray(post.gamma, dtype)}
+    if post.mask is not None:
+        arrays["mask"] = post.mask
+    return arrays
 
 
 class Problem:
@@ -81,11 +112,26 @@ class Problem:
         self.w_star, self.x, self.y = arrays["w_star"], arrays["x"], arrays["y"]
         self.nbeta, self.gamma = arrays["nbeta"], arrays["gamma"]
         self.position0 = ravel_pytree(self.w_star)[0] if unravel is not None else self.w_star
+        mask = arrays.get("mask")
+        self.mask = None if mask is None else ravel_pytree(mask)[0] if unravel is not None else mask
 
     build = classmethod(lambda cls, loss_fn, arrays, n, unravel: cls(loss_fn, arrays, n, unravel))
 
+    def _shift(self, position):
+        """w* + m * (w - w*): the position the loss sees (the position itself when unrestricted)."""
+        if self.mask is None:
+            return position
+        return jax.tree.map(lambda p, c, m: c + m * (p - c), position, self.position0, self.mask)
+
     def _params(self, position):
+        position = self._shift(position)
         return self.unravel(position) if self.unravel is not None else position
+
+    def restrict(self, tree):
+        """``tree`` (an increment of the position) with the unselected coordinates zeroed."""
+        if self.mask is None:
+            return tree
+        return jax.tree.map(lambda t, m: t * m, tree, self.mask)
 
     def loss(self, position, x=None, y=None) -> jax.Array:
         """Mean loss over (x, y), the full data by default."""
@@ -94,8 +140,8 @@ class Problem:
         return self.loss_fn(self._params(position), x, y)
 
     def prior(self, position) -> jax.Array:
-        """(gamma/2) ||w - w*||^2, summed leaf by leaf."""
-        return 0.5 * self.gamma * sq_distance(self._params(position), self.w_star)
+        """(gamma/2) ||w - w*||^2 over every coordinate, summed leaf by leaf."""
+        return 0.5 * self.gamma * sq_distance(position, self.position0)
 
     def logdensity(self, position) -> jax.Array:
         return -self.nbeta * self.loss(position) - self.prior(position)
@@ -112,7 +158,7 @@ class Problem:
         return -(logdensity + 0.5 * self.gamma * sq_distance(position, self.position0)) / self.nbeta
 
     def project(self, position, matrix) -> jax.Array:
-        flat = ravel_pytree(jax.tree.map(lambda a, b: a - b, position, self.position0))[0]
+        flat = ravel_pytree(jax.tree.map(lambda a, b: a - b, self._shift(position), self.position0))[0]
         return flat @ matrix
 
 

@@ -48,6 +48,39 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def restriction_groups(cfg: RunConfig) -> list[tuple[str, ...]]:
+    """The groups ``posterior.restrict`` stands for (a family's, else its one group; ``[()]`` for none),
+    checked against the target's parameter paths from its template: before any training."""
+    if not cfg.posterior.restrict:
+        return [()]
+    from llc.engine.restrict import resolve
+    from llc.engine.targets import target_module
+
+    return resolve(target_module(cfg.target.kind).template(cfg), tuple(cfg.posterior.restrict))
+
+
+def check_restriction(cfg: RunConfig, *, family_ok: bool = True, what: str = "") -> None:
+    """ConfigError (one line) for a restriction that selects nothing, or a family where one group is needed."""
+    groups = restriction_groups(cfg)
+    if not family_ok and len(groups) > 1:
+        from llc.config import ConfigError
+
+        raise ConfigError(f"posterior.restrict: {what} takes one restriction, not the family "
+                          f"{cfg.posterior.restrict[0]} ({len(groups)} groups); give a group's patterns, e.g. "
+                          f"--restrict {groups[0][0]}")
+
+
+def expand_restriction(cfg: RunConfig) -> list[RunConfig]:
+    """One config per group of a restriction family (each its own run, batched with the others as
+    they differ only in a runtime mask); ``[cfg]`` when ``posterior.restrict`` is no family."""
+    import dataclasses
+
+    groups = restriction_groups(cfg)
+    if len(groups) == 1:
+        return [cfg]
+    return [dataclasses.replace(cfg, posterior=dataclasses.replace(cfg.posterior, restrict=g)) for g in groups]
+
+
 def load_cached(run_dir: Path) -> dict[str, Any]:
     from llc.store.jsonfiles import read_json
 
@@ -191,7 +224,8 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
     run_dir = root / rid
     analytic = analytic_llc(cfg, post.n, post.beta, post.gamma)
 
-    attrs_common = {"n": post.n, "beta": post.beta, "gamma": post.gamma, "dim": post.dim,
+    restricted = {"restrict": ", ".join(cfg.posterior.restrict), "n_params": post.size} if cfg.posterior.restrict else {}
+    attrs_common = {"n": post.n, "beta": post.beta, "gamma": post.gamma, "dim": post.dim, **restricted,
                     "target_id": target.id, "target_kind": target.kind, "run_id": rid,
                     "analytic_llc": analytic["value"] if analytic else None,
                     "analytic_formula": analytic["formula"] if analytic else None,
@@ -217,7 +251,8 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
         "cached": False,
         "target": {"id": target.id, "kind": target.kind, "n": target.n, "d": target.d, "L0": target.L0,
                    "cached": target.cached, "analytic_llc": analytic["value"] if analytic else None},
-        "posterior": {"n": post.n, "beta": post.beta, "gamma": post.gamma, "nbeta": post.nbeta},
+        "posterior": {"n": post.n, "beta": post.beta, "gamma": post.gamma, "nbeta": post.nbeta,
+                      **({"restrict": list(cfg.posterior.restrict), "dim": post.dim} if cfg.posterior.restrict else {})},
         "samplers": {name: summarize(m) for name, m in metrics.items()},
     }
     manifest = {

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, get_type_hints
 
 from llc.store import cache
+from llc.pipeline.experiment import expand_restriction
 from llc.pipeline.backends.base import CACHED, FAILED, Backend, BackendUnavailable, Outcome, execute  # noqa: F401
 from llc.config import PRESETS_DIR, ConfigError, RunConfig, build_config, canonical, parse_value
 
@@ -199,11 +200,17 @@ def plan_sweep(space: SweepSpace, *, preset: str | None = None, overrides: Seque
                                        mapping={**space.base, **values})
                 except ConfigError as exc:
                     raise ConfigError(f"sweep grid {name!r}: {exc}") from None
-                rid = cache.run_id(cfg)
-                if rid in seen:
-                    continue
-                seen.add(rid)
-                points.append(SweepPoint(cfg, {**values, "seed": s}, name, rid))
+                try:  # a restriction family: one point per group
+                    members = expand_restriction(cfg)
+                except ConfigError as exc:
+                    raise ConfigError(f"sweep grid {name!r}: {exc}") from None
+                for member in members:
+                    rid = cache.run_id(member)
+                    if rid in seen:
+                        continue
+                    seen.add(rid)
+                    group = {"posterior.restrict": ",".join(member.posterior.restrict)} if len(members) > 1 else {}
+                    points.append(SweepPoint(member, {**values, **group, "seed": s}, name, rid))
     return points
 
 

@@ -66,8 +66,10 @@ def _save_npz(path: Path, **arrays) -> None:
         np.savez(fh, **arrays)
 
 
-def _point_file(out_dir: Path, step: int) -> Path:
-    return out_dir / "points" / f"step_{int(step):08d}.npz"
+def _point_file(out_dir: Path, step: int, group: int | None = None) -> Path:
+    """A checkpoint's saved result; with a restriction family, one per (checkpoint, group)."""
+    suffix = "" if group is None else f"_group_{group:03d}"
+    return out_dir / "points" / f"step_{int(step):08d}{suffix}.npz"
 
 
 def _load_point(path: Path, log: Callable[[str], None] = lambda msg: None) -> dict[str, Any] | None:
@@ -125,68 +127,107 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
     scfg = sampler_cfg if sampler_cfg is not None else C.sampler_class(sampler)()
     pcfg = posterior_cfg if posterior_cfg is not None else C.PosteriorConfig()
     steps = [int(s) for s in data.steps]
+    # A restriction family (per-layer, per-head) is one unit per (checkpoint, group); all units
+    # share the compiled program (masks are runtime arrays) and run in the same batches.
+    from llc.engine import restrict as restriction
+
+    groups = restriction.resolve(data.params[0], tuple(pcfg.restrict))
+    labels = [restriction.label(g) if g else "" for g in groups]
+    family = len(groups) > 1
+    units = [(i, g) for i in range(len(steps)) for g in range(len(groups))]
+
+    def point(u) -> Path:
+        i, g = units[u]
+        return _point_file(out_dir, steps[i], g if family else None)
+
     for where in (out_dir, out_dir / "points"):
         cache.remove_stale_files(where)  # half-written files of a trajectory killed earlier
-    todo = [i for i, s in enumerate(steps) if _load_point(_point_file(out_dir, s), log) is None]
-    if len(todo) < len(steps):
-        log(f"trajectory: {len(steps) - len(todo)} of {len(steps)} checkpoints already done; computing {len(todo)}")
+    todo = [u for u in range(len(units)) if _load_point(point(u), log) is None]
+    what = "units (checkpoint x group)" if family else "checkpoints"
+    if len(todo) < len(units):
+        log(f"trajectory: {len(units) - len(todo)} of {len(units)} {what} already done; computing {len(todo)}")
+    if family:
+        log(f"trajectory: {len(groups)} restricted groups ({pcfg.restrict[0]}): {', '.join(labels)}")
     key = sampling.sampler_key(seed, sampler)
     t0 = time.perf_counter()
     compile_s = 0.0
     size = min(max_batch, len(todo)) or 1
+    L0s: dict[int, float] = {}
     for start in range(0, len(todo), size):
         idx = todo[start:start + size]
-        # The last batch is padded with its last checkpoint: one compiled program for every batch.
+        # The last batch is padded with its last unit: one compiled program for every batch.
         padded = idx + [idx[-1]] * (size - len(idx))
-        posts = [make_posterior(data.loss_fn, data.params[i], data.x, data.y, pcfg) for i in padded]
+        posts = []
+        for u in padded:
+            i, g = units[u]
+            post = make_posterior(data.loss_fn, data.params[i], data.x, data.y, pcfg, L0=L0s.get(i),
+                                  restrict=groups[g])
+            L0s[i] = post.L0
+            posts.append(post)
         jobs = [sampling.Job(sampler, scfg, key, proj_dim) for _ in padded]
 
         def report(index, batch, done, total, phase, _n=len(idx), _b=start):
             if progress:
-                progress(_b, len(todo), f"{phase}: checkpoints {_b + 1}-{_b + _n} of {len(todo)}, draw {done}/{total}")
+                progress(_b, len(todo), f"{phase}: {what} {_b + 1}-{_b + _n} of {len(todo)}, draw {done}/{total}")
 
         outs = sampling.sample(sampling.plan(jobs), jobs, posts, progress=report)
         compile_s += outs[0].info.get("batch_compile_s", outs[0].work["compile_s"])
-        curv = _curvature(data.loss_fn, [data.params[i] for i in idx], data.x, data.y, seed)
-        for i, post, out, c in zip(idx, posts, outs, curv):
+        checkpoints = list(dict.fromkeys(units[u][0] for u in idx))  # curvature once per checkpoint
+        curv = dict(zip(checkpoints, _curvature(data.loss_fn, [data.params[i] for i in checkpoints], data.x, data.y,
+                                                seed)))
+        for u, post, out in zip(idx, posts, outs):
+            i, g = units[u]
             m = sampling.evaluate(out, post)
-            row = {"step": steps[i], "llc_mean": m["llc_mean"], "llc_se": m["llc_se"], "rhat": m["rhat"],
+            row = {"step": steps[i], **({"group": labels[g], "dim": post.dim} if family or groups[g] else {}),
+                   "llc_mean": m["llc_mean"], "llc_se": m["llc_se"], "rhat": m["rhat"],
                    "ess": m["ess"], "step_size": out.info.get("step_size"),
-                   "step_size_rule": out.info.get("step_size_rule", ""), "L0": post.L0, "nbeta": post.nbeta, "gamma": post.gamma, **c,
+                   "step_size_rule": out.info.get("step_size_rule", ""), "L0": post.L0, "nbeta": post.nbeta,
+                   "gamma": post.gamma, **curv[i],
                    **{k: float(np.asarray(v)[i]) for k, v in data.metrics.items()}, "flags": m["flags"]}
-            _atomic_write(_point_file(out_dir, steps[i]), lambda p, r=row, o=out: _save_npz(
+            _atomic_write(point(u), lambda p, r=row, o=out: _save_npz(
                 p, row=json.dumps(r, default=float), Ln=o.Ln, theta=o.theta_proj))
-        log(f"trajectory: checkpoints {start + 1}-{start + len(idx)} of {len(todo)} done")
+        log(f"trajectory: {what} {start + 1}-{start + len(idx)} of {len(todo)} done")
         if progress:
-            progress(start + len(idx), len(todo), "checkpoints")
+            progress(start + len(idx), len(todo), what)
     return _assemble(out_dir, steps, sampler, wall_s=time.perf_counter() - t0, compile_s=compile_s,
-                     computed=len(todo), target=target or {})
+                     computed=len(todo), target=target or {}, groups=labels if family else None)
 
 
 def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, compile_s: float,
-              computed: int, target: dict[str, Any]) -> dict[str, Any]:
-    """trajectory.csv, trajectory.nc, trajectory.png and summary.json from the saved points."""
+              computed: int, target: dict[str, Any], groups: list[str] | None = None) -> dict[str, Any]:
+    """trajectory.csv, trajectory.nc, trajectory.png and summary.json from the saved points; with a
+    restriction family (``groups``), a row per (checkpoint, group) and a ``group`` dimension."""
     import pandas as pd
     import xarray as xr
 
-    points = [_load_point(_point_file(out_dir, s)) for s in steps]
+    G = len(groups) if groups else 1
+    points = [_load_point(_point_file(out_dir, s, g if groups else None)) for s in steps for g in range(G)]
     rows = [p["row"] for p in points]
-    table = pd.DataFrame([{c: (("; ".join(r["flags"])) if c == "flags" else r.get(c)) for c in CSV_COLUMNS}
+    columns = (CSV_COLUMNS[:1] + ("group", "dim") + CSV_COLUMNS[1:]) if "group" in rows[0] else CSV_COLUMNS
+    table = pd.DataFrame([{c: (("; ".join(r["flags"])) if c == "flags" else r.get(c)) for c in columns}
                           for r in rows])
     _atomic_write(out_dir / "trajectory.csv", lambda p: table.to_csv(p, index=False))
+
+    def grid(values, dtype=None):  # per-point values as (step, group, ...), or (step, ...) without groups
+        arr = np.asarray(values, dtype) if dtype else np.stack(values)
+        return arr.reshape(len(steps), G, *arr.shape[1:]) if groups else arr
+
+    dims = ("step", "group") if groups else ("step",)
+    per_row = {c: (dims, grid([np.nan if r.get(c) is None else r[c] for r in rows], np.float64))
+               for c in columns if c not in ("step", "group") and c not in TEXT_COLUMNS}
     ds = xr.Dataset(
-        {"Ln": (("step", "chain", "draw"), np.stack([p["Ln"] for p in points])),
-         "llc": (("step", "chain", "draw"),
-                 np.stack([r["nbeta"] * (p["Ln"] - r["L0"]) for p, r in zip(points, rows)])),
-         "theta_proj": (("step", "chain", "draw", "proj"), np.stack([p["theta"] for p in points])),
-         **{c: (("step",), np.asarray([np.nan if r.get(c) is None else r[c] for r in rows], np.float64))
-            for c in CSV_COLUMNS if c != "step" and c not in TEXT_COLUMNS},
-         "flags": (("step",), np.asarray(["; ".join(r["flags"]) for r in rows], dtype=str)),
-         "step_size_rule": (("step",), np.asarray([r.get("step_size_rule") or "" for r in rows], dtype=str))},
-        coords={"step": np.asarray(steps, np.int64)}, attrs={"sampler": sampler})
+        {"Ln": ((*dims, "chain", "draw"), grid([p["Ln"] for p in points])),
+         "llc": ((*dims, "chain", "draw"), grid([r["nbeta"] * (p["Ln"] - r["L0"]) for p, r in zip(points, rows)])),
+         "theta_proj": ((*dims, "chain", "draw", "proj"), grid([p["theta"] for p in points])),
+         **per_row,
+         "flags": (dims, grid(["; ".join(r["flags"]) for r in rows], str)),
+         "step_size_rule": (dims, grid([r.get("step_size_rule") or "" for r in rows], str))},
+        coords={"step": np.asarray(steps, np.int64), **({"group": np.asarray(groups, dtype=str)} if groups else {})},
+        attrs={"sampler": sampler})
     _atomic_write(out_dir / "trajectory.nc", lambda p: ds.to_netcdf(p, engine="h5netcdf"))
     summary = {"sampler": sampler, "target": target, "checkpoints": len(steps), "computed": computed, "wall_s": wall_s,
-               "compile_s": compile_s, "artifacts": str(out_dir), "rows": table.replace({np.nan: None}).to_dict("records")}
+               "compile_s": compile_s, "artifacts": str(out_dir), **({"groups": groups} if groups else {}),
+               "rows": table.replace({np.nan: None}).to_dict("records")}
     from llc.posthoc.trajectory_plot import draw
 
     draw(out_dir / "trajectory.png", summary)

@@ -79,6 +79,15 @@ def load_trajectory(path: Path) -> dict[str, Any]:
     return doc
 
 
+def by_group(path: Path, doc: dict[str, Any]) -> list[Member]:
+    """A trajectory's members: itself, or one per group of a restriction family (``--restrict
+    per-layer``), each with that group's rows, overlaid like trajectories of several settings."""
+    groups = doc.get("groups")
+    if not groups:
+        return [(path, doc, None)]
+    return [(path, {**doc, "rows": [r for r in doc["rows"] if r.get("group") == g]}, {"group": g}) for g in groups]
+
+
 def _resolve(ref: Any, where: Path) -> Path | None:
     """A member given as a path (absolute, relative to the overlay or beside it) or an id."""
     raw = (ref.get("artifacts") or ref.get("path") or ref.get("id")) if isinstance(ref, dict) else ref
@@ -96,7 +105,7 @@ def members_of(path: Path) -> tuple[list[Member], list[str]]:
     that could not be found."""
     path = Path(path)
     if is_trajectory(path):
-        return [(path, load_trajectory(path), None)], []
+        return by_group(path, load_trajectory(path)), []
     refs = _member_refs(read_json_file(path / "summary.json")) if (path / "summary.json").is_file() else None
     out, missing = [], []
     folder = refs is None  # every trajectory in it, ordered by what tells them apart

@@ -17,20 +17,42 @@ def _col(rows: list[dict[str, Any]], key: str) -> np.ndarray:
     return np.asarray([np.nan if r.get(key) is None else r[key] for r in rows], dtype=np.float64)
 
 
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+          "#17becf"]
+
+
+def by_group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """A restriction family's rows per group (in first-appearance order); one unnamed group otherwise."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r.get("group") or "", []).append(r)
+    return out
+
+
 def draw(path: Path, summary: dict[str, Any]) -> Path:
-    rows = summary["rows"]
+    groups = by_group(summary["rows"])
+    rows = next(iter(groups.values()))  # the checkpoint-level panels: the same for every group
     step = _col(rows, "step")
     fig = Figure(figsize=(9.5, 9.0), dpi=110)
     FigureCanvasAgg(fig)
     ax_llc, ax_acc, ax_curv = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 1]})
-    llc, se = _col(rows, "llc_mean"), _col(rows, "llc_se")
-    flagged = np.asarray([bool(r.get("flags")) for r in rows])
-    ax_llc.fill_between(step, llc - 2 * se, llc + 2 * se, color="#1f77b4", alpha=0.2, lw=0, label="± 2 SE")
-    ax_llc.plot(step, llc, "o-", color="#1f77b4", ms=3.5, lw=1.4, label=f"λ̂ ({summary['sampler']})")
-    if flagged.any():
-        ax_llc.plot(step[flagged], llc[flagged], "x", color="#c00000", ms=8, mew=2, label="flagged")
-    ax_llc.set_ylabel("λ̂")
-    ax_llc.legend(fontsize=8, loc="upper left")
+    flag_labelled = False
+    for i, (name, members) in enumerate(groups.items()):
+        color = COLORS[i % len(COLORS)]
+        g_step, llc, se = _col(members, "step"), _col(members, "llc_mean"), _col(members, "llc_se")
+        flagged = np.asarray([bool(r.get("flags")) for r in members])
+        label = f"λ̂ {name} (d = {members[0].get('dim')})" if name else f"λ̂ ({summary['sampler']})"
+        ax_llc.fill_between(g_step, llc - 2 * se, llc + 2 * se, color=color, alpha=0.2, lw=0,
+                            label="± 2 SE" if i == 0 else None)
+        ax_llc.plot(g_step, llc, "o-", color=color, ms=3.5, lw=1.4, label=label)
+        if flagged.any():
+            ax_llc.plot(g_step[flagged], llc[flagged], "x", color="#c00000", ms=8, mew=2,
+                        label=None if flag_labelled else "flagged")
+            flag_labelled = True
+    if len(groups) > 1:
+        ax_llc.set_yscale("symlog", linthresh=1.0)
+    ax_llc.set_ylabel("λ̂" + (f" per group ({summary['sampler']}, restricted)" if len(groups) > 1 else ""))
+    ax_llc.legend(fontsize=7 if len(groups) > 4 else 8, loc="upper left", ncol=2 if len(groups) > 4 else 1)
     for key, color, style in (("train_acc", "#2ca02c", "-"), ("test_acc", "#d62728", "-")):
         if np.isfinite(_col(rows, key)).any():
             ax_acc.plot(step, _col(rows, key), style, color=color, lw=1.5, label=key.replace("_", " "))
@@ -67,7 +89,8 @@ def draw(path: Path, summary: dict[str, Any]) -> Path:
     target = summary.get("target") or {}
     # A user's own model (llc.trajectory) has no target kind or id.
     what = f"{target['kind']} target {target.get('id', '')} " if target.get("kind") else "your model "
-    fig.suptitle(f"LLC across training — {what}({len(rows)} checkpoints)", fontsize=11)
+    family = f", {len(groups)} restricted groups" if len(groups) > 1 else ""
+    fig.suptitle(f"LLC across training — {what}({len(rows)} checkpoints{family})", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -78,7 +101,7 @@ def draw_overlay(path: Path, members: list[tuple[dict[str, Any], dict[str, Any]]
     fig = Figure(figsize=(9.5, 6.5), dpi=110)
     FigureCanvasAgg(fig)
     ax_llc, ax_acc = fig.subplots(2, 1, sharex=True)
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    colors = COLORS
     positive = []
     for i, (setting, summary) in enumerate(members):
         rows, color = summary["rows"], colors[i % len(colors)]

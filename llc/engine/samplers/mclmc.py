@@ -252,7 +252,7 @@ def _summarize(cfg: MCLMCConfig, stats, warm, params, post):
         "adaptation": cfg.adaptation, "integrator": cfg.integrator, **tuned,
         "desired_energy_var": cfg.desired_energy_var,
         # The tuner's target: Var[energy change] / d; compare with desired_energy_var.
-        "energy_var_per_dim": float(np.nanmean(energy_change**2) / post.dim),
+        "energy_var_per_dim": float(np.nanmean(energy_change**2) / post.size),
         "nan_steps": int(np.sum(stats["nan_steps"])), "eval_every": cfg.eval_every,
         "warmup_steps": warm_steps, "grad_evals_warmup": warm_grads,
         "energy_check_shrink_per_chain": [float(v) for v in shrink],

@@ -56,6 +56,7 @@ TensorBoard: with ``tensorboard=true`` the run writes the trace as scalars under
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from typing import Any, NamedTuple
@@ -129,9 +130,14 @@ def flat_loss(post: Posterior):
     (ravelled on the host: an eager ravel compiles a program per leaf shape)."""
     unravel = driver.unravel_function(post.w_star)
     w_flat = jax.device_put(np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(post.w_star)]))
+    if post.mask is not None:  # a restriction: the loss sees only the selected coordinates move
+        m_flat = np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(post.mask)]).astype(w_flat.dtype)
 
-    def loss(theta, w0, x, y):
-        return post.loss_fn(unravel(w0 + theta), x, y)
+        def loss(theta, w0, x, y):
+            return post.loss_fn(unravel(w0 + m_flat * theta), x, y)
+    else:
+        def loss(theta, w0, x, y):
+            return post.loss_fn(unravel(w0 + theta), x, y)
 
     return loss, w_flat
 
@@ -146,8 +152,11 @@ def hyperparameters(post: Posterior, cfg: VIConfig, dtype) -> dict[str, np.ndarr
 def _program_key(cfg: VIConfig, post: Posterior, what: str, *extra) -> tuple:
     """What a VI program bakes in: the structural options (not the runtime fields), the loss, n and
     the parameter tree (``unravel``); shapes and dtypes of the arguments are added by the cache."""
+    # A restriction's mask is a constant of VI's programs (VI runs one job at a time): part of the key.
+    mask = None if post.mask is None else hashlib.sha256(b"".join(
+        np.asarray(m).tobytes() for m in jax.tree.leaves(post.mask))).hexdigest()
     return ("vi", what, cfg.signature(), post.loss_fn, post.n, driver.signature(post.w_star), jax.config.jax_enable_x64,
-            *extra)
+            mask, *extra)
 
 
 # --------------------------------------------------------------------------- whitening pre-pass
@@ -155,7 +164,7 @@ def _program_key(cfg: VIConfig, post: Posterior, what: str, *extra) -> tuple:
 def whitening_scale(post: Posterior, cfg: VIConfig, key: jax.Array, hyper: dict) -> tuple[jax.Array, float, float]:
     """Coordinate scale c (d,) in the optimisation dtype; returns (c, wall_s, compile_s)."""
     dtype = jnp.dtype(cfg.dtype)
-    d = post.dim
+    d = post.size
     if cfg.whitening_mode == "none":
         return jnp.full((d,), hyper["sigma0"], dtype=dtype), 0.0, 0.0
     loss, w_flat = flat_loss(post)
@@ -303,8 +312,8 @@ def evaluate(post: Posterior, cfg: VIConfig, fam: fam_mod.Family, params, c: jax
     eval_dtype = "float64" if jax.config.jax_enable_x64 else "float32"
     post = cast(post, eval_dtype)
     loss, w_flat = flat_loss(post)
-    exact_diag = post.dim <= cfg.cv_exact_max_dim
-    matrix = driver.projection_matrix(post.dim, proj_dim, seed=0, dtype=eval_dtype)
+    exact_diag = post.size <= cfg.cv_exact_max_dim
+    matrix = driver.projection_matrix(post.size, proj_dim, seed=0, dtype=eval_dtype)
 
     def chains(params, c, keys, eval_data):
         w0, x, y, mat = eval_data
@@ -327,7 +336,7 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
     """Whitening pre-pass, optimisation of q per chain, evaluation; work and info as the samplers'."""
     ranks = _check(cfg, post.n)
     post_opt = cast(post, cfg.dtype)
-    fam = fam_mod.make_family(cfg.components, post.dim, ranks, cfg.alpha_temperature, cfg.learn_means,
+    fam = fam_mod.make_family(cfg.components, post.size, ranks, cfg.alpha_temperature, cfg.learn_means,
                               cfg.dtype, cfg.factor_form)
     k_white, k_init, k_steps, k_eval = jax.random.split(key, 4)
     hyper = hyperparameters(post, cfg, jnp.dtype(cfg.dtype))
@@ -336,7 +345,7 @@ def run(post: Posterior, cfg: VIConfig, key: jax.Array, *, proj_dim: int = 4,
     states, trace, opt_wall, opt_compile = optimise(post_opt, cfg, fam, c, hyper, k_init, k_steps, progress)
     ev, eval_wall, eval_compile = evaluate(post, cfg, fam, states.params, c, k_eval, proj_dim)
 
-    exact_diag = post.dim <= cfg.cv_exact_max_dim
+    exact_diag = post.size <= cfg.cv_exact_max_dim
     white_grads = cfg.whitening_steps if cfg.whitening_mode != "none" else 0
     opt_grads = cfg.chains * cfg.steps * cfg.mc_samples
     hvps = cfg.chains * vi_eval.hvp_count(fam, cfg.eval_samples, exact_diag, cfg.cv_probes) \
