@@ -151,7 +151,8 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
     key = sampling.sampler_key(seed, sampler)
     t0 = time.perf_counter()
     compile_s = 0.0
-    size = min(max_batch, len(todo)) or 1
+    # Equal batches of at most max_batch: padding the last batch to a full one wastes as little as it can.
+    size = -(-len(todo) // -(-len(todo) // max_batch)) if todo else 1
     L0s: dict[int, float] = {}
     for start in range(0, len(todo), size):
         idx = todo[start:start + size]
