@@ -163,3 +163,20 @@ def test_preconditioned_sgld_scales_its_grid_in_the_preconditioners_metric(tmp_p
     plain, rms = runs["none"]["auto_step_stiffness"], runs["rmsprop"]["auto_step_stiffness"]
     assert plain == pytest.approx(post["nbeta"] + post["gamma"], rel=1e-3)  # n*beta * 1 + gamma, exact here
     assert not np.isclose(rms, plain, rtol=0.1)  # G rescales the curvature it feels
+
+
+def test_extrapolation_to_a_zero_step_removes_a_linear_bias():
+    """Richardson on two grid points: a bias linear in the step is removed exactly, the SE propagates, and
+    the metrics carry the extrapolated value with the step's own beside it."""
+    from llc.analysis.health import apply_extrapolation, extrapolate_to_zero_step
+
+    low = {"step_size": 1e-4, "llc_mean": 10.0 * (1 + 0.1), "llc_se": 0.1}
+    high = {"step_size": 3e-4, "llc_mean": 10.0 * (1 + 0.3), "llc_se": 0.05}
+    value, se = extrapolate_to_zero_step(low, high)
+    assert value == pytest.approx(10.0) and se == pytest.approx(np.hypot(3 * 0.1, 0.05) / 2)
+    metrics = {"llc_mean": 11.0, "llc_se": 0.1}
+    info = {"auto_step_extrapolated": 1, "llc_extrapolated": value, "llc_extrapolated_se": se}
+    out = apply_extrapolation(dict(metrics), info)
+    assert out["llc_mean"] == value and out["llc_se"] == se
+    assert out["llc_mean_at_step"] == 11.0 and out["llc_se_at_step"] == 0.1
+    assert apply_extrapolation(dict(metrics), {"auto_step_extrapolated": 0}) == metrics

@@ -10,6 +10,7 @@ import numpy as np
 
 from llc import registry
 from llc.analysis import flags
+from llc.analysis.health import apply_extrapolation
 from llc.store.artifacts import llc_draws, nc_attrs, running_llc, sampler_info  # noqa: F401  (re-exported)
 
 
@@ -223,7 +224,8 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
     theta = post["theta_proj"].values if "theta_proj" in post else None
     L0, nbeta = float(attrs["L0"]), float(attrs["nbeta"])
     spec = registry.SAMPLERS.get(str(attrs.get("sampler")))
-    m = llc_metrics(Ln, L0, nbeta, theta, independent=bool(spec and spec.independent_draws))
+    info = sampler_info(idata)
+    m = apply_extrapolation(llc_metrics(Ln, L0, nbeta, theta, independent=bool(spec and spec.independent_draws)), info)
     m["sampler"] = attrs.get("sampler")
     work = {k[len("work_"):]: float(v) for k, v in attrs.items() if k.startswith("work_")}
     m.update(work)
@@ -251,7 +253,7 @@ def sampler_metrics(idata: az.InferenceData, target_se: float = 1.0) -> dict[str
             vals = vals[np.isfinite(vals)]
             means[name] = float(vals.mean()) if vals.size else None
     m["stats_mean"] = means
-    m["info"] = sampler_info(idata)
+    m["info"] = info
     kept = [i for i, v in enumerate(m["llc_per_chain"]) if v is not None]
     m["flags"] = flags.sampler_flags(llc_draws(Ln[kept], L0, nbeta), m, attrs, m["info"], m["sampler"],
                                      None if theta is None else theta[kept])

@@ -73,3 +73,30 @@ def step_choice(rows: Sequence[dict[str, Any]], order: Sequence[int], step: str)
     top = rows[plateau[-1]][step]
     below = [i for i in plateau if rows[i][step] * BACKOFF <= top * (1 + 1e-9)]
     return (below[-1] if below else plateau[0]), plateau, good
+
+
+def extrapolate_to_zero_step(low: dict[str, Any], high: dict[str, Any], step: str = "step_size") -> tuple[float, float]:
+    """lambda-hat at step -> 0 from two grid points (Richardson): SGLD's bias, from its Euler-Maruyama law
+    and its minibatch noise alike, grows linearly in the step to first order, so
+    lambda(0) = (r*lambda(eps) - lambda(r*eps)) / (r - 1). The SE treats the two estimates as independent;
+    the grid's points share their chains' random streams, so their errors correlate positively and
+    this overstates it."""
+    r = high[step] / low[step]
+    value = (r * low["llc_mean"] - high["llc_mean"]) / (r - 1.0)
+    se = math.hypot(r * low["llc_se"], high["llc_se"]) / (r - 1.0)
+    return float(value), float(se)
+
+
+def apply_extrapolation(metrics: dict[str, Any], info: dict[str, Any] | None) -> dict[str, Any]:
+    """Where step_size=auto extrapolated lambda-hat to a zero step (its info says so), that value and its
+    SE become ``llc_mean`` / ``llc_se``; the chosen step's own stay as ``llc_mean_at_step`` / ``llc_se_at_step``.
+    Called wherever metrics are computed (in memory and from a saved NetCDF), so both agree."""
+    info = info or {}
+    value, se = info.get("llc_extrapolated"), info.get("llc_extrapolated_se")
+    if not info.get("auto_step_extrapolated") or value is None or se is None or metrics.get("llc_mean") is None:
+        return metrics
+    if not (math.isfinite(float(value)) and math.isfinite(float(se))):
+        return metrics
+    metrics["llc_mean_at_step"], metrics["llc_se_at_step"] = metrics["llc_mean"], metrics["llc_se"]
+    metrics["llc_mean"], metrics["llc_se"] = float(value), float(se)
+    return metrics

@@ -288,7 +288,7 @@ def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: flo
     and ``auto_step_chosen_healthy`` is 0, which llc.analysis.flags reports."""
     import math
 
-    from llc.analysis.health import AGREE_SE, BACKOFF, RHAT_MAX, step_choice
+    from llc.analysis.health import AGREE_SE, BACKOFF, RHAT_MAX, extrapolate_to_zero_step, step_choice
     from llc.engine.autostep import FACTORS
 
     rows = []
@@ -299,6 +299,7 @@ def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: flo
     order = list(range(len(rows)))
     chosen, plateau, good = step_choice(rows, order, "step_size")
     name = outs[0].name
+    extrapolated = None
 
     def lam_hat(r):
         return "nan" if r["llc_mean"] is None else f"{r['llc_mean']:.4g} ± {r['llc_se']:.2g}"
@@ -316,9 +317,14 @@ def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: flo
                     "of that top is used")
         else:
             nxt = [i for i in good if i > chosen]
-            why += ("the smallest healthy step" + (" (smaller ones did not mix in these draws)" if chosen > 0 else "")
-                    + (f"; the next healthy one disagrees ({lam_hat(rows[nxt[0]])})" if nxt else
-                       "; no larger one is healthy") + ", so its bias is not checked against another step")
+            why += "the smallest healthy step" + (" (smaller ones did not mix in these draws)" if chosen > 0 else "")
+            if nxt:
+                extrapolated = extrapolate_to_zero_step(c, rows[nxt[0]])
+                why += (f"; the next healthy one disagrees ({lam_hat(rows[nxt[0]])}), so the step's bias shows: "
+                        f"lambda-hat is extrapolated linearly to a zero step from the two (Richardson), "
+                        f"{extrapolated[0]:.4g} ± {extrapolated[1]:.2g}")
+            else:
+                why += "; no larger one is healthy, so its bias is not checked against another step"
         why += f"; {grid_text}"
     else:
         usable = [i for i in order if not rows[i]["diverged"] and rows[i]["rhat"] is not None
@@ -345,7 +351,10 @@ def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: flo
     info = {**out.info, "step_size": float(steps[chosen]), "step_size_rule": why, "auto_step_stiffness": float(lam),
             "auto_step_chosen_healthy": int(chosen in good), "auto_step_grid": [float(v) for v in steps],
             "auto_step_llc": column("llc_mean"), "auto_step_se": column("llc_se"), "auto_step_rhat": column("rhat"),
-            "auto_step_mala": column("mala_acceptance"), "auto_step_healthy": [int(i in good) for i in order]}
+            "auto_step_mala": column("mala_acceptance"), "auto_step_healthy": [int(i in good) for i in order],
+            "auto_step_extrapolated": int(extrapolated is not None)}
+    if extrapolated is not None:
+        info["llc_extrapolated"], info["llc_extrapolated_se"] = extrapolated
     return out._replace(work=work, info=info)
 
 
@@ -362,8 +371,11 @@ def evaluate(out: Any, post: Any, *, analytic: dict[str, Any] | None = None, kin
     from llc.analysis.diagnostics import llc_draws, llc_metrics
     from llc.analysis.flags import sampler_flags
 
+    from llc.analysis.health import apply_extrapolation
+
     independent = registry.sampler(out.name).independent_draws
-    metrics = llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj, independent=independent)
+    metrics = apply_extrapolation(llc_metrics(out.Ln, post.L0, post.nbeta, out.theta_proj, independent=independent),
+                                  out.info)
     kept = [i for i, v in enumerate(metrics["llc_per_chain"]) if v is not None]
     attrs = {"dim": post.dim, "nbeta": post.nbeta, "gamma": post.gamma, "target_kind": kind,
              **({f"analytic_{k}" if k != "value" else "analytic_llc": v for k, v in analytic.items()} if analytic else {})}
