@@ -286,6 +286,11 @@ class PosteriorConfig:
     # Weight restriction (llc.engine.restrict): the coordinates that move, the others held at w*;
     # empty: all. A runtime value: restrictions of one model share the compiled programs.
     restrict: tuple[str, ...] = _f((), runtime=True)
+    # Data refinement: the examples the posterior's loss (so lambda-hat) is on; n is their number.
+    # train (default), test or all (held-out data: modular targets), then optionally a filter over
+    # a modular target's examples in a, b and y (e.g. "a <= b"; llc.engine.targets.posterior_data).
+    data: str = _f("train", choices=("train", "test", "all"))
+    data_filter: str | None = _f(None)
 
 
 class SamplerKind:
@@ -740,6 +745,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"samplers: duplicated entry in {','.join(cfg.samplers)}")
     active_target(cfg).check(cfg)
     check_restrict_syntax(cfg.posterior.restrict)
+    if cfg.posterior.data_filter is not None:
+        parse_data_filter(cfg.posterior.data_filter)
+    if (cfg.posterior.data != "train" or cfg.posterior.data_filter is not None) and cfg.target.kind != "modular":
+        which = "data_filter" if cfg.posterior.data == "train" else "data"
+        raise ConfigError(f"posterior.{which}: data refinement needs a target with held-out data and named examples "
+                          f"(modular); target.kind is {cfg.target.kind}")
     tr = cfg.training
     if tr.weight_decay and tr.optimizer != "adamw":
         raise ConfigError(f"training.weight_decay: only training.optimizer=adamw uses it (optimizer is "
@@ -800,6 +811,34 @@ def check_restrict_syntax(patterns: tuple[str, ...]) -> None:
             parse_restrict_index(found["index"], pattern)
         elif "@" in pattern and RESTRICT_HEAD.match(pattern) is None:
             raise ConfigError(f"{RESTRICT_FIELD}: cannot read {pattern!r}; a head is MODULE@headN, e.g. attn@head0")
+
+
+DATA_FILTER_NAMES = ("a", "b", "y")
+
+
+def parse_data_filter(text: str):
+    """``posterior.data_filter`` as a checked expression (Python syntax): the names a, b, y, integers,
+    arithmetic (+ - * // %), comparisons and & | ~ with parentheses; nothing else is evaluated."""
+    import ast
+
+    field_name = "posterior.data_filter"
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise ConfigError(f"{field_name}: cannot read {text!r}; write e.g. a <= b or (a + b) % 2 == 0") from None
+    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.Name, ast.Constant, ast.Load, ast.Add,
+               ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod, ast.BitAnd, ast.BitOr, ast.Invert, ast.USub, ast.Lt, ast.LtE,
+               ast.Gt, ast.GtE, ast.Eq, ast.NotEq)
+    for node in ast.walk(tree):
+        if not isinstance(node, allowed):
+            raise ConfigError(f"{field_name}: {text!r} uses {type(node).__name__}; allowed: the names "
+                              f"{', '.join(DATA_FILTER_NAMES)}, integers, + - * // %, comparisons, & | ~")
+        if isinstance(node, ast.Name) and node.id not in DATA_FILTER_NAMES:
+            raise ConfigError(f"{field_name}: unknown name {node.id!r} in {text!r}; the names are "
+                              f"{', '.join(DATA_FILTER_NAMES)} (the operands and the label)")
+        if isinstance(node, ast.Constant) and (isinstance(node.value, bool) or not isinstance(node.value, int)):
+            raise ConfigError(f"{field_name}: {text!r}: only integer constants, got {node.value!r}")
+    return compile(tree, "<posterior.data_filter>", "eval")
 
 
 # --------------------------------------------------------------------------- overrides

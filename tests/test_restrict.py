@@ -218,3 +218,60 @@ def test_cli_trajectory_per_layer_gives_one_curve_per_layer(tmp_path):
     assert len(summary["rows"]) == 2 * len(steps)
     for r in summary["rows"]:
         assert r["llc_mean"] is not None and math.isfinite(r["llc_mean"])
+
+
+# --------------------------------------------------------------------------- data refinement
+
+TINY_GROK = ["training.steps=200", "sgld.draws=60", "sgld.burnin=10", "sgld.chains=2", "sgld.eval_every=4"]
+
+
+def test_data_refinement_selects_splits_and_filters(tmp_path):
+    from llc.engine.targets import get_target, posterior_data
+    from llc.engine.targets.modular import dataset, split
+
+    cfg = build_config("grok-tiny", TINY_GROK)
+    target = get_target(cfg, tmp_path)
+    p = cfg.target.modular
+    x_all, y_all = dataset(p.p, p.op, p.model)
+    train, test = split(p.p, p.train_frac, p.split_seed)
+    for data, rows in (("train", train), ("test", test), ("all", np.concatenate([train, test]))):
+        x, y = posterior_data(target, build_config("grok-tiny", [*TINY_GROK, f"posterior.data={data}"]))
+        np.testing.assert_array_equal(x, x_all[rows])
+        np.testing.assert_array_equal(y, y_all[rows])
+    x, y = posterior_data(target, build_config("grok-tiny", [*TINY_GROK, "posterior.data=test",
+                                                             "posterior.data_filter=(a <= b) & (y % 2 == 0)"]))
+    keep = (x_all[test, 0] <= x_all[test, 1]) & (y_all[test] % 2 == 0)
+    np.testing.assert_array_equal(x, x_all[test][keep])
+    with pytest.raises(ConfigError, match="keeps 0 of"):
+        posterior_data(target, build_config("grok-tiny", [*TINY_GROK, "posterior.data_filter=a > 1000"]))
+
+
+def test_data_refined_run_is_on_its_own_data_and_combines_with_restriction(tmp_path):
+    result = runner.invoke(app, ["run", "--preset", "grok-tiny", *[a for s in TINY_GROK for a in ("--set", s)],
+                                 "--set", "posterior.data=test", "--set", "posterior.data_filter=a <= b",
+                                 "--restrict", "out", "--artifacts", str(tmp_path), "--json", "--figures", "none"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    post = record["posterior"]
+    p, frac = 41, 0.5
+    n_test = p * p - round(frac * p * p)
+    assert post["data"] == "test" and post["data_filter"] == "a <= b" and post["restrict"] == ["out"]
+    assert 0.4 * n_test < post["n"] < 0.6 * n_test  # about half the test pairs have a <= b
+    assert post["dim"] == 128 * 41 + 41
+    from llc.store.artifacts import load_netcdf, nc_attrs
+
+    attrs = nc_attrs(load_netcdf(f"{record['artifacts']}/sgld.nc"))
+    assert attrs["posterior_data"] == "test" and attrs["posterior_data_filter"] == "a <= b"
+    assert attrs["dim"] == 128 * 41 + 41 and attrs["restrict"] == "out"
+
+
+@pytest.mark.parametrize("override, says", [("posterior.data_filter=open('x')", "uses Call"),
+                                            ("posterior.data_filter=c < 1", "unknown name 'c'"),
+                                            ("posterior.data=test", "needs a target with held-out data")])
+def test_bad_data_refinement_is_one_line_before_work(tmp_path, override, says):
+    preset = "quick" if override == "posterior.data=test" else "grok-tiny"
+    result = runner.invoke(app, ["run", "--preset", preset, "--set", override, "--artifacts", str(tmp_path)])
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())

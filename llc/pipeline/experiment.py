@@ -147,7 +147,7 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
              progress: Callable[[str, int, int, str], None] | None, log: Callable[[str], None]) -> None:
     sampling.prepare()
     from llc.engine.posterior import make_posterior
-    from llc.engine.targets import get_target, target_id, untrained
+    from llc.engine.targets import get_target, posterior_data, target_id, untrained
     from llc.pipeline.resources import backend_line, batch_cap, check_memory
 
     # One job per (run, sampler), runs in order: batches come out sampler by sampler, as run alone.
@@ -177,8 +177,11 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
         log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): "
             f"kind={target.kind} n={target.n} d={target.d} L0={target.L0:.6g}")
         _require_finite(target, first)
-        posts = {i: make_posterior(target.loss_fn, target.params, target.x, target.y, cfgs[i].posterior,
-                                   L0=target.L0) for i in todo}
+        posts = {}
+        for i in todo:  # data refinement: L0 on the posterior's own data
+            x, y = posterior_data(target, cfgs[i])
+            posts[i] = make_posterior(target.loss_fn, target.params, x, y, cfgs[i].posterior,
+                                      L0=target.L0 if x is target.x else None)
         report = (lambda index, batch, done, total, phase: progress(batch.sampler, done, total, phase)) \
             if progress else None
         outs = sampling.sample(batches, jobs, [posts[i] for i, _ in runs], progress=report)
@@ -224,7 +227,10 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
     run_dir = root / rid
     analytic = analytic_llc(cfg, post.n, post.beta, post.gamma)
 
-    restricted = {"restrict": ", ".join(cfg.posterior.restrict), "n_params": post.size} if cfg.posterior.restrict else {}
+    pc = cfg.posterior
+    restricted = {"restrict": ", ".join(pc.restrict), "n_params": post.size} if pc.restrict else {}
+    if pc.data != "train" or pc.data_filter is not None:  # data refinement: what the loss is on
+        restricted.update(posterior_data=pc.data, posterior_data_filter=pc.data_filter or "")
     attrs_common = {"n": post.n, "beta": post.beta, "gamma": post.gamma, "dim": post.dim, **restricted,
                     "target_id": target.id, "target_kind": target.kind, "run_id": rid,
                     "analytic_llc": analytic["value"] if analytic else None,
@@ -252,7 +258,9 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
         "target": {"id": target.id, "kind": target.kind, "n": target.n, "d": target.d, "L0": target.L0,
                    "cached": target.cached, "analytic_llc": analytic["value"] if analytic else None},
         "posterior": {"n": post.n, "beta": post.beta, "gamma": post.gamma, "nbeta": post.nbeta,
-                      **({"restrict": list(cfg.posterior.restrict), "dim": post.dim} if cfg.posterior.restrict else {})},
+                      **({"restrict": list(cfg.posterior.restrict), "dim": post.dim} if cfg.posterior.restrict else {}),
+                      **({"data": pc.data, "data_filter": pc.data_filter}
+                         if pc.data != "train" or pc.data_filter is not None else {})},
         "samplers": {name: summarize(m) for name, m in metrics.items()},
     }
     manifest = {

@@ -277,14 +277,15 @@ def run_trajectory(cfg: Any, root: Path | str, *, sampler: str | None = None, ma
 
     check_checkpoints(cfg)
     sampling.prepare()
-    from llc.engine.targets import get_target, load_checkpoints
+    from llc.engine.targets import get_target, load_checkpoints, posterior_data
 
     sampler = sampler or cfg.samplers[0]
     root = Path(root)
     target = get_target(cfg, root)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'trained'}): n={target.n} d={target.d}")
     ck = load_checkpoints(target)
-    data = Checkpointed(target.loss_fn, np.asarray(ck.steps), ck.params, target.x, target.y, dict(ck.metrics))
+    x, y = posterior_data(target, cfg)  # data refinement (posterior.data, data_filter)
+    data = Checkpointed(target.loss_fn, np.asarray(ck.steps), ck.params, x, y, dict(ck.metrics))
     out_dir = root / TRAJ_DIR / trajectory_id(cfg, sampler)
     summary = compute(data, out_dir, sampler=sampler, sampler_cfg=getattr(cfg, sampler), posterior_cfg=cfg.posterior,
                       seed=cfg.seed, proj_dim=cfg.theta_proj_dim, max_batch=max_batch, progress=progress, log=log,
