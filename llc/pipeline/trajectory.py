@@ -10,7 +10,9 @@ target artifact).
 
 Per checkpoint: lambda-hat ± SE, R-hat, ESS, failure flags, and curvature at w*: full-batch
 gradient norm, Hessian trace (Hutchinson, with its SE), empirical Fisher trace, weight norm; plus
-the train/test loss and accuracy logged during training when known.
+the train/test loss and accuracy logged during training when known; for modular targets also what
+training recorded with them (``llc.engine.targets.probes``: input-space sensitivity, representation
+and per-layer weight norms, Adam's dynamics).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ from llc.store.layout import TRAJ_DIR
 CSV_COLUMNS = ("step", "llc_mean", "llc_se", "rhat", "ess", "step_size", "train_loss", "test_loss", "train_acc",
                "test_acc", "grad_norm", "hessian_trace", "hessian_trace_se", "fisher_trace", "weight_norm", "L0", "flags",
                "step_size_rule")
+# Recorded in training where the target kind has probes (modular: llc.engine.targets.probes), with
+# one wnorm_<layer> column per layer; written only when some checkpoint has them.
+PROBE_COLUMNS = ("spectral_smoothness", "jacobian_norm", "jacobian_norm_se", "input_hessian_trace",
+                 "input_hessian_trace_se", "representation_norm", "effective_lr_mean", "effective_lr_max",
+                 "adam_ratio_mean", "adam_ratio_max", "update_decay_ratio")
+LAYER_NORM_PREFIX = "wnorm_"
 TEXT_COLUMNS = ("flags", "step_size_rule")  # strings in trajectory.nc; every other column but step is a float
 HUTCHINSON_PROBES = 64
 
@@ -163,6 +171,13 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
                      computed=len(todo), target=target or {})
 
 
+def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """CSV_COLUMNS, then the probe and per-layer columns that some row has."""
+    present = {k for r in rows for k in r}
+    return (CSV_COLUMNS + tuple(c for c in PROBE_COLUMNS if c in present)
+            + tuple(sorted(k for k in present if k.startswith(LAYER_NORM_PREFIX))))
+
+
 def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, compile_s: float,
               computed: int, target: dict[str, Any]) -> dict[str, Any]:
     """trajectory.csv, trajectory.nc, trajectory.png and summary.json from the saved points."""
@@ -171,7 +186,8 @@ def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, c
 
     points = [_load_point(_point_file(out_dir, s)) for s in steps]
     rows = [p["row"] for p in points]
-    table = pd.DataFrame([{c: (("; ".join(r["flags"])) if c == "flags" else r.get(c)) for c in CSV_COLUMNS}
+    columns = _columns(rows)
+    table = pd.DataFrame([{c: (("; ".join(r["flags"])) if c == "flags" else r.get(c)) for c in columns}
                           for r in rows])
     _atomic_write(out_dir / "trajectory.csv", lambda p: table.to_csv(p, index=False))
     ds = xr.Dataset(
@@ -180,7 +196,7 @@ def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, c
                  np.stack([r["nbeta"] * (p["Ln"] - r["L0"]) for p, r in zip(points, rows)])),
          "theta_proj": (("step", "chain", "draw", "proj"), np.stack([p["theta"] for p in points])),
          **{c: (("step",), np.asarray([np.nan if r.get(c) is None else r[c] for r in rows], np.float64))
-            for c in CSV_COLUMNS if c != "step" and c not in TEXT_COLUMNS},
+            for c in columns if c != "step" and c not in TEXT_COLUMNS},
          "flags": (("step",), np.asarray(["; ".join(r["flags"]) for r in rows], dtype=str)),
          "step_size_rule": (("step",), np.asarray([r.get("step_size_rule") or "" for r in rows], dtype=str))},
         coords={"step": np.asarray(steps, np.int64)}, attrs={"sampler": sampler})

@@ -10,6 +10,8 @@ class in ``llc.config`` (its ``[target.<kind>]`` section, which also says which 
                                         object for the same model structure (compiled programs
                                         are cached by it)
     metrics(cfg) -> metrics_fn          optional: (params, x, y) -> {"loss", "acc"?}, logged in training
+    probes(cfg) -> (probe_fn, data)     optional: probe_fn(params, data, key) -> {name: scalar}, recorded
+                                        with the metrics (``training.train``'s ``probes``)
     analytic_llc(cfg, n, beta, gamma)   optional: base.Analytic(value, formula, regime)
 
 Kinds whose config reads ``[training]`` are trained from ``build``'s parameters (``training.train``);
@@ -95,6 +97,15 @@ def metrics_fn_for(cfg: RunConfig) -> Callable | None:
     return make(cfg) if make else None
 
 
+def probes_for(cfg: RunConfig) -> tuple[Callable, Any] | None:
+    """The kind's (probe_fn, probe_data) recorded during training (``training.train``), or None."""
+    make = getattr(target_module(cfg.target.kind), "probes", None)
+    if make is None:
+        return None
+    fn, data = make(cfg)
+    return fn, cast_floats(data, cfg.target.dtype)
+
+
 def analytic_llc(cfg: RunConfig, n: int, beta: float, gamma: float) -> dict[str, Any] | None:
     """{"value", "formula", "regime"} where the kind knows its learning coefficient, else None."""
     fn = getattr(target_module(cfg.target.kind), "analytic_llc", None)
@@ -141,8 +152,9 @@ def build_target(cfg: RunConfig, progress: Callable[[int, int], None] | None = N
     t0 = time.perf_counter()
     trained = None
     if trains(cfg):
+        probes = probes_for(cfg)  # the kinds with probes (modular) also record Adam's dynamics
         trained = train(loss_fn, params, x, y, cfg.training, seed=cfg.target.seed, metrics_fn=metrics_fn_for(cfg),
-                        test=test, progress=progress)
+                        test=test, progress=progress, probes=probes, adam_dynamics=probes is not None)
         params = trained.params
     L0, grad_norm = full_loss_and_grad_norm(loss_fn, params, x, y)
     bad = [name for name, ok in (("L0", np.isfinite(L0)), ("w*", _all_finite(params))) if not ok]

@@ -35,6 +35,11 @@ _ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "identity": 
 _OPS = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}
 
 
+def input_codes(p: int, pairs: jax.Array) -> jax.Array:
+    """The concatenated one-hot codes of (a, b): what the MLP's first layer reads."""
+    return jax.nn.one_hot(pairs, p, dtype=jnp.float32).reshape(*pairs.shape[:-1], 2 * p)
+
+
 class OneHotMLP(nn.Module):
     """Logits of (a op b) mod p from the one-hot codes of (a, b)."""
 
@@ -44,11 +49,14 @@ class OneHotMLP(nn.Module):
     activation: str
 
     @nn.compact
-    def __call__(self, pairs: jax.Array) -> jax.Array:
-        h = jax.nn.one_hot(pairs, self.p, dtype=jnp.float32).reshape(*pairs.shape[:-1], 2 * self.p)
+    def __call__(self, pairs: jax.Array, inputs: jax.Array | None = None, with_repr: bool = False):
+        """``inputs``: continuous (..., 2p) in place of the one-hot codes (for input-space derivatives);
+        ``with_repr``: also return the hidden state the output layer reads."""
+        h = input_codes(self.p, pairs) if inputs is None else inputs
         for i in range(self.depth):
             h = _ACTIVATIONS[self.activation](nn.Dense(self.width, name=f"hidden_{i}")(h))
-        return nn.Dense(self.p, name="out")(h)
+        logits = nn.Dense(self.p, name="out")(h)
+        return (logits, h) if with_repr else logits
 
 
 class Transformer(nn.Module):
@@ -62,17 +70,21 @@ class Transformer(nn.Module):
     layer_norm: bool
 
     @nn.compact
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, inputs: jax.Array | None = None, with_repr: bool = False):
+        """``inputs``: token embeddings (..., 4, d_model) in place of the embedding lookup (for
+        input-space derivatives); ``with_repr``: also return the last position's final residual."""
         init = nn.initializers.normal(1.0 / math.sqrt(self.d_model))
         norm = (lambda name: nn.LayerNorm(name=name)) if self.layer_norm else (lambda name: lambda h: h)
-        h = nn.Embed(self.p + 2, self.d_model, embedding_init=init, name="embed")(tokens)
+        h = nn.Embed(self.p + 2, self.d_model, embedding_init=init, name="embed")(tokens) if inputs is None else inputs
         h = h + self.param("pos_embed", init, (tokens.shape[-1], self.d_model)).astype(h.dtype)
         attn = nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.d_model,
                                                out_features=self.d_model, kernel_init=init, name="attn")
         h = h + attn(norm("ln_attn")(h), mask=nn.make_causal_mask(tokens))
         m = nn.Dense(self.d_mlp, kernel_init=init, name="mlp_in")(norm("ln_mlp")(h))
         h = h + nn.Dense(self.d_model, kernel_init=init, name="mlp_out")(_ACTIVATIONS[self.activation](m))
-        return nn.Dense(self.p, use_bias=False, kernel_init=init, name="unembed")(norm("ln_final")(h)[..., -1, :])
+        rep = norm("ln_final")(h)[..., -1, :]
+        logits = nn.Dense(self.p, use_bias=False, kernel_init=init, name="unembed")(rep)
+        return (logits, rep) if with_repr else logits
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,3 +149,58 @@ def loss(cfg: RunConfig):
 
 def metrics(cfg: RunConfig):
     return make_metrics(apply_fn(cfg), cfg.target.modular.loss, True)
+
+
+# At most this many inputs (a fixed random subset of the p^2) enter the Jacobian and Hessian probes:
+# their cost grows with inputs x probes, and the mean over a subset is an unbiased estimate whose
+# SE the probes report. Spectral smoothness and the representation norm use every input.
+PROBE_INPUTS = 512
+PROBES_PER_INPUT = 2
+
+
+def continuous_inputs(model: str, p: int, params, x: jax.Array) -> jax.Array:
+    """The continuous input u that the network's first layer reads for integer inputs ``x``: the
+    one-hot codes (n, 2p) for the MLP, the token embeddings (n, 4, d_model) for the transformer."""
+    if model == "mlp":
+        return input_codes(p, x).astype(jax.tree.leaves(params)[0].dtype)
+    return jnp.take(params["embed"]["embedding"], x, axis=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_fn(net: nn.Module, loss: str, p: int, model: str):
+    # One function object per network structure, as for the loss: compiled programs are shared.
+    from llc.engine.targets import probes as P
+    from llc.engine.targets.losses import LOSSES
+
+    def probe_fn(params, data, key):
+        v = {"params": params}
+        logits, rep = net.apply(v, data["x"], with_repr=True)
+        out = {"spectral_smoothness": P.spectral_smoothness(logits.reshape(p, p, -1)),
+               "representation_norm": jnp.mean(jnp.linalg.norm(rep, axis=-1))}
+        xs, ys = data["x"][data["sub"]], data["y"][data["sub"]]
+        us = continuous_inputs(model, p, params, xs)
+        f = lambda x1, u1: net.apply(v, x1[None], u1[None])[0]  # noqa: E731
+        g = lambda x1, u1, y1: LOSSES[loss](f(x1, u1)[None], y1[None])  # noqa: E731
+        kj, kh = jax.random.split(key)
+        jac_sq, jac_sq_se = P.jacobian_sq_norm(f, xs, us, kj, PROBES_PER_INPUT)
+        out["jacobian_norm"] = jnp.sqrt(jac_sq)
+        out["jacobian_norm_se"] = jac_sq_se / (2 * jnp.sqrt(jnp.maximum(jac_sq, 1e-30)))  # delta method
+        out["input_hessian_trace"], out["input_hessian_trace_se"] = P.input_hessian_trace(
+            g, xs, us, ys, kh, PROBES_PER_INPUT)
+        out.update(P.layer_weight_norms(params))
+        dtype = jax.tree.leaves(params)[0].dtype
+        return {k: jnp.asarray(val, dtype) for k, val in out.items()}
+
+    return probe_fn
+
+
+def probes(cfg: RunConfig):
+    """(probe_fn, probe_data): ``probe_fn(params, probe_data, key) -> {name: scalar}``, the
+    input-space metrics of ``llc.engine.targets.probes`` on this task's p^2 inputs (Jacobian and
+    Hessian on a fixed subset of at most PROBE_INPUTS), and the per-layer weight norms
+    (``wnorm_<layer>``). Training records them at checkpoints and log steps."""
+    m = cfg.target.modular
+    x, y = dataset(m.p, m.op, m.model)
+    n = min(PROBE_INPUTS, len(x))
+    sub = np.sort(np.random.default_rng([m.split_seed, 3]).choice(len(x), n, replace=False)).astype(np.int32)
+    return _probe_fn(network(cfg), m.loss, m.p, m.model), {"x": x, "y": y, "sub": sub}
