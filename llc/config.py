@@ -30,7 +30,8 @@ TARGET_KINDS = registry.TARGET_NAMES
 LOSSES = ("mse", "cross_entropy")
 OPTIMIZERS = ("adam", "sgd", "adamw")
 MODULAR_OPS = ("add", "subtract", "multiply")
-MODULAR_MODELS = ("transformer", "mlp")
+MODULAR_MODELS = ("transformer", "mlp", "routed")
+ROUTING_REGULARIZERS = ("none", "entropy", "sparsity", "gini")
 DTYPES = ("float32", "float64")
 FIGURE_MODES = ("auto", "none", "summary", "all")
 SAMPLERS = registry.SAMPLER_NAMES
@@ -207,6 +208,21 @@ class ModularMLPConfig:
 
 
 @dataclass(frozen=True)
+class RoutedConfig:
+    """MLP on the one-hot codes of (a, b) whose hidden layers route each input through ``heads``
+    parallel heads (dense layers of ``width`` units) mixed by a learned softmax gate; the regularizer
+    pushes the gate towards one head per input (in training only: the posterior's loss is the
+    task's alone, as weight decay is not in it either)."""
+
+    depth: int = _f(1, gt=0)  # routed hidden layers
+    width: int = _f(128, gt=0)  # units of each head
+    heads: int = _f(4, gt=1)
+    activation: str = _f("gelu", choices=ACTIVATIONS)
+    regularizer: str = _f("entropy", choices=ROUTING_REGULARIZERS)
+    lambda_routing: float = _f(0.01, ge=0.0)
+
+
+@dataclass(frozen=True)
 class TransformerConfig:
     """One-layer decoder-only transformer on [a, op, b, =]; defaults of Nanda et al. (2023)."""
 
@@ -232,6 +248,7 @@ class ModularTargetConfig(TargetKind):
     loss: str = _f("cross_entropy", choices=LOSSES)  # mse: against the one-hot label
     mlp: ModularMLPConfig = _sub(ModularMLPConfig)
     transformer: TransformerConfig = _sub(TransformerConfig)
+    routed: RoutedConfig = _sub(RoutedConfig)
 
     def unused(self) -> tuple[str, ...]:
         return tuple(m for m in MODULAR_MODELS if m != self.model)

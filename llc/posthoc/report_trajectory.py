@@ -48,6 +48,8 @@ INPUT_SPACE = (("jacobian_norm", "Jacobian norm ‖∂logits/∂u‖ (RMS; ± 2 
 ADAM = (("effective_lr_mean", "effective learning rate (mean)", "#2ca02c"),
         ("adam_ratio_mean", "|m|/(√v+ε) (mean)", "#d62728"),
         ("update_decay_ratio", "‖update‖ / ‖weight decay‖", "#8c564b"))
+ROUTING = (("routing_entropy", "routing entropy (mean over inputs)", "#9467bd"),
+           ("head_utilisation", "head utilisation (effective heads / heads)", "#17becf"))
 TRAINING = (("train_acc", "train accuracy", "#2ca02c", "solid"), ("test_acc", "test accuracy", "#d62728", "solid"),
             ("train_loss", "train loss", "#2ca02c", "dash"), ("test_loss", "test loss", "#d62728", "dash"))
 
@@ -551,7 +553,10 @@ def trajectory_page(path: Path, page_dir: Path | None = None, value_budget: int 
              "of the output over (a, b)."),
             (ADAM, "Adam's dynamics at each checkpoint", "adam",
              "From the optimizer's bias-corrected moments m, v after the step: lr/(√v+ε) and |m|/(√v+ε) averaged "
-             "over every coordinate; Adam's step against the weight decay's over the decayed weights.")):
+             "over every coordinate; Adam's step against the weight decay's over the decayed weights."),
+            (ROUTING, "Routing at each checkpoint", "routing",
+             "Routed networks: the entropy of each input's gate weights (0: one head), and exp(entropy of the "
+             "mean gate) / heads, the share of heads in use across inputs.")):
         fig = None if compact else curvature_figure(members, names, spec=spec)
         if fig is not None:
             page.sections.append(section(title, plot_html(fig, anchor, "plot curvature-plot"), anchor=anchor,

@@ -28,6 +28,8 @@ PROBE_PANELS = (
               ("adam_ratio_mean", "#d62728", "|m|/(√v+ε), mean"),
               ("adam_ratio_max", "#ff9896", "|m|/(√v+ε), max"),
               ("update_decay_ratio", "#8c564b", "‖update‖/‖decay‖")), ()),
+    ("routing", (("routing_entropy", "#9467bd", "routing entropy (mean over inputs)"),),
+     (("head_utilisation", "#17becf", "head utilisation (right)"),)),
 )
 
 

@@ -6,6 +6,8 @@ the target. Inputs stay integer end to end:
 
 - ``model = "mlp"``: x is (n, 2) = (a, b); the network sees the concatenated one-hot codes
   (2p inputs), then ``depth`` hidden layers (GELU by default) and p logits.
+- ``model = "routed"``: as ``mlp``, each hidden layer a softmax-gated mixture of ``heads`` parallel
+  dense heads (``RoutedMLP``), trained with a routing regularizer (``train_loss``).
 - ``model = "transformer"``: x is (n, 4) = tokens [a, op, b, =] (vocabulary p + 2: residues, then
   the op token p and the "=" token p + 1); one decoder-only block (causal multi-head attention
   and an MLP, residual stream d_model, learned positional embeddings, LayerNorm optional),
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llc.config import ModularMLPConfig, RunConfig, TransformerConfig, modular_train_size
+from llc.config import ModularMLPConfig, RoutedConfig, RunConfig, TransformerConfig, modular_train_size
 from llc.engine.targets.base import Built
 from llc.engine.targets.losses import make_loss, make_metrics
 
@@ -59,6 +61,47 @@ class OneHotMLP(nn.Module):
         return (logits, h) if with_repr else logits
 
 
+def routing_penalty(name: str, weights: jax.Array) -> jax.Array:
+    """Mean over inputs (and routed layers) of a penalty on the gate's weights r (last axis, sums to
+    1), 0 when r picks one head and largest when r is uniform: ``entropy`` -sum r log r, ``sparsity``
+    sum sqrt(r) - 1 (an L1/2 quasi-norm), ``gini`` the Gini impurity 1 - sum r^2."""
+    if name == "entropy":
+        return jnp.mean(-jnp.sum(weights * jnp.log(jnp.clip(weights, 1e-30)), axis=-1))
+    if name == "sparsity":
+        return jnp.mean(jnp.sum(jnp.sqrt(weights + 1e-12), axis=-1) - 1.0)
+    if name == "gini":
+        return jnp.mean(1.0 - jnp.sum(weights ** 2, axis=-1))
+    return jnp.zeros((), weights.dtype)
+
+
+class RoutedMLP(nn.Module):
+    """OneHotMLP whose hidden layers route each input through ``heads`` parallel heads: every head
+    is a dense layer of ``width`` units (all heads of a layer in one kernel, ``hidden_<i>``), and
+    the layer's output is their mixture sum_k r_k(h) head_k(h), weighted per input by a softmax
+    gate r computed from the layer's input (``gate_<i>``). One head picked: a plain MLP layer."""
+
+    p: int
+    depth: int
+    width: int
+    heads: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, pairs: jax.Array, inputs: jax.Array | None = None, with_repr: bool = False,
+                 with_routing: bool = False):
+        """As OneHotMLP's; ``with_routing``: also return the gate weights (depth, ..., heads)."""
+        h = input_codes(self.p, pairs) if inputs is None else inputs
+        routes = []
+        for i in range(self.depth):
+            r = jax.nn.softmax(nn.Dense(self.heads, name=f"gate_{i}")(h), axis=-1)
+            u = _ACTIVATIONS[self.activation](nn.Dense(self.heads * self.width, name=f"hidden_{i}")(h))
+            h = jnp.einsum("...kw,...k->...w", u.reshape(*u.shape[:-1], self.heads, self.width), r)
+            routes.append(r)
+        logits = nn.Dense(self.p, name="out")(h)
+        extra = ((h,) if with_repr else ()) + ((jnp.stack(routes),) if with_routing else ())
+        return (logits, *extra) if extra else logits
+
+
 class Transformer(nn.Module):
     """One-layer decoder-only transformer; logits of the answer from the last position."""
 
@@ -88,9 +131,11 @@ class Transformer(nn.Module):
 
 
 @functools.lru_cache(maxsize=None)
-def _network(p: int, model: str, section: ModularMLPConfig | TransformerConfig) -> nn.Module:
+def _network(p: int, model: str, section: ModularMLPConfig | TransformerConfig | RoutedConfig) -> nn.Module:
     if model == "mlp":
         return OneHotMLP(p, section.depth, section.width, section.activation)
+    if model == "routed":
+        return RoutedMLP(p, section.depth, section.width, section.heads, section.activation)
     return Transformer(p, section.d_model, section.heads, section.d_mlp, section.activation, section.layer_norm)
 
 
@@ -114,7 +159,7 @@ def dataset(p: int, op: str, model: str) -> tuple[np.ndarray, np.ndarray]:
     """All p^2 examples in the order a * p + b: inputs (int32) and labels (a op b) mod p (int32)."""
     a, b = np.divmod(np.arange(p * p), p)
     labels = np.mod(_OPS[op](a, b), p).astype(np.int32)
-    if model == "mlp":
+    if model != "transformer":  # the MLPs read the pair
         return np.stack([a, b], axis=1).astype(np.int32), labels
     return np.stack([a, np.full_like(a, p), b, np.full_like(a, p + 1)], axis=1).astype(np.int32), labels
 
@@ -139,12 +184,31 @@ def build(cfg: RunConfig) -> Built:
 
 def template(cfg: RunConfig):
     m = cfg.target.modular
-    dummy = jnp.zeros((1, 2 if m.model == "mlp" else 4), jnp.int32)
+    dummy = jnp.zeros((1, 4 if m.model == "transformer" else 2), jnp.int32)
     return jax.eval_shape(lambda: network(cfg).init(jax.random.key(0), dummy)["params"])
 
 
 def loss(cfg: RunConfig):
     return make_loss(apply_fn(cfg), cfg.target.modular.loss)
+
+
+@functools.lru_cache(maxsize=None)
+def _routed_objective(net: nn.Module, loss_name: str, regularizer: str, weight: float):
+    from llc.engine.targets.losses import LOSSES
+
+    def objective(params, x, y):
+        logits, routes = net.apply({"params": params}, x, with_routing=True)
+        return LOSSES[loss_name](logits, y) + weight * routing_penalty(regularizer, routes)
+
+    return objective
+
+
+def train_loss(cfg: RunConfig):
+    """What training minimises: the loss, plus the routing regularizer of a routed network."""
+    m = cfg.target.modular
+    if m.model != "routed" or m.routed.regularizer == "none" or m.routed.lambda_routing == 0:
+        return loss(cfg)
+    return _routed_objective(network(cfg), m.loss, m.routed.regularizer, m.routed.lambda_routing)
 
 
 def metrics(cfg: RunConfig):
@@ -161,7 +225,7 @@ PROBES_PER_INPUT = 2
 def continuous_inputs(model: str, p: int, params, x: jax.Array) -> jax.Array:
     """The continuous input u that the network's first layer reads for integer inputs ``x``: the
     one-hot codes (n, 2p) for the MLP, the token embeddings (n, 4, d_model) for the transformer."""
-    if model == "mlp":
+    if model != "transformer":
         return input_codes(p, x).astype(jax.tree.leaves(params)[0].dtype)
     return jnp.take(params["embed"]["embedding"], x, axis=0)
 
@@ -188,6 +252,13 @@ def _probe_fn(net: nn.Module, loss: str, p: int, model: str):
         out["input_hessian_trace"], out["input_hessian_trace_se"] = P.input_hessian_trace(
             g, xs, us, ys, kh, PROBES_PER_INPUT)
         out.update(P.layer_weight_norms(params))
+        if model == "routed":
+            r = net.apply(v, data["x"], with_routing=True)[1]  # (depth, p^2, heads)
+            out["routing_entropy"] = routing_penalty("entropy", r)
+            # effective number of heads in use (exp of the entropy of the mean routing), over heads
+            mean = r.mean(axis=1)
+            used = jnp.exp(-jnp.sum(mean * jnp.log(jnp.clip(mean, 1e-30)), axis=-1)) / r.shape[-1]
+            out["head_utilisation"] = used.mean()
         dtype = jax.tree.leaves(params)[0].dtype
         return {k: jnp.asarray(val, dtype) for k, val in out.items()}
 
