@@ -224,13 +224,16 @@ class RoutedConfig:
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """One-layer decoder-only transformer on [a, op, b, =]; defaults of Nanda et al. (2023)."""
+    """Decoder-only transformer on [a, op, b, =]; defaults of Nanda et al. (2023): one layer."""
 
+    # blocks (attention + MLP); the first keeps the one-layer model's parameter names. Added later,
+    # so left out of the hash at its default: targets of one-layer configs keep their ids.
+    n_layers: int = _f(1, gt=0, omit_default=True)
     d_model: int = _f(128, gt=0)
     heads: int = _f(4, gt=0)  # head dimension d_model / heads
     d_mlp: int = _f(512, gt=0)
     activation: str = _f("relu", choices=("relu", "gelu"))
-    layer_norm: bool = _f(False)  # pre-norm LayerNorms before attention, MLP and unembedding
+    layer_norm: bool = _f(False)  # pre-norm LayerNorms before every attention and MLP, and the unembedding
 
 
 @dataclass(frozen=True)
@@ -964,6 +967,19 @@ def batch_key(cfg: RunConfig) -> str:
 _UNUSED_TRAINING = {"sgd": ("beta1", "beta2", "weight_decay"), "adam": ("weight_decay",), "adamw": ()}
 
 
+def _omit_new_defaults(obj: Any, d: dict[str, Any]) -> None:
+    """Drop from ``d`` (``to_dict(obj)``) the fields marked ``omit_default`` that hold their default:
+    fields added after configs were hashed, which leave those hashes as they were."""
+    for f in dataclasses.fields(obj):
+        if f.name not in d:
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _omit_new_defaults(value, d[f.name])
+        elif f.metadata.get("omit_default") and value == f.default:
+            d.pop(f.name)
+
+
 def target_section(cfg: RunConfig) -> dict[str, Any]:
     """The fields that define the target (its data and trained w*): the selected kind's section and
     the shared sections it reads, nothing of the other kinds."""
@@ -972,6 +988,7 @@ def target_section(cfg: RunConfig) -> dict[str, Any]:
     own = to_dict(section)
     for name in section.unused():
         own.pop(name)
+    _omit_new_defaults(section, own)
     target = {"kind": kind, "dtype": cfg.target.dtype, kind: own}
     if section.SEEDED:
         target["seed"] = cfg.target.seed

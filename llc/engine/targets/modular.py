@@ -10,7 +10,8 @@ the target. Inputs stay integer end to end:
   dense heads (``RoutedMLP``), trained with a routing regularizer (``train_loss``).
 - ``model = "transformer"``: x is (n, 4) = tokens [a, op, b, =] (vocabulary p + 2: residues, then
   the op token p and the "=" token p + 1); one decoder-only block (causal multi-head attention
-  and an MLP, residual stream d_model, learned positional embeddings, LayerNorm optional),
+  and an MLP, residual stream d_model, learned positional embeddings, LayerNorm optional; more
+  blocks with ``n_layers``, pre-norm as in the seed project's GrokTransformer when layer_norm is on),
   logits from the last position. Defaults as in Nanda et al. (2023), "Progress measures for
   grokking via mechanistic interpretability": p = 113, d_model 128, 4 heads of 32, d_mlp 512,
   ReLU, no LayerNorm, weights initialised N(0, 1/d_model).
@@ -103,7 +104,9 @@ class RoutedMLP(nn.Module):
 
 
 class Transformer(nn.Module):
-    """One-layer decoder-only transformer; logits of the answer from the last position."""
+    """Decoder-only transformer of ``n_layers`` blocks; logits of the answer from the last position.
+    Block 0's parameters are named as the one-layer model's (attn, mlp_in, mlp_out, ln_attn,
+    ln_mlp), block l >= 1's with the suffix _l (attn_1, ...)."""
 
     p: int
     d_model: int
@@ -111,6 +114,7 @@ class Transformer(nn.Module):
     d_mlp: int
     activation: str
     layer_norm: bool
+    n_layers: int = 1
 
     @nn.compact
     def __call__(self, tokens: jax.Array, inputs: jax.Array | None = None, with_repr: bool = False):
@@ -120,11 +124,13 @@ class Transformer(nn.Module):
         norm = (lambda name: nn.LayerNorm(name=name)) if self.layer_norm else (lambda name: lambda h: h)
         h = nn.Embed(self.p + 2, self.d_model, embedding_init=init, name="embed")(tokens) if inputs is None else inputs
         h = h + self.param("pos_embed", init, (tokens.shape[-1], self.d_model)).astype(h.dtype)
-        attn = nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.d_model,
-                                               out_features=self.d_model, kernel_init=init, name="attn")
-        h = h + attn(norm("ln_attn")(h), mask=nn.make_causal_mask(tokens))
-        m = nn.Dense(self.d_mlp, kernel_init=init, name="mlp_in")(norm("ln_mlp")(h))
-        h = h + nn.Dense(self.d_model, kernel_init=init, name="mlp_out")(_ACTIVATIONS[self.activation](m))
+        for layer in range(self.n_layers):
+            sfx = f"_{layer}" if layer else ""
+            attn = nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.d_model,
+                                                   out_features=self.d_model, kernel_init=init, name="attn" + sfx)
+            h = h + attn(norm("ln_attn" + sfx)(h), mask=nn.make_causal_mask(tokens))
+            m = nn.Dense(self.d_mlp, kernel_init=init, name="mlp_in" + sfx)(norm("ln_mlp" + sfx)(h))
+            h = h + nn.Dense(self.d_model, kernel_init=init, name="mlp_out" + sfx)(_ACTIVATIONS[self.activation](m))
         rep = norm("ln_final")(h)[..., -1, :]
         logits = nn.Dense(self.p, use_bias=False, kernel_init=init, name="unembed")(rep)
         return (logits, rep) if with_repr else logits
@@ -136,7 +142,8 @@ def _network(p: int, model: str, section: ModularMLPConfig | TransformerConfig |
         return OneHotMLP(p, section.depth, section.width, section.activation)
     if model == "routed":
         return RoutedMLP(p, section.depth, section.width, section.heads, section.activation)
-    return Transformer(p, section.d_model, section.heads, section.d_mlp, section.activation, section.layer_norm)
+    return Transformer(p, section.d_model, section.heads, section.d_mlp, section.activation, section.layer_norm,
+                       section.n_layers)
 
 
 @functools.lru_cache(maxsize=None)
