@@ -40,7 +40,7 @@ PROBE_COLUMNS = ("spectral_smoothness", "jacobian_norm", "jacobian_norm_se", "in
                  "input_hessian_trace_se", "representation_norm", "effective_lr_mean", "effective_lr_max",
                  "adam_ratio_mean", "adam_ratio_max", "update_decay_ratio")
 ROUTING_COLUMNS = ("routing_entropy", "head_utilisation")  # routed networks only
-LAYER_NORM_PREFIX = "wnorm_"
+WNORM_PREFIX = "wnorm_"
 TEXT_COLUMNS = ("flags", "step_size_rule")  # strings in trajectory.nc; every other column but step is a float
 HUTCHINSON_PROBES = 64
 
@@ -176,7 +176,7 @@ def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
     """CSV_COLUMNS, then the probe and per-layer columns that some row has."""
     present = {k for r in rows for k in r}
     return (CSV_COLUMNS + tuple(c for c in PROBE_COLUMNS + ROUTING_COLUMNS if c in present)
-            + tuple(sorted(k for k in present if k.startswith(LAYER_NORM_PREFIX))))
+            + tuple(sorted(k for k in present if k.startswith(WNORM_PREFIX))))
 
 
 def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, compile_s: float,
