@@ -454,6 +454,9 @@ def trajectory(
     axis: Annotated[Optional[list[str]], typer.Option(
         help="Vary a training or target setting: dotted.field=v1,v2 (repeatable), e.g. training.weight_decay=0.3,1; "
              "one trajectory per combination, overlaid.")] = None,
+    extend: Annotated[int, typer.Option(
+        help="Train the finished target STEPS more steps (from its final parameters and optimizer state; a new "
+             "target that records its parent) and take the trajectory of that.", min=0)] = 0,
     write_html: ReportOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
     artifacts: Annotated[Path, typer.Option(help="Artifacts root directory.", envvar="LLC_ARTIFACTS")] = Path("artifacts"),
@@ -484,7 +487,7 @@ def trajectory(
     overlay = None
     try:
         with err.status("trajectory: training or loading the target") as status:
-            kwargs = dict(sampler=name, max_batch=max_batch, log=_log,
+            kwargs = dict(sampler=name, max_batch=max_batch, log=_log, extend=extend,
                           progress=lambda done, total, phase: status.update(f"trajectory: {phase}"))
             if axes:
                 overlay = run_trajectory_sweep(cfg, axes, artifacts, **kwargs)

@@ -31,7 +31,8 @@ TARGET_KINDS = registry.TARGET_NAMES
 LOSSES = ("mse", "cross_entropy")
 OPTIMIZERS = ("adam", "sgd", "adamw")
 MODULAR_OPS = ("add", "subtract", "multiply")
-MODULAR_MODELS = ("transformer", "mlp")
+MODULAR_MODELS = ("transformer", "mlp", "routed")
+ROUTING_REGULARIZERS = ("none", "entropy", "sparsity", "gini")
 DTYPES = ("float32", "float64")
 FIGURE_MODES = ("auto", "none", "summary", "all")
 SAMPLERS = registry.SAMPLER_NAMES
@@ -208,14 +209,32 @@ class ModularMLPConfig:
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
-    """One-layer decoder-only transformer on [a, op, b, =]; defaults of Nanda et al. (2023)."""
+class RoutedConfig:
+    """MLP on the one-hot codes of (a, b) whose hidden layers route each input through ``heads``
+    parallel heads (dense layers of ``width`` units) mixed by a learned softmax gate; the regularizer
+    pushes the gate towards one head per input (in training only: the posterior's loss is the
+    task's alone, as weight decay is not in it either)."""
 
+    depth: int = _f(1, gt=0)  # routed hidden layers
+    width: int = _f(128, gt=0)  # units of each head
+    heads: int = _f(4, gt=1)
+    activation: str = _f("gelu", choices=ACTIVATIONS)
+    regularizer: str = _f("entropy", choices=ROUTING_REGULARIZERS)
+    lambda_routing: float = _f(0.01, ge=0.0)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Decoder-only transformer on [a, op, b, =]; defaults of Nanda et al. (2023): one layer."""
+
+    # blocks (attention + MLP); the first keeps the one-layer model's parameter names. Added later,
+    # so left out of the hash at its default: targets of one-layer configs keep their ids.
+    n_layers: int = _f(1, gt=0, omit_default=True)
     d_model: int = _f(128, gt=0)
     heads: int = _f(4, gt=0)  # head dimension d_model / heads
     d_mlp: int = _f(512, gt=0)
     activation: str = _f("relu", choices=("relu", "gelu"))
-    layer_norm: bool = _f(False)  # pre-norm LayerNorms before attention, MLP and unembedding
+    layer_norm: bool = _f(False)  # pre-norm LayerNorms before every attention and MLP, and the unembedding
 
 
 @dataclass(frozen=True)
@@ -233,6 +252,7 @@ class ModularTargetConfig(TargetKind):
     loss: str = _f("cross_entropy", choices=LOSSES)  # mse: against the one-hot label
     mlp: ModularMLPConfig = _sub(ModularMLPConfig)
     transformer: TransformerConfig = _sub(TransformerConfig)
+    routed: RoutedConfig = _sub(RoutedConfig)
 
     def unused(self) -> tuple[str, ...]:
         return tuple(m for m in MODULAR_MODELS if m != self.model)
@@ -1055,6 +1075,19 @@ def batch_key(cfg: RunConfig) -> str:
 _UNUSED_TRAINING = {"sgd": ("beta1", "beta2", "weight_decay"), "adam": ("weight_decay",), "adamw": ()}
 
 
+def _omit_new_defaults(obj: Any, d: dict[str, Any]) -> None:
+    """Drop from ``d`` (``to_dict(obj)``) the fields marked ``omit_default`` that hold their default:
+    fields added after configs were hashed, which leave those hashes as they were."""
+    for f in dataclasses.fields(obj):
+        if f.name not in d:
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _omit_new_defaults(value, d[f.name])
+        elif f.metadata.get("omit_default") and value == f.default:
+            d.pop(f.name)
+
+
 def target_section(cfg: RunConfig) -> dict[str, Any]:
     """The fields that define the target (its data and trained w*): the selected kind's section and
     the shared sections it reads, nothing of the other kinds."""
@@ -1063,6 +1096,7 @@ def target_section(cfg: RunConfig) -> dict[str, Any]:
     own = to_dict(section)
     for name in section.unused():
         own.pop(name)
+    _omit_new_defaults(section, own)
     target = {"kind": kind, "dtype": cfg.target.dtype, kind: own}
     if section.SEEDED:
         target["seed"] = cfg.target.seed

@@ -12,7 +12,7 @@ def test_defaults_validate_and_roundtrip():
     assert from_dict(to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize("name", ["quick", "full", "grok-tiny", "grok"])
+@pytest.mark.parametrize("name", ["quick", "full", "grok-tiny", "grok", "grok-p17-mlp", "grok-p17-transformer"])
 def test_presets_load(name):
     assert name in preset_names()
     cfg = build_config(name)

@@ -46,8 +46,11 @@ def test_every_checkpoint_has_lambda_hat_and_curvature(first_run):
     with open(f"{out}/trajectory.csv", newline="") as fh:
         header = next(csv.reader(fh))
     for col in ("step", "llc_mean", "llc_se", "rhat", "ess", "train_loss", "test_loss", "train_acc", "test_acc",
-                "grad_norm", "hessian_trace", "fisher_trace", "weight_norm", "flags", "step_size", "step_size_rule"):
+                "grad_norm", "hessian_trace", "fisher_trace", "weight_norm", "flags", "step_size", "step_size_rule",
+                *T.PROBE_COLUMNS, "wnorm_hidden_0", "wnorm_out"):
         assert col in header
+    for r in rows[1:]:  # recorded in training (Adam's dynamics: none before the first step)
+        assert all(np.isfinite(r[c]) for c in T.PROBE_COLUMNS), r
     import xarray as xr
 
     ds = xr.open_dataset(f"{out}/trajectory.nc", engine="h5netcdf")

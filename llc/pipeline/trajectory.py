@@ -10,7 +10,9 @@ target artifact).
 
 Per checkpoint: lambda-hat ± SE, R-hat, ESS, failure flags, and curvature at w*: full-batch
 gradient norm, Hessian trace (Hutchinson, with its SE), empirical Fisher trace, weight norm; plus
-the train/test loss and accuracy logged during training when known.
+the train/test loss and accuracy logged during training when known; for modular targets also what
+training recorded with them (``llc.engine.targets.probes``: input-space sensitivity, representation
+and per-layer weight norms, Adam's dynamics).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from llc.store.layout import TRAJ_DIR
 CSV_COLUMNS = ("step", "llc_mean", "llc_se", "rhat", "ess", "step_size", "train_loss", "test_loss", "train_acc",
                "test_acc", "grad_norm", "hessian_trace", "hessian_trace_se", "fisher_trace", "weight_norm", "L0", "flags",
                "step_size_rule")
+# Recorded in training where the target kind has probes (modular: llc.engine.targets.probes), with
+# one wnorm_<layer> column per layer; written only when some checkpoint has them.
+PROBE_COLUMNS = ("spectral_smoothness", "jacobian_norm", "jacobian_norm_se", "input_hessian_trace",
+                 "input_hessian_trace_se", "representation_norm", "effective_lr_mean", "effective_lr_max",
+                 "adam_ratio_mean", "adam_ratio_max", "update_decay_ratio")
+ROUTING_COLUMNS = ("routing_entropy", "head_utilisation")  # routed networks only
+WNORM_PREFIX = "wnorm_"
 TEXT_COLUMNS = ("flags", "step_size_rule")  # strings in trajectory.nc; every other column but step is a float
 HUTCHINSON_PROBES = 64
 
@@ -194,6 +203,13 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
                      computed=len(todo), target=target or {}, groups=labels if family else None)
 
 
+def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """CSV_COLUMNS, then the probe and per-layer columns that some row has."""
+    present = {k for r in rows for k in r}
+    return (CSV_COLUMNS + tuple(c for c in PROBE_COLUMNS + ROUTING_COLUMNS if c in present)
+            + tuple(sorted(k for k in present if k.startswith(WNORM_PREFIX))))
+
+
 def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, compile_s: float,
               computed: int, target: dict[str, Any], groups: list[str] | None = None) -> dict[str, Any]:
     """trajectory.csv, trajectory.nc, trajectory.png and summary.json from the saved points; with a
@@ -204,7 +220,9 @@ def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, c
     G = len(groups) if groups else 1
     points = [_load_point(_point_file(out_dir, s, g if groups else None)) for s in steps for g in range(G)]
     rows = [p["row"] for p in points]
-    columns = (CSV_COLUMNS[:1] + ("group", "dim") + CSV_COLUMNS[1:]) if "group" in rows[0] else CSV_COLUMNS
+    columns = _columns(rows)
+    if "group" in rows[0]:  # a restriction: which group, and its dimension, after the step
+        columns = columns[:1] + ("group", "dim") + columns[1:]
     table = pd.DataFrame([{c: (("; ".join(r["flags"])) if c == "flags" else r.get(c)) for c in columns}
                           for r in rows])
     _atomic_write(out_dir / "trajectory.csv", lambda p: table.to_csv(p, index=False))
@@ -238,11 +256,13 @@ def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, c
 
 # --------------------------------------------------------------------------- from a config (llc trajectory)
 
-def trajectory_id(cfg: Any, sampler: str) -> str:
+def trajectory_id(cfg: Any, sampler: str, target: str | None = None) -> str:
+    """``target``: the id of the target sampled, when not the config's own (an extended one)."""
     from llc.engine.targets import target_id
 
     section = json.loads(cache_key_config(cfg, sampler))
-    return "traj_" + cache.stable_hash({"target": target_id(cfg), "cfg": section, "code": cache.code_fingerprint()})
+    return "traj_" + cache.stable_hash({"target": target or target_id(cfg), "cfg": section,
+                                        "code": cache.code_fingerprint()})
 
 
 def cache_key_config(cfg: Any, sampler: str) -> str:
@@ -271,25 +291,32 @@ def check_checkpoints(cfg: Any) -> None:
 
 def run_trajectory(cfg: Any, root: Path | str, *, sampler: str | None = None, max_batch: int = 16,
                    progress: Callable[[int, int, str], None] | None = None,
-                   log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """Train (or load) the config's target with its checkpoints, then ``compute`` its trajectory."""
+                   log: Callable[[str], None] = lambda msg: None, extend: int = 0) -> dict[str, Any]:
+    """Train (or load) the config's target with its checkpoints, then ``compute`` its trajectory.
+    ``extend``: first train that target this many more steps (``extend_target``: a new target
+    recording its parent) and take the trajectory of the extended one."""
     from llc.pipeline import sampling
 
     check_checkpoints(cfg)
     sampling.prepare()
-    from llc.engine.targets import get_target, load_checkpoints, posterior_data
+    from llc.engine.targets import extend_target, get_target, load_checkpoints, posterior_data
 
     sampler = sampler or cfg.samplers[0]
     root = Path(root)
-    target = get_target(cfg, root)
+    target = get_target(cfg, root, log=log)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'trained'}): n={target.n} d={target.d}")
+    if extend:
+        target = extend_target(cfg, target, extend, root, log=log)
+        log(f"target {target.id} ({target.meta['parent']} + {extend} steps, "
+            f"{'loaded from cache' if target.cached else 'trained'})")
     ck = load_checkpoints(target)
     x, y = posterior_data(target, cfg)  # data refinement (posterior.data, data_filter)
     data = Checkpointed(target.loss_fn, np.asarray(ck.steps), ck.params, x, y, dict(ck.metrics))
-    out_dir = root / TRAJ_DIR / trajectory_id(cfg, sampler)
+    out_dir = root / TRAJ_DIR / trajectory_id(cfg, sampler, target.id)
     summary = compute(data, out_dir, sampler=sampler, sampler_cfg=getattr(cfg, sampler), posterior_cfg=cfg.posterior,
                       seed=cfg.seed, proj_dim=cfg.theta_proj_dim, max_batch=max_batch, progress=progress, log=log,
-                      target={"id": target.id, "kind": target.kind, "n": target.n, "d": target.d})
+                      target={"id": target.id, "kind": target.kind, "n": target.n, "d": target.d,
+                              **({"parent": target.meta["parent"]} if target.meta.get("parent") else {})})
     from llc.config import to_dict
 
     summary["config"] = to_dict(cfg)
@@ -299,7 +326,7 @@ def run_trajectory(cfg: Any, root: Path | str, *, sampler: str | None = None, ma
 
 def run_trajectory_sweep(cfg: Any, axes: dict[str, tuple], root: Path | str, *, sampler: str | None = None,
                          max_batch: int = 16, log: Callable[[str], None] = lambda msg: None,
-                         progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+                         progress: Callable[[int, int, str], None] | None = None, extend: int = 0) -> dict[str, Any]:
     """One trajectory per combination of ``axes`` (e.g. training.weight_decay, target.modular.train_frac,
     target.seed: each trains its own target), then their lambda-hat curves overlaid:
     ``<root>/trajectories/overlay_<hash>/`` with overlay.csv (every checkpoint row with the axis
@@ -316,7 +343,8 @@ def run_trajectory_sweep(cfg: Any, axes: dict[str, tuple], root: Path | str, *, 
         point = dict(zip(axes, values))
         member_cfg = validate(apply_overrides(cfg, [f"{k}={v}" for k, v in point.items()]))
         log("trajectory " + ", ".join(f"{k}={v}" for k, v in point.items()))
-        summary = run_trajectory(member_cfg, root, sampler=sampler, max_batch=max_batch, log=log, progress=progress)
+        summary = run_trajectory(member_cfg, root, sampler=sampler, max_batch=max_batch, log=log, progress=progress,
+                                 extend=extend)
         members.append({"setting": {k: get_field(member_cfg, k) for k in axes}, "summary": summary})
     out_dir = root / TRAJ_DIR / ("overlay_" + cache.stable_hash([m["summary"]["artifacts"] for m in members]))
     out_dir.mkdir(parents=True, exist_ok=True)

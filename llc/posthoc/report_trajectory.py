@@ -40,6 +40,16 @@ MAX_OVERLAY_ROWS = 120  # an overlay lists every checkpoint of its members up to
 CURVATURE = (("hessian_trace", "Hessian trace (Hutchinson, ± 2 SE)", "#9467bd"),
              ("fisher_trace", "empirical Fisher trace", "#8c564b"),
              ("grad_norm", "‖∇L_n(w*)‖", "#7f7f7f"), ("weight_norm", "‖w*‖", "#17becf"))
+# The grokking probes recorded in training (modular targets): input space, then Adam's dynamics.
+INPUT_SPACE = (("jacobian_norm", "Jacobian norm ‖∂logits/∂u‖ (RMS; ± 2 SE)", "#1f77b4"),
+               ("input_hessian_trace", "input Hessian trace of the loss (Hutchinson; ± 2 SE)", "#9467bd"),
+               ("representation_norm", "representation norm", "#ff7f0e"),
+               ("spectral_smoothness", "spectral smoothness (lower = smoother)", "#7f7f7f"))
+ADAM = (("effective_lr_mean", "effective learning rate (mean)", "#2ca02c"),
+        ("adam_ratio_mean", "|m|/(√v+ε) (mean)", "#d62728"),
+        ("update_decay_ratio", "‖update‖ / ‖weight decay‖", "#8c564b"))
+ROUTING = (("routing_entropy", "routing entropy (mean over inputs)", "#9467bd"),
+           ("head_utilisation", "head utilisation (effective heads / heads)", "#17becf"))
 TRAINING = (("train_acc", "train accuracy", "#2ca02c", "solid"), ("test_acc", "test accuracy", "#d62728", "solid"),
             ("train_loss", "train loss", "#2ca02c", "dash"), ("test_loss", "test loss", "#d62728", "dash"))
 
@@ -380,15 +390,16 @@ def training_figure(members: list[Member], names: list[str], chain_means: list[n
     return fig
 
 
-def curvature_figure(members: list[Member], names: list[str], compact: bool = False):
+def curvature_figure(members: list[Member], names: list[str], compact: bool = False, spec=CURVATURE):
     """Hessian and Fisher traces, gradient and weight norms at each checkpoint (log y), side by side;
-    ``compact``: the Hessian trace alone."""
+    ``compact``: the Hessian trace alone. ``spec``: other (column, title, colour) panels, e.g.
+    INPUT_SPACE; a column with a ``<column>_se`` twin gets a ± 2 SE band."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     single = len(members) == 1
     all_rows = [r for _, doc, _ in members for r in doc["rows"]]
-    panels = [(k, t, c) for k, t, c in CURVATURE if _has(all_rows, k) and (not compact or k == "hessian_trace")]
+    panels = [(k, t, c) for k, t, c in spec if _has(all_rows, k) and (not compact or k == "hessian_trace")]
     if not panels:
         return None
     if single:  # the two traces in one panel (same units), the norms beside it
@@ -408,8 +419,8 @@ def curvature_figure(members: list[Member], names: list[str], compact: bool = Fa
                 xs = ax.x([r.get("step") for r in rows])
                 ys = [abs(v) if v is not None else None for v in _col(rows, key)]
                 group = key if single else f"m{m}"
-                if key == "hessian_trace" and _has(rows, "hessian_trace_se"):
-                    se = [v or 0.0 for v in _col(rows, "hessian_trace_se")]
+                if _has(rows, f"{key}_se"):
+                    se = [v or 0.0 for v in _col(rows, f"{key}_se")]
                     ok = [i for i, v in enumerate(ys) if v is not None]
                     hi = [ys[i] + 2 * se[i] for i in ok]
                     lo = [max(ys[i] - 2 * se[i], 1e-12) for i in ok]
@@ -543,6 +554,22 @@ def trajectory_page(path: Path, page_dir: Path | None = None, value_budget: int 
                                      note="At w* = the checkpoint, on the full training set: Hessian trace "
                                           "(Hutchinson estimate; band ± 2 SE), empirical Fisher trace, gradient norm "
                                           "and weight norm (log scales)."))
+    for spec, title, anchor, note in (
+            (INPUT_SPACE, "Input space at each checkpoint", "input-space",
+             "Recorded in training on the p² inputs: derivatives with respect to the network's continuous input u "
+             "(one-hot codes of the MLP, token embeddings of the transformer); Jacobian and Hessian by random "
+             "probes (band ± 2 SE); the hidden state before the unembedding; the power-weighted mean frequency "
+             "of the output over (a, b)."),
+            (ADAM, "Adam's dynamics at each checkpoint", "adam",
+             "From the optimizer's bias-corrected moments m, v after the step: lr/(√v+ε) and |m|/(√v+ε) averaged "
+             "over every coordinate; Adam's step against the weight decay's over the decayed weights."),
+            (ROUTING, "Routing at each checkpoint", "routing",
+             "Routed networks: the entropy of each input's gate weights (0: one head), and exp(entropy of the "
+             "mean gate) / heads, the share of heads in use across inputs.")):
+        fig = None if compact else curvature_figure(members, names, spec=spec)
+        if fig is not None:
+            page.sections.append(section(title, plot_html(fig, anchor, "plot curvature-plot"), anchor=anchor,
+                                         note=note))
     if not single:
         page.sections.append(section(f"Trajectories ({len(members)})", _members_table(members, names, page_dir),
                                      anchor="members",

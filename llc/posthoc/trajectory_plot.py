@@ -29,13 +29,51 @@ def by_group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+# Panels drawn when a row has their columns (the grokking probes of modular targets), log y as in
+# the seed project: (title, [(column, colour, label)], [(twin-axis linear column, colour, label)]).
+PROBE_PANELS = (
+    ("input space", (("jacobian_norm", "#1f77b4", "Jacobian norm (RMS ‖∂logits/∂u‖_F)"),
+                     ("input_hessian_trace", "#9467bd", "|input Hessian trace| of the loss"),
+                     ("representation_norm", "#ff7f0e", "representation norm")),
+     (("spectral_smoothness", "#7f7f7f", "spectral smoothness (right, lower = smoother)"),)),
+    ("Adam", (("effective_lr_mean", "#2ca02c", "effective lr, mean"),
+              ("adam_ratio_mean", "#d62728", "|m|/(√v+ε), mean"),
+              ("adam_ratio_max", "#ff9896", "|m|/(√v+ε), max"),
+              ("update_decay_ratio", "#8c564b", "‖update‖/‖decay‖")), ()),
+    ("routing", (("routing_entropy", "#9467bd", "routing entropy (mean over inputs)"),),
+     (("head_utilisation", "#17becf", "head utilisation (right)"),)),
+)
+
+
+def _probe_panel(ax, rows: list[dict[str, Any]], step: np.ndarray, title: str, logged, linear) -> None:
+    for key, color, label in logged:
+        values = np.abs(_col(rows, key))
+        if np.isfinite(values).any():
+            ax.plot(step, values, "-", color=color, lw=1.3, label=label)
+    ax.set_yscale("log")
+    ax.set_ylabel(title)
+    handles = ax.get_legend_handles_labels()[0]
+    twin = [(k, c, lab) for k, c, lab in linear if np.isfinite(_col(rows, k)).any()]
+    if twin:
+        ax2 = ax.twinx()
+        for key, color, label in twin:
+            ax2.plot(step, _col(rows, key), "--", color=color, lw=1.2, label=label)
+        handles += ax2.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=7, loc="best")
+
+
 def draw(path: Path, summary: dict[str, Any]) -> Path:
     groups = by_group(summary["rows"])
     rows = next(iter(groups.values()))  # the checkpoint-level panels: the same for every group
     step = _col(rows, "step")
-    fig = Figure(figsize=(9.5, 9.0), dpi=110)
+    probe_panels = [p for p in PROBE_PANELS if any(np.isfinite(_col(rows, k)).any() for k, _, _ in (*p[1], *p[2]))]
+    fig = Figure(figsize=(9.5, 9.0 + 2.6 * len(probe_panels)), dpi=110)
     FigureCanvasAgg(fig)
-    ax_llc, ax_acc, ax_curv = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 1]})
+    axes = fig.subplots(3 + len(probe_panels), 1, sharex=True,
+                        gridspec_kw={"height_ratios": [1.3, 1, 1] + [1] * len(probe_panels)})
+    ax_llc, ax_acc, ax_curv = axes[:3]
+    for ax, (title, logged, linear) in zip(axes[3:], probe_panels):
+        _probe_panel(ax, rows, step, title, logged, linear)
     flag_labelled = False
     for i, (name, members) in enumerate(groups.items()):
         color = COLORS[i % len(COLORS)]
@@ -83,8 +121,8 @@ def draw(path: Path, summary: dict[str, Any]) -> Path:
     ax_curv.legend(fontsize=8, loc="best")
     ax_curv.set_xscale("symlog", linthresh=max(1.0, float(np.nanmin(step[step > 0])) if (step > 0).any() else 1.0))
     ax_curv.set_xlim(left=-0.3 if (step <= 0).any() else None, right=float(np.nanmax(step)) * 1.05)
-    ax_curv.set_xlabel("training step (log scale; 0 = initialisation)")
-    for ax in (ax_llc, ax_acc, ax_curv):
+    axes[-1].set_xlabel("training step (log scale; 0 = initialisation)")
+    for ax in axes:
         ax.grid(alpha=0.3)
     target = summary.get("target") or {}
     # A user's own model (llc.trajectory) has no target kind or id.

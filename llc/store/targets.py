@@ -22,6 +22,8 @@ DATA_FILE = "data.npz"
 PARAMS_FILE = "params.npz"
 CHECKPOINTS_FILE = "checkpoints.npz"
 LOG_FILE = "training_log.csv"
+OPTIMIZER_FILE = "optimizer.npz"  # the optimizer state after training: a target is extended from it
+RESUME_DIR = ".resume"  # <root>/targets/.resume/<id>.npz: a training's state while it runs
 CATALOG_FILE = "_catalog.jsonl"
 
 
@@ -35,11 +37,12 @@ def _leaves_npz(leaves: Sequence[Any]) -> dict[str, np.ndarray]:
 
 def save(root: Path, target_id: str, meta: dict[str, Any], data: dict[str, Any], params: Sequence[Any],
          checkpoints: tuple[np.ndarray, Sequence[Any], dict[str, np.ndarray]] | None,
-         log: dict[str, Any] | None, catalog: dict[str, Any]) -> Path:
+         log: dict[str, Any] | None, catalog: dict[str, Any], optimizer: Sequence[Any] | None = None) -> Path:
     """Write a target's directory atomically, then append its ``catalog`` line.
 
     ``data``: {"x", "y"[, "x_test", "y_test"]}; ``params``: the leaves of w*; ``checkpoints``:
-    (steps, leaves of the parameters stacked over checkpoints, {metric: per-checkpoint values})."""
+    (steps, leaves of the parameters stacked over checkpoints, {metric: per-checkpoint values});
+    ``optimizer``: the leaves of the optimizer state after training."""
     final = target_path(root, target_id)
     with cache.atomic_dir(final) as tmp:
         np.savez(tmp / DATA_FILE, **data)
@@ -48,6 +51,8 @@ def save(root: Path, target_id: str, meta: dict[str, Any], data: dict[str, Any],
             steps, stacked, metrics = checkpoints
             np.savez(tmp / CHECKPOINTS_FILE, steps=steps, **_leaves_npz(stacked),
                      **{f"metric_{k}": v for k, v in metrics.items()})
+        if optimizer is not None:
+            np.savez(tmp / OPTIMIZER_FILE, **_leaves_npz(optimizer))
         if log is not None:
             with (tmp / LOG_FILE).open("w", newline="") as fh:
                 writer = csv.writer(fh)
@@ -88,6 +93,20 @@ def read_params(path: Path) -> list[np.ndarray]:
     """The leaves of w*, in stored order."""
     with np.load(Path(path) / PARAMS_FILE) as fh:
         return [fh[f"leaf_{i:04d}"] for i in range(len(fh.files))]
+
+
+def read_optimizer(path: Path) -> list[np.ndarray] | None:
+    """The leaves of the optimizer state after training, or None (a target stored without it)."""
+    file = Path(path) / OPTIMIZER_FILE
+    if not file.is_file():
+        return None
+    with np.load(file) as fh:
+        return [fh[f"leaf_{i:04d}"] for i in range(len(fh.files))]
+
+
+def resume_path(root: Path, target_id: str) -> Path:
+    """Where a target's training keeps its state while it runs (removed once the target is saved)."""
+    return Path(root) / TARGETS_DIR / RESUME_DIR / f"{target_id}.npz"
 
 
 def read_data(path: Path) -> dict[str, np.ndarray]:

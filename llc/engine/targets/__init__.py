@@ -9,7 +9,10 @@ class in ``llc.config`` (its ``[target.<kind>]`` section, which also says which 
     loss(cfg) -> loss_fn                loss_fn(params, x, y): mean loss over a batch; the same
                                         object for the same model structure (compiled programs
                                         are cached by it)
+    train_loss(cfg) -> loss_fn          optional: what training minimises when not loss(cfg) (a regularizer)
     metrics(cfg) -> metrics_fn          optional: (params, x, y) -> {"loss", "acc"?}, logged in training
+    probes(cfg) -> (probe_fn, data)     optional: probe_fn(params, data, key) -> {name: scalar}, recorded
+                                        with the metrics (``training.train``'s ``probes``)
     analytic_llc(cfg, n, beta, gamma)   optional: base.Analytic(value, formula, regime)
 
 Kinds whose config reads ``[training]`` are trained from ``build``'s parameters (``training.train``);
@@ -44,12 +47,13 @@ import numpy as np
 from llc import registry
 from llc.config import RunConfig, target_section, trains
 from llc.engine.targets.training import (Checkpoints, TrainingDiverged, cast_floats, describe,
-                                         full_loss_and_grad_norm, train)
+                                         full_loss_and_grad_norm, make_optimizer, train)
 from llc.store import cache
 from llc.store import targets as stored
 
 __all__ = ["Checkpoints", "PrecisionError", "Target", "TrainingDiverged", "analytic_llc", "build_target",
-           "get_target", "load_checkpoints", "load_training_log", "loss_fn_for", "target_id", "untrained"]
+           "extend_target", "extended_id", "get_target", "load_checkpoints", "load_training_log", "loss_fn_for",
+           "target_id", "untrained"]
 
 
 class PrecisionError(RuntimeError):
@@ -72,6 +76,7 @@ class Target:
     path: Path | None = None  # the stored artifact (None until saved)
     checkpoints: Checkpoints | None = None  # in memory right after training; else read from path
     log: dict | None = None
+    opt_state: Any = None  # the optimizer's state after training, in memory right after it
 
     @property
     def n(self) -> int:
@@ -90,9 +95,24 @@ def loss_fn_for(cfg: RunConfig) -> Callable:
     return target_module(cfg.target.kind).loss(cfg)
 
 
+def train_loss_fn_for(cfg: RunConfig) -> Callable:
+    """What training minimises: the kind's ``train_loss`` (e.g. with a regularizer) where it has one."""
+    make = getattr(target_module(cfg.target.kind), "train_loss", None)
+    return make(cfg) if make else loss_fn_for(cfg)
+
+
 def metrics_fn_for(cfg: RunConfig) -> Callable | None:
     make = getattr(target_module(cfg.target.kind), "metrics", None)
     return make(cfg) if make else None
+
+
+def probes_for(cfg: RunConfig) -> tuple[Callable, Any] | None:
+    """The kind's (probe_fn, probe_data) recorded during training (``training.train``), or None."""
+    make = getattr(target_module(cfg.target.kind), "probes", None)
+    if make is None:
+        return None
+    fn, data = make(cfg)
+    return fn, cast_floats(data, cfg.target.dtype)
 
 
 def analytic_llc(cfg: RunConfig, n: int, beta: float, gamma: float) -> dict[str, Any] | None:
@@ -129,9 +149,10 @@ def _all_finite(tree) -> bool:
     return all(np.isfinite(a).all() for a in jax.tree.leaves(tree) if np.issubdtype(np.asarray(a).dtype, np.floating))
 
 
-def build_target(cfg: RunConfig, progress: Callable[[int, int], None] | None = None) -> Target:
+def build_target(cfg: RunConfig, progress: Callable[[int, int], None] | None = None, resume: Path | None = None,
+                 log: Callable[[str], None] = lambda msg: None) -> Target:
     """Generate data and train w* (no caching). Raises TrainingDiverged rather than return a target
-    whose w* or L0 is not finite."""
+    whose w* or L0 is not finite. ``resume``: the training's resume file (``training.train``)."""
     dtype = cfg.target.dtype
     _require_precision(dtype, "target.dtype")
     built = target_module(cfg.target.kind).build(cfg)
@@ -141,8 +162,10 @@ def build_target(cfg: RunConfig, progress: Callable[[int, int], None] | None = N
     t0 = time.perf_counter()
     trained = None
     if trains(cfg):
-        trained = train(loss_fn, params, x, y, cfg.training, seed=cfg.target.seed, metrics_fn=metrics_fn_for(cfg),
-                        test=test, progress=progress)
+        probes = probes_for(cfg)  # the kinds with probes (modular) also record Adam's dynamics
+        trained = train(train_loss_fn_for(cfg), params, x, y, cfg.training, seed=cfg.target.seed,
+                        metrics_fn=metrics_fn_for(cfg), test=test, progress=progress, probes=probes,
+                        adam_dynamics=probes is not None, resume=resume, log=log)
         params = trained.params
     L0, grad_norm = full_loss_and_grad_norm(loss_fn, params, x, y)
     bad = [name for name, ok in (("L0", np.isfinite(L0)), ("w*", _all_finite(params))) if not ok]
@@ -172,7 +195,8 @@ def build_target(cfg: RunConfig, progress: Callable[[int, int], None] | None = N
     }
     return Target(meta["id"], cfg.target.kind, loss_fn, params, x, y, L0, meta,
                   x_test=None if test is None else test[0], y_test=None if test is None else test[1],
-                  checkpoints=checkpoints, log=trained.log if trained else None)
+                  checkpoints=checkpoints, log=trained.log if trained else None,
+                  opt_state=trained.opt_state if trained else None)
 
 
 def posterior_data(target: "Target", cfg: RunConfig) -> tuple[Any, Any]:
@@ -218,8 +242,9 @@ def save_target(target: Target, root: Path) -> Path:
         data.update(x_test=target.x_test, y_test=target.y_test)
     ck = target.checkpoints
     checkpoints = None if ck is None else (ck.steps, jax.tree.leaves(ck.stacked()), ck.metrics)
+    optimizer = None if target.opt_state is None else jax.tree.leaves(target.opt_state)
     return stored.save(root, target.id, target.meta, data, jax.tree.leaves(target.params), checkpoints,
-                       target.log, _catalog_entry(target))
+                       target.log, _catalog_entry(target), optimizer=optimizer)
 
 
 def _catalog_entry(target: Target) -> dict[str, Any]:
@@ -259,8 +284,12 @@ def get_target(cfg: RunConfig, root: Path, progress: Callable[[int, int], None] 
             target = load_target(cfg, path)
             stored.catalogue(root, _catalog_entry(target))
             return target
-        target = build_target(cfg, progress=progress)
-        return dataclasses.replace(target, path=save_target(target, root))
+        # A training killed on the way left its state here: it goes on from there.
+        resume = stored.resume_path(root, target_id(cfg))
+        target = build_target(cfg, progress=progress, resume=resume, log=log)
+        target = dataclasses.replace(target, path=save_target(target, root))
+        resume.unlink(missing_ok=True)
+        return target
 
 
 def load_checkpoints(target: Target) -> Checkpoints:
@@ -284,3 +313,92 @@ def load_training_log(target: Target) -> dict[str, np.ndarray] | None:
     if target.log is not None:
         return target.log
     return stored.read_training_log(target.path) if target.path is not None else None
+
+
+# --------------------------------------------------------------------------- extending a trained target
+
+def extended_id(parent_id: str, steps: int) -> str:
+    """The id of ``parent_id`` trained ``steps`` more steps: its own content-addressed target."""
+    return "tgt_" + cache.stable_hash({"parent": parent_id, "extend": int(steps),
+                                       "code": cache.code_fingerprint("engine/targets"),
+                                       "libs": cache.library_versions()})
+
+
+def _merge(parent: dict[str, np.ndarray], child: dict[str, np.ndarray], parent_steps: np.ndarray,
+           child_steps: np.ndarray, end: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Parent's records, then the child's after ``end`` (the child's first is the parent's last);
+    a column one side lacks is NaN there."""
+    keep = child_steps > end
+    names = list(dict.fromkeys([*parent, *child]))
+    nan = lambda n: np.full(n, np.nan)  # noqa: E731
+    return (np.concatenate([parent_steps, child_steps[keep]]),
+            {k: np.concatenate([np.asarray(parent.get(k, nan(len(parent_steps))), float),
+                                np.asarray(child.get(k, nan(len(child_steps))), float)[keep]]) for k in names})
+
+
+def extend_target(cfg: RunConfig, parent: Target, steps: int, root: Path,
+                  progress: Callable[[int, int], None] | None = None,
+                  log: Callable[[str], None] = lambda msg: None) -> Target:
+    """``parent`` (the target of ``cfg``) trained ``steps`` more steps from its w* and optimizer state
+    (the learning-rate schedule and Adam's moments go on), stored as its own target whose meta names
+    its ``parent``. Checkpoints and log: the parent's, then the extension's (``training.checkpoints_*``
+    and ``log_every`` applied to the ``steps`` new steps). Loaded if built before; resumable as any."""
+    if steps <= 0:
+        raise ValueError(f"--extend: must be > 0 steps, got {steps}")
+    if not trains(cfg):
+        raise ValueError(f"--extend: target {parent.id} is not trained (training.steps = 0), so it cannot go on")
+    tid = extended_id(parent.id, steps)
+    path = stored.target_path(root, tid)
+    with cache.key_lock(path, "target", log):
+        if cache.usable(path, "target", log):
+            target = load_target(cfg, path)
+            stored.catalogue(root, _catalog_entry(target))
+            return target
+        opt_state = parent.opt_state
+        if opt_state is None:
+            leaves = stored.read_optimizer(parent.path) if parent.path is not None else None
+            if leaves is None:
+                raise ValueError(f"--extend: target {parent.id} was stored without its optimizer state (trained by "
+                                 "an older llc); remove it with llc clean and train it again to extend it")
+            shape = jax.eval_shape(make_optimizer(cfg.training).init, parent.params)
+            opt_state = jax.tree.unflatten(jax.tree.structure(shape), leaves)
+        end = int(parent.meta["erm"]["steps"])
+        probes = probes_for(cfg)
+        test = None if parent.x_test is None else (parent.x_test, parent.y_test)
+        resume = stored.resume_path(root, tid)
+        t0 = time.perf_counter()
+        trained = train(train_loss_fn_for(cfg), parent.params, parent.x, parent.y,
+                        dataclasses.replace(cfg.training, steps=int(steps)), seed=cfg.target.seed,
+                        metrics_fn=metrics_fn_for(cfg), test=test, progress=progress, probes=probes,
+                        adam_dynamics=probes is not None, resume=resume, log=log, opt_state=opt_state, offset=end)
+        L0, grad_norm = full_loss_and_grad_norm(parent.loss_fn, trained.params, parent.x, parent.y)
+        if not (np.isfinite(L0) and _all_finite(trained.params)):
+            raise TrainingDiverged(f"target {tid}: L0 = {L0} after extending {parent.id} by {steps} steps; not saved")
+        checkpoints = None
+        if trained.checkpoints is not None:
+            pc, cc = load_checkpoints(parent), trained.checkpoints
+            ck_steps, metrics = _merge(pc.metrics, cc.metrics, pc.steps, cc.steps, end)
+            params = list(pc.params) + [p for s, p in zip(cc.steps, cc.params) if s > end]
+            checkpoints = Checkpoints(ck_steps, params, metrics)
+        log_table, parent_log = trained.log, load_training_log(parent)
+        if log_table is not None and parent_log is not None:
+            p_rest = {k: v for k, v in parent_log.items() if k != "step"}
+            c_rest = {k: v for k, v in log_table.items() if k != "step"}
+            log_steps, merged = _merge(p_rest, c_rest, parent_log["step"], log_table["step"], end)
+            log_table = {"step": log_steps.astype(np.int64), **merged}
+        meta = {**parent.meta, "id": tid, "L0": L0, "parent": parent.id,
+                "extends": {"parent": parent.id, "from_step": end, "steps": int(steps)},
+                "erm": {"L0": L0, "grad_norm": grad_norm, "steps": end + int(steps),
+                        "train_seconds": time.perf_counter() - t0},
+                "checkpoints": None if checkpoints is None else {
+                    "steps": checkpoints.steps.tolist(),
+                    "final": {k: float(v[-1]) for k, v in checkpoints.metrics.items()}},
+                "versions": _versions(), "code_fingerprint": cache.code_fingerprint("engine/targets"),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        target = Target(tid, parent.kind, parent.loss_fn, trained.params, parent.x, parent.y, L0, meta,
+                        x_test=parent.x_test, y_test=parent.y_test, checkpoints=checkpoints, log=log_table,
+                        opt_state=trained.opt_state)
+        target = dataclasses.replace(target, path=save_target(target, root))
+        resume.unlink(missing_ok=True)
+        log(f"target {tid}: {parent.id} trained {steps} more steps (to step {end + int(steps)})")
+        return target
