@@ -67,7 +67,7 @@ def family_table(results: list[dict[str, Any]]) -> Table:
             llc = "—" if m["llc_mean"] is None else f"{m['llc_mean']:.4g} ± {_fmt(m['llc_se'], '.2g')}"
             table.add_row(group, str(post.get("dim", t["d"])), f"{post.get('dim', t['d']) / 2:g}", name, llc,
                           _fmt(m.get("rhat"), ".3f"),
-                          f"[red]⚠ {', '.join(flags.codes_in(m['flags']))}[/]" if m["flags"] else "ok")
+                          f"[red]⚠ {', '.join(flags.codes_in('; '.join(m['flags'])))}[/]" if m["flags"] else "ok")
     return table
 
 

@@ -25,6 +25,8 @@ def _changed(value):
         return repr(value * 0.5 if value else 0.5)
     if value is None:
         return "3"
+    if isinstance(value, tuple) and not value:
+        return "0"  # an empty list of strings (posterior.restrict): one entry
     if isinstance(value, tuple):
         return ",".join(str(v) for v in (*value, value[-1])) if isinstance(value[0], int) else None
     return None

@@ -186,7 +186,8 @@ def test_calibrate_takes_one_group_not_a_family(tmp_path):
 
 def test_run_family_prints_a_row_per_group_and_sums_to_the_layers(tmp_path):
     # the quick preset's MLP (layers 0, 1, 2), HMC only, short chains
-    result = runner.invoke(app, ["run", "--preset", "quick", "--samplers", "hmc", "--draws", "200",
+    short = ["--samplers", "hmc", "--draws", "150", "--set", "hmc.warmup=100"]
+    result = runner.invoke(app, ["run", "--preset", "quick", *short,
                                  "--restrict", "per-layer", "--artifacts", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     import json
@@ -199,7 +200,7 @@ def test_run_family_prints_a_row_per_group_and_sums_to_the_layers(tmp_path):
     for g in doc["groups"]:
         m = g["samplers"]["hmc"]
         assert m["llc_mean"] is not None and 0 < m["llc_mean"] < g["posterior"]["dim"] / 2 + 3 * m["llc_se"]
-    table = runner.invoke(app, ["run", "--preset", "quick", "--samplers", "hmc", "--draws", "200",
+    table = runner.invoke(app, ["run", "--preset", "quick", *short,
                                 "--restrict", "per-layer", "--artifacts", str(tmp_path)])
     assert table.exit_code == 0 and "restricted LLCs" in table.output
 
