@@ -44,6 +44,7 @@ def test_goal_summary_reads_measured_figures():
     assert goals["lambda-hat agrees with devinterp"] is True
 
 
+@pytest.mark.slow  # ~1 min on 2 cores: the benchmark harness end to end, run on demand like the benchmarks
 def test_tiny_run_writes_expected_json(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONWARNINGS="ignore")
