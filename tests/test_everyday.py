@@ -96,7 +96,14 @@ def _start_drawing(art: Path, err: Path) -> tuple[subprocess.Popen, list[int]]:
     proc = subprocess.Popen(cmd, env=_env(LLC_FIGURE_WORKERS="1"), stdout=subprocess.DEVNULL, stderr=err.open("w"),
                             start_new_session=True)  # its own process group, as a shell job
     deadline = time.time() + 240
-    while not list(art.glob("*/*.png")):
+
+    def pngs() -> list[Path]:
+        try:
+            return list(art.glob("*/*.png"))
+        except FileNotFoundError:  # a directory the run removes (its lock, a temporary) went during the scan
+            return []
+
+    while not pngs():
         assert time.time() < deadline and proc.poll() is None, err.read_text()[-2000:]
         time.sleep(0.05)
     kids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]

@@ -205,6 +205,7 @@ def test_run_family_prints_a_row_per_group_and_sums_to_the_layers(tmp_path):
     assert table.exit_code == 0 and "restricted LLCs" in table.output
 
 
+@pytest.mark.slow  # the command of the criterion end to end; test_trajectory_family_... covers the logic
 def test_cli_trajectory_per_layer_gives_one_curve_per_layer(tmp_path):
     small = ["training.steps=300", "training.checkpoints_log=3", "training.checkpoints_linear=2", "sgld.draws=30",
              "sgld.burnin=10", "sgld.eval_every=4", "sgld.chains=2"]
