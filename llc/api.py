@@ -305,25 +305,38 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
     return estimates if len(groups) > 1 else estimates[groups[0][0]]
 
 
-def _restriction_groups(params: Any, restrict: Any) -> list[tuple[str | None, Any]]:
-    """(name, restriction) per group: patterns (a family's groups, or the ones given), a mask pytree,
-    or a function of the path; ``[(None, ())]`` for no restriction."""
+def _restrict_patterns(params: Any, restrict: Any) -> Any:
+    """``restrict=`` as patterns (a tuple of strings, syntax checked; empty for none): from a string, a
+    sequence of them or a function of the path. Anything else (a mask pytree) is returned as it is."""
     from llc.engine import restrict as restriction
 
-    if restrict is None or (isinstance(restrict, (tuple, list)) and not restrict):
-        return [(None, ())]
+    if restrict is None:
+        return ()
     if callable(restrict):
         patterns = restriction.from_callable(params, restrict)
         if not patterns:
             raise C.ConfigError("restrict: the function selects no parameter path; paths look like "
                                 + ", ".join(restriction.leaf_paths(params)[:4]))
-        return [(restriction.label(patterns), patterns)]
+        return patterns
     if isinstance(restrict, str):
         restrict = (restrict,)
     if isinstance(restrict, (tuple, list)) and all(isinstance(p, str) for p in restrict):
         C.check_restrict_syntax(tuple(restrict))
-        return [(restriction.label(g), g) for g in restriction.resolve(params, tuple(restrict))]
-    return [("mask", restrict)]
+        return tuple(restrict)
+    return restrict
+
+
+def _restriction_groups(params: Any, restrict: Any) -> list[tuple[str | None, Any]]:
+    """(name, restriction) per group: a family's groups, the patterns given, or a mask pytree;
+    ``[(None, ())]`` for no restriction."""
+    from llc.engine import restrict as restriction
+
+    patterns = _restrict_patterns(params, restrict)
+    if not isinstance(patterns, tuple):
+        return [("mask", patterns)]
+    if not patterns:
+        return [(None, ())]
+    return [(restriction.label(g), g) for g in restriction.resolve(params, patterns)]
 
 
 def _torch_bridge(model: Any, params: Any, x: Any, y: Any, loss: Any, checkpoints: bool = False):
@@ -440,14 +453,10 @@ def trajectory(model: Any, checkpoints: Any, data: tuple[Any, Any], *, steps: An
     ck = Checkpointed(loss_fn, steps, params, x, y, cols)
     pcfg = _build(C.PosteriorConfig, posterior, "posterior")
     if restrict is not None:
-        from llc.engine import restrict as restriction
-
-        patterns = restriction.from_callable(params[0], restrict) if callable(restrict) else \
-            (restrict,) if isinstance(restrict, str) else tuple(restrict)
-        if not all(isinstance(p, str) for p in patterns):
+        patterns = _restrict_patterns(params[0], restrict)
+        if not isinstance(patterns, tuple):
             raise C.ConfigError("restrict: a trajectory takes patterns or a function of the path (its directory is "
                                 "keyed by them), not a mask pytree")
-        C.check_restrict_syntax(patterns)
         pcfg = dataclasses.replace(pcfg, restrict=patterns)
     return Trajectory.from_summary(compute(
         ck, out, sampler=sampler, sampler_cfg=scfg, posterior_cfg=pcfg, seed=seed, max_batch=max_batch))

@@ -21,6 +21,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from llc.config import PosteriorConfig
+from llc.engine import restrict as restriction
 
 
 class Posterior(NamedTuple):
@@ -46,9 +47,7 @@ class Posterior(NamedTuple):
     @property
     def dim(self) -> int:
         """Coordinates that move: d of d/2 and every dimension-dependent check."""
-        if self.mask is None:
-            return self.size
-        return int(sum(np.count_nonzero(np.asarray(m)) for m in jax.tree.leaves(self.mask)))
+        return self.size if self.mask is None else restriction.free_dim(self.mask)
 
 
 def resolve_beta_gamma(cfg: PosteriorConfig, n: int, d: int) -> tuple[float, float]:
@@ -61,8 +60,6 @@ def make_posterior(loss_fn: Callable, w_star, x, y, cfg: PosteriorConfig, L0: fl
                    restrict: Any = None) -> Posterior:
     """The posterior around ``w_star``. ``restrict`` (default ``cfg.restrict``): one group of patterns
     (llc.engine.restrict; not a family), or a mask pytree like ``w_star`` (true where w moves)."""
-    from llc.engine import restrict as restriction
-
     n = int(np.shape(x)[0])
     restrict = cfg.restrict if restrict is None else restrict
     mask = restriction.as_mask(w_star, restrict)

@@ -119,9 +119,13 @@ def mask(tree, patterns: tuple[str, ...]):
             except IndexError:
                 raise RestrictError(f"{FIELD}: {pattern!r}: index out of range for {paths[i]} of shape "
                                     f"{shapes[i]}") from None
-    dtypes = [np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype for leaf in leaves]
-    dtypes = [dt if np.issubdtype(dt, np.floating) else np.dtype(np.float32) for dt in dtypes]
-    return jax.tree.unflatten(treedef, [m.astype(dt) for m, dt in zip(out, dtypes)])
+    return jax.tree.unflatten(treedef, [m.astype(_mask_dtype(leaf)) for m, leaf in zip(out, leaves)])
+
+
+def _mask_dtype(leaf) -> np.dtype:
+    """A mask leaf's dtype: its parameter's floating dtype (arrays or shape structs), else float32."""
+    dtype = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
 
 
 def as_mask(tree, restrict):
@@ -143,8 +147,7 @@ def as_mask(tree, restrict):
             if m.shape != np.shape(leaf) or not np.isin(m, (0, 1)).all():
                 raise RestrictError(f"restrict: the mask of {path} must be booleans (or 0/1) of shape "
                                     f"{np.shape(leaf)}, got {m.dtype} of shape {m.shape}")
-            out.append(m.astype(np.asarray(leaf).dtype if np.issubdtype(np.asarray(leaf).dtype, np.floating)
-                                else np.float32))
+            out.append(m.astype(_mask_dtype(leaf)))
         out = jax.tree.unflatten(jax.tree.structure(tree), out)
     if free_dim(out) == 0:
         raise RestrictError(f"{FIELD}: the restriction selects no coordinate")

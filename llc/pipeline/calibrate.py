@@ -163,15 +163,12 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     from llc.pipeline import sampling
 
     sampling.prepare()
-    from llc.engine.posterior import make_posterior
-    from llc.engine.targets import analytic_llc, get_target, posterior_data
+    from llc.engine.targets import analytic_llc, get_target, posterior_for
     from llc.pipeline.resources import batch_cap
 
     if AUTO in p.axes.get(_step_field(p.sampler), ()):
         target = get_target(p.base, root)
-        x, y = posterior_data(target, p.base)
-        p = resolve_auto(p, make_posterior(target.loss_fn, target.params, x, y, p.base.posterior,
-                                           L0=target.L0 if x is target.x else None))
+        p = resolve_auto(p, posterior_for(target, p.base))
         log(f"step_size=auto: grid {', '.join(f'{v:g}' for v in p.axes[_step_field(p.sampler)])}")
     jobs = [sampling.Job(p.sampler, getattr(c, p.sampler), sampling.sampler_key(c.seed, p.sampler),
                          p.base.theta_proj_dim) for c in p.cfgs]
@@ -179,9 +176,7 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     sampling.import_store_in_background()  # ArviZ & co. load while the points compile and sample
     target = get_target(p.base, root)
     log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): n={target.n} d={target.d}")
-    x, y = posterior_data(target, p.base)
-    posts = [make_posterior(target.loss_fn, target.params, x, y, c.posterior, L0=target.L0 if x is target.x else None)
-             for c in p.cfgs]
+    posts = [posterior_for(target, c) for c in p.cfgs]
 
     def report(index, batch, done, total, phase):
         if progress:

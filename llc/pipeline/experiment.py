@@ -147,7 +147,7 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
              progress: Callable[[str, int, int, str], None] | None, log: Callable[[str], None]) -> None:
     sampling.prepare()
     from llc.engine.posterior import make_posterior
-    from llc.engine.targets import get_target, posterior_data, target_id, untrained
+    from llc.engine.targets import get_target, posterior_for, target_id, untrained
     from llc.pipeline.resources import backend_line, batch_cap, check_memory
 
     # One job per (run, sampler), runs in order: batches come out sampler by sampler, as run alone.
@@ -177,11 +177,7 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
         log(f"target {target.id} ({'loaded from cache' if target.cached else 'built'}): "
             f"kind={target.kind} n={target.n} d={target.d} L0={target.L0:.6g}")
         _require_finite(target, first)
-        posts = {}
-        for i in todo:  # data refinement: L0 on the posterior's own data
-            x, y = posterior_data(target, cfgs[i])
-            posts[i] = make_posterior(target.loss_fn, target.params, x, y, cfgs[i].posterior,
-                                      L0=target.L0 if x is target.x else None)
+        posts = {i: posterior_for(target, cfgs[i]) for i in todo}
         report = (lambda index, batch, done, total, phase: progress(batch.sampler, done, total, phase)) \
             if progress else None
         outs = sampling.sample(batches, jobs, [posts[i] for i, _ in runs], progress=report)

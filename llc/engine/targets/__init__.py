@@ -201,23 +201,18 @@ def build_target(cfg: RunConfig, progress: Callable[[int, int], None] | None = N
 
 def posterior_data(target: "Target", cfg: RunConfig) -> tuple[Any, Any]:
     """(x, y) the posterior's loss is on (data refinement, ``posterior.data`` / ``data_filter``): the
-    training set by default, the held-out set or both, then the examples the filter keeps."""
+    training set by default, the held-out set or both, then the examples the filter keeps. A refined
+    config is a modular target's (``llc.config.validate`` refuses any other kind)."""
     from llc.config import ConfigError, parse_data_filter
 
     pc = cfg.posterior
     if pc.data == "train" and pc.data_filter is None:
         return target.x, target.y
-    if pc.data != "train" and target.x_test is None:
-        raise ConfigError(f"posterior.data: {pc.data} needs held-out data and {target.kind} targets have none; "
-                          "use train")
     parts = {"train": [(target.x, target.y)], "test": [(target.x_test, target.y_test)],
              "all": [(target.x, target.y), (target.x_test, target.y_test)]}[pc.data]
     x = np.concatenate([np.asarray(p[0]) for p in parts])
     y = np.concatenate([np.asarray(p[1]) for p in parts])
     if pc.data_filter is not None:
-        if target.kind != "modular":
-            raise ConfigError(f"posterior.data_filter: only modular targets name their examples (a, b, y); "
-                              f"this target is {target.kind}")
         a, b = x[:, 0], x[:, 1] if x.shape[1] == 2 else x[:, 2]  # (a, b) pairs or [a, op, b, =] tokens
         keep = np.asarray(eval(parse_data_filter(pc.data_filter), {"__builtins__": {}}, {"a": a, "b": b, "y": y}))
         keep = np.broadcast_to(keep, (len(x),)).astype(bool)
@@ -226,6 +221,15 @@ def posterior_data(target: "Target", cfg: RunConfig) -> tuple[Any, Any]:
                               f"examples of posterior.data={pc.data}; it needs at least 2")
         x, y = x[keep], y[keep]
     return x, y
+
+
+def posterior_for(target: "Target", cfg: RunConfig):
+    """The posterior of ``cfg`` around the target's w*, on ``posterior_data``: L0 is the target's own
+    on its training set, else computed on the refined data."""
+    from llc.engine.posterior import make_posterior
+
+    x, y = posterior_data(target, cfg)
+    return make_posterior(target.loss_fn, target.params, x, y, cfg.posterior, L0=target.L0 if x is target.x else None)
 
 
 def untrained(cfg: RunConfig) -> tuple[Callable, Any, Any, Any]:
