@@ -213,8 +213,9 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
 
 def _units_that_fit(post: Any, scfg: Any, auto: bool) -> int | None:
     """Units (checkpoint x group) whose chains fit in memory at once (None: unknown). A unit's chains,
-    a step grid's points each when ``auto``, hold their state and evaluate the full-batch L_n
-    together; XLA measures that evaluation's activations on this backend."""
+    a step grid's points each when ``auto``, hold their state and take full-batch gradients together
+    (SGLD's MALA check: at two positions per chain; HMC and MCLMC: at one); XLA measures that
+    program's activations on this backend."""
     import jax
 
     from llc.engine import autostep
@@ -224,9 +225,10 @@ def _units_that_fit(post: Any, scfg: Any, auto: bool) -> int | None:
     chains = scfg.chains * (len(autostep.FACTORS) if auto else 1)
     post = cast(post, scfg.dtype)
     spec = lambda a, *lead: jax.ShapeDtypeStruct((*lead, *np.shape(a)), a.dtype)  # noqa: E731
-    stacked = jax.tree.map(lambda a: spec(a, chains), post.w_star)
-    losses = jax.vmap(post.loss_fn, in_axes=(0, None, None))
-    activations = resources.measured_bytes(losses, stacked, jax.tree.map(spec, post.x), jax.tree.map(spec, post.y))
+    stacked = jax.tree.map(lambda a: spec(a, 2 * chains), post.w_star)
+    gradients = jax.vmap(jax.value_and_grad(post.loss_fn), in_axes=(0, None, None))
+    activations = resources.measured_bytes(gradients, stacked, jax.tree.map(spec, post.x),
+                                           jax.tree.map(spec, post.y))
     state = chains * post.size * np.dtype(scfg.dtype).itemsize * resources.STATE_COPIES
     return resources.fitting(activations + state)
 
