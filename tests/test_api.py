@@ -133,6 +133,7 @@ print(est.metrics["compile_s"])
 """
 
 
+@pytest.mark.slow  # the same persistent cache as test_engine's fresh-process test, through the API
 def test_estimate_in_a_fresh_process_reuses_the_persistent_cache(tmp_path):
     import os
     import subprocess

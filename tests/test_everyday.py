@@ -270,6 +270,7 @@ def test_a_full_disk_during_a_run_is_one_line_and_leaves_no_temporary_file(small
     assert [p.name for p in art.iterdir() if p.name not in ("targets", ".locks")] == []  # no run directory
 
 
+@pytest.mark.slow  # the same NetCDF write path as the run's (above), through llc calibrate
 def test_a_full_disk_during_a_calibration_is_one_line(small_disk):
     art = small_disk / "A"
     assert _llc("run", *QUAD, "--samplers", "sgld", "--figures", "none", "--draws", "20",

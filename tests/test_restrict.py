@@ -186,7 +186,7 @@ def test_calibrate_takes_one_group_not_a_family(tmp_path):
 
 def test_run_family_prints_a_row_per_group_and_sums_to_the_layers(tmp_path):
     # the quick preset's MLP (layers 0, 1, 2), HMC only, short chains
-    short = ["--samplers", "hmc", "--draws", "150", "--set", "hmc.warmup=100"]
+    short = ["--samplers", "hmc", "--draws", "80", "--set", "hmc.warmup=60"]
     result = runner.invoke(app, ["run", "--preset", "quick", *short,
                                  "--restrict", "per-layer", "--artifacts", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
