@@ -16,6 +16,9 @@ n*beta, gamma) and the sampler's ``params`` (step size, friction, tuned values, 
 arguments; only shapes, dtypes and the structural options in ``Algorithm.static`` enter the
 program. A second run with the same shapes but another epsilon, gamma, beta0, seed or w* reuses
 the executable from ``_COMPILED`` in-process, and XLA's persistent cache across processes.
+
+On several local devices the same programs take their arguments on a device mesh
+(llc.engine.devices): settings x chains split over the devices, each chain's stream unchanged.
 """
 
 from __future__ import annotations
@@ -283,7 +286,7 @@ def _check_batch(algs: list[Algorithm], posts: list[Posterior]) -> None:
 
 
 def precompile(algs: list[Algorithm], posts: list[Posterior], *, proj_dim: int = 4,
-               programs: tuple[str, ...] = ("warmup", "sample"), spread: devices.Spread | None = None) -> None:
+               programs: tuple[str, ...] = ("warmup", "sample")) -> None:
     """Compile the programs ``run_batch`` will need for these runs, without running anything:
     the warm-up program (if the sampler tunes) and/or the sampling program (and its init).
 
@@ -292,7 +295,7 @@ def precompile(algs: list[Algorithm], posts: list[Posterior], *, proj_dim: int =
     trains or another sampler compiles, ``run_batch`` then finds the executables ready (or waits
     for the compile in flight) and reports their compile time as its own.
     """
-    run_batch(algs, posts, [jax.random.key(0)] * len(algs), proj_dim=proj_dim, compile_only=programs, spread=spread)
+    run_batch(algs, posts, [jax.random.key(0)] * len(algs), proj_dim=proj_dim, compile_only=programs)
 
 
 class _Inputs(NamedTuple):
@@ -307,11 +310,21 @@ class _Inputs(NamedTuple):
     problem_for: Callable[[dict, dict], Problem]
     lay: devices.Layout | None
 
-    def shardings(self, keys_chains: int) -> tuple:
-        """In-shardings of a start program's ``(keys, per, params, shared)``, keys of ``keys_chains``."""
-        lay = self.lay
-        return (devices.per_chain(lay, keys_chains), devices.per_setting(lay), devices.per_setting(lay),
-                devices.rows(lay))
+    def start_shardings(self, chains: int) -> tuple | None:
+        """(in, out) shardings of a start program ``(keys, per, params, shared) -> states...`` of
+        ``chains`` chains per setting; None on one device."""
+        if self.lay is None:
+            return None
+        each, setting = devices.per_chain(self.lay, chains), devices.per_setting(self.lay)
+        return (each, setting, setting, devices.rows(self.lay)), each
+
+    def chunk_shardings(self, chains: int) -> tuple | None:
+        """(in, out) shardings of the sampling program ``(carry, keys, chunk_index, (per, shared,
+        matrix)) -> (carry, draws)``; None on one device."""
+        if self.lay is None:
+            return None
+        each, once = devices.per_chain(self.lay, chains), devices.replicated(self.lay)
+        return (each, each, once, (devices.per_setting(self.lay), devices.rows(self.lay), once)), each
 
 
 def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int, lay: devices.Layout | None) -> _Inputs:
@@ -362,7 +375,7 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
         args = (jax.device_put(init_keys, chain_sharding), inp.per, inp.hyper, inp.shared)
         if not compile_only or "sample" in compile_only:
             init_c, _ = compile_cached(_program_key(alg, post, proj_dim, lay, "init"), init, *args,
-                                       shardings=(inp.shardings(chains), chain_sharding) if lay else None)
+                                       shardings=inp.start_shardings(chains))
         states = jax.eval_shape(init, *args) if compile_only else init_c(*args)
         params = jax.device_put(jax.tree.map(
             lambda a: np.broadcast_to(np.asarray(a)[:, None], (S, chains, *a.shape[1:])), inp.hyper), chain_sharding)
@@ -377,7 +390,7 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
     if not compile_only or "warmup" in compile_only:
         compiled, warm_compile = compile_cached(
             _program_key(alg, post, proj_dim, lay, "warmup", n_tune), warm, *args, report=not compile_only,
-            shardings=(inp.shardings(n_tune), devices.per_chain(lay, n_tune)) if lay else None)
+            shardings=inp.start_shardings(n_tune))
     if compile_only:
         states, params, record = jax.eval_shape(warm, *args)
     else:
@@ -441,14 +454,13 @@ def _sampling_chunk(alg: Algorithm, problem_for: Callable, size: int) -> Callabl
 
 
 def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj_dim: int = 4,
-              progress: ProgressFn = no_progress, compile_only: tuple[str, ...] = (),
-              spread: devices.Spread | None = None) -> list[SamplerOutput]:
+              progress: ProgressFn = no_progress, compile_only: tuple[str, ...] = ()) -> list[SamplerOutput]:
     """Several runs differing only in runtime values (epsilon, gamma, n*beta, seed, w*) as one
     program, ``vmap``ped over settings x chains; each run's random stream is the one it has alone.
 
-    ``spread`` (default: ``devices.requested()``, every local device unless ``LLC_DEVICES`` says
-    otherwise): the local devices the program is split over (llc.engine.devices); the settings are
-    padded to a multiple of their shards with copies of the last run, whose outputs are dropped.
+    The program is split over the local devices ``devices.requested()`` gives (every one unless
+    ``LLC_DEVICES`` says otherwise; llc.engine.devices); the settings are padded to a multiple of
+    their shards with copies of the last run, whose outputs are dropped.
 
     Work is shared: each run reports ``1/len(algs)`` of the batch's wall and compile time, and the
     batch totals in ``info`` (``batch_size``, ``batch_wall_s``, ``batch_compile_s``).
@@ -458,7 +470,7 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
     _check_batch(algs, posts)
     alg, S = algs[0], len(algs)
     posts = [cast(p, alg.dtype) for p in posts]
-    lay = devices.layout(S, alg.chains, posts[0].n, devices.requested() if spread is None else spread)
+    lay = devices.layout(S, alg.chains, posts[0].n, devices.requested())
     pad = devices.padded(S, lay) - S
     inp = _inputs(algs + algs[-1:] * pad, posts + posts[-1:] * pad, proj_dim, lay)
     states, params, warm_record, sample_keys, warm_wall, warm_compile = _start(
@@ -468,11 +480,9 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
     total = alg.burnin + alg.draws
     size = chunk_size(total)
     chunk = _sampling_chunk(alg, inp.problem_for, size)
-    chains = devices.per_chain(lay, alg.chains)
-    sample_keys = jax.device_put(sample_keys, chains)
+    sample_keys = jax.device_put(sample_keys, devices.per_chain(lay, alg.chains))
     carry, data = (states, params), (inp.per, inp.shared, inp.matrix)
-    shardings = ((chains, chains, devices.replicated(lay), (devices.per_setting(lay), devices.rows(lay),
-                                                           devices.replicated(lay))), chains) if lay else None
+    shardings = inp.chunk_shardings(alg.chains)
     key = _program_key(alg, posts[0], proj_dim, lay, "sample", size, total)
     if compile_only:
         if "sample" in compile_only:
