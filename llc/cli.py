@@ -184,21 +184,22 @@ FiguresOpt = Annotated[Optional[str], typer.Option(
          "or all. Default: all for `run`, summary for `sweep`.")]
 ReportOpt = Annotated[bool, typer.Option("--report", help="Write the HTML report page at the end (llc report).")]
 DevicesOpt = Annotated[Optional[str], typer.Option(
-    help="Local devices the batched programs (settings x chains) are spread over (LLC_DEVICES); default: all.")]
+    metavar="N", help="Local devices the batched programs (settings x chains) are spread over (LLC_DEVICES); default: all.")]
 DataShardsOpt = Annotated[Optional[str], typer.Option(
-    help="Of those devices, how many split the data's rows, the full-batch loss and gradient reduced across "
+    metavar="K", help="Of those devices, how many split the data's rows, the full-batch loss and gradient reduced across "
          "them (LLC_DATA_SHARDS; default 1): for a model whose activations do not fit one device.")]
 
 
 def _use_devices(cfg, devices: str | None, data_shards: str | None, backend: str = "local") -> None:
-    """``llc.engine.devices.use`` with the target's n; ConfigError when it cannot apply."""
+    """``llc.engine.devices.use`` with the target's n (``cfg`` None: each run checks its own before
+    its work); ConfigError when it cannot apply."""
     from llc.config import target_n
     from llc.engine import devices as spread
 
     if backend not in ("local", "joblib") and (devices or data_shards):
         raise ConfigError(f"--devices: counts the devices of this host (--backend local or joblib); on {backend}, "
                           f"set {spread.DEVICES_ENV} / {spread.DATA_ENV} in the job's environment")
-    spread.use(devices, data_shards, target_n(cfg))
+    spread.use(devices, data_shards, None if cfg is None else target_n(cfg))
 
 
 def _figure_pool(cfg) -> contextlib.AbstractContextManager:
@@ -618,6 +619,8 @@ def sweep(
     preset: PresetOpt = None,
     restrict: RestrictOpt = None,
     set_: SetOpt = None,
+    devices: DevicesOpt = None,
+    data_shards: DataShardsOpt = None,
     axis: Annotated[Optional[list[str]], typer.Option(
         help="Replace or add an axis: dotted.field=v1,v2 (| separates list values, e.g. model.widths=16,16|64).")] = None,
     n_seeds: Annotated[Optional[int], typer.Option(help="Replicates per point (seeds seed..seed+n-1).")] = None,
@@ -667,6 +670,7 @@ def sweep(
     try:
         _check_root(artifacts)
         _check_root_of_file(out)
+        _use_devices(None, devices, data_shards, backend)
     except ConfigError as exc:
         fail(str(exc))
     # The backend is checked (credentials, cluster) before anything is written.
