@@ -47,7 +47,7 @@ def test_plain_run_calibration_and_data_shards_equal_one_device(tmp_path):
     r = _forced_four(tmp_path, "plain_run", "calibration", "data_shards")
     run = r["plain_run"]
     assert run["devices"] == [1, 4] and run["manifest"] == [1, 4]
-    assert run["header"][0].endswith("sampling on 1 device") and run["header"][1].endswith("sampling on 4 devices")
+    assert run["header"][0].endswith("x64 on, 1 device used") and run["header"][1].endswith("4 devices used")
     assert run["rel"]["sgld"] < 1e-5
     assert r["calibration"]["devices"] == [1, 4] and r["calibration"]["rel"] < 1e-5
     assert r["data_shards"]["hmc_4x4"]["Ln"] < 1e-8 and r["data_shards"]["hmc_4x4"]["theta"] < 1e-8

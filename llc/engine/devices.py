@@ -5,9 +5,11 @@ restriction groups, seeds; each setting's chains inside). On a host with several
 same program runs with its arguments placed on a mesh of axes ``("settings", "chains", "data")``:
 per-setting arrays (w*, n*beta, gamma, masks, hyperparameters) split along ``settings``, per-chain
 arrays (states, keys, draws) along ``settings`` and ``chains``, and the data either copied to every
-device or, with ``data`` shards, split by rows. XLA's SPMD partitioner then compiles one program
-per device; a chain computes exactly what it computes on one device, with the same random stream
-(its key is the one it has alone), so results equal the one-device run's.
+device or, with ``data`` shards, split by rows. XLA's SPMD partitioner then compiles the program
+for every device. A chain computes what it computes on one device, with the same random stream (its
+key is the one it has alone), so results equal the one-device run's up to rounding: XLA may order a
+reduction differently for another per-device batch shape (as it does on one device for another
+batch size), and a long adaptation (HMC's window adaptation) can amplify that (tests/test_devices.py).
 
 Why a mesh and not ``pmap``: the compiled program stays the one ``jax.jit`` program of the
 one-device road (ahead-of-time compiled, cached, persisted), only its argument shardings change;
@@ -15,8 +17,8 @@ one-device road (ahead-of-time compiled, cached, persisted), only its argument s
 
 How the batch axis is split: among the factorisations settings x chains of the devices (after
 the data shards) whose chain factor divides the chains, the one with the fewest settings x chains
-per device (a plain run of one setting spreads its chains; a grid of 16 points its settings),
-ties to more chain shards (less padding). When the settings do not divide their devices the batch
+per device (a plain run of one setting spreads its chains; 16 grid points of 3 chains their
+settings), ties to more chain shards (no padding). When the settings do not divide their devices the batch
 is padded by repeating its last setting, whose outputs are dropped.
 
 Data shards (``LLC_DATA_SHARDS``): for a model whose full-batch activations do not fit one device,

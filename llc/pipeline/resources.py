@@ -204,7 +204,7 @@ def split_batch(members: list[int], cap: int) -> list[list[int]]:
 
 
 def backend_line() -> str:
-    """``JAX 0.x backend gpu (2 × NVIDIA H100), x64 on, sampling on 2 devices``: the run header."""
+    """``JAX 0.x backend gpu (2 × NVIDIA H100), x64 on, 2 devices used``: the run header."""
     import jax
 
     from llc.engine.devices import requested
@@ -213,5 +213,5 @@ def backend_line() -> str:
     kinds = sorted({d.device_kind for d in devices})
     spread = requested()
     return (f"JAX {jax.__version__} backend {jax.default_backend()} ({len(devices)} × {', '.join(kinds)}), "
-            f"x64 {'on' if jax.config.jax_enable_x64 else 'off'}, sampling on {spread.devices} "
-            f"device{'s' if spread.devices > 1 else ''}" + (f" (data in {spread.data} shards)" if spread.data > 1 else ""))
+            f"x64 {'on' if jax.config.jax_enable_x64 else 'off'}, {spread.devices} "
+            f"device{'s' if spread.devices > 1 else ''} used" + (f" (data in {spread.data} shards)" if spread.data > 1 else ""))
