@@ -15,6 +15,7 @@ import llc
 from llc.analysis.flags import split_flags
 from llc.cli import app
 from llc.config import build_config
+from llc.engine.autostep import FACTORS
 from llc.pipeline import trajectory as T
 
 runner = CliRunner()
@@ -126,6 +127,33 @@ def test_batched_checkpoints_equal_single_ones(first_run, tmp_path):
     data = T.Checkpointed(target.loss_fn, ck.steps[k:], ck.params[k:], target.x, target.y, {})
     alone = T.compute(data, tmp_path / "alone", sampler_cfg=cfg.sgld, posterior_cfg=cfg.posterior, seed=cfg.seed)
     assert alone["rows"][0]["llc_mean"] == pytest.approx(summary["rows"][k]["llc_mean"], rel=1e-5)
+
+
+def test_batches_fit_in_memory_counting_every_grid_point(first_run, tmp_path, monkeypatch):
+    """Before: a trajectory batched max_batch checkpoints whatever their size, and the grok preset's
+    16 checkpoints x 4 grid points x 4 chains asked an H100 for 74.7 GiB. Now a batch holds the
+    checkpoints whose chains (every auto grid point's) fit in memory."""
+    root, cfg, summary = first_run
+    from llc.engine.posterior import make_posterior
+    from llc.engine.targets import get_target, load_checkpoints
+    from llc.pipeline import resources
+
+    target = get_target(cfg, root)
+    ck = load_checkpoints(target)
+    post = make_posterior(target.loss_fn, ck.params[0], target.x, target.y, cfg.posterior)
+    monkeypatch.setattr(resources, "available_device_memory", lambda: 10**12)
+    per_auto = resources.BATCH_MEMORY_FRACTION * 10**12 / T._units_that_fit(post, cfg.sgld, auto=True)
+    per_fixed = resources.BATCH_MEMORY_FRACTION * 10**12 / T._units_that_fit(post, cfg.sgld, auto=False)
+    # every grid point's chains counted (XLA's temporaries are not exactly linear in the batch width)
+    assert 0.85 * len(FACTORS) * per_fixed < per_auto <= len(FACTORS) * per_fixed * 1.01
+    monkeypatch.setattr(resources, "available_device_memory", lambda: int(5 * per_auto))  # 2.5 units fit
+    data = T.Checkpointed(target.loss_fn, ck.steps[:4], ck.params[:4], target.x, target.y, {})
+    lines = []
+    T.compute(data, tmp_path / "capped", sampler_cfg=cfg.sgld, posterior_cfg=cfg.posterior, seed=cfg.seed,
+              max_batch=16, log=lines.append)
+    assert "trajectory: 2 checkpoints per batched program fit in memory (max_batch 16)" in lines
+    assert [ln for ln in lines if ln.endswith("done")] == ["trajectory: checkpoints 1-2 of 4 done",
+                                                           "trajectory: checkpoints 3-4 of 4 done"]
 
 
 def test_cli_trajectory(first_run):

@@ -177,22 +177,39 @@ def check_sampler_memory(sc: Any, d: int, data_bytes: int, proj_dim: int, prefix
                           "lower chains (or draws)")
 
 
-def batch_cap(cfgs: list[RunConfig], device_available: int | None = -1, host_available: int | None = None) -> int:
-    """How many of these runs fit in memory at once as one batched program: the accelerator's free
-    memory (the host's on the CPU backend) times the devices the program spreads over
-    (llc.engine.devices), at most ``BATCH_MEMORY_FRACTION`` of it, over the largest run's estimate;
-    at least 1 (a run that cannot fit alone is ``check_memory``'s to refuse)."""
+def fitting(per_item: int, device_available: int | None = -1, host_available: int | None = None) -> int | None:
+    """How many items of ``per_item`` bytes fit at once in ``BATCH_MEMORY_FRACTION`` of the
+    accelerator's free memory (the host's on the CPU backend), on each of the devices a batched
+    program spreads over (llc.engine.devices); at least 1; None when unknown."""
     from llc.engine.devices import requested
 
     if device_available == -1:
         device_available = available_device_memory()
     available = device_available if device_available is not None else (
         available_host_memory() if host_available is None else host_available)
-    per_run = max(estimate(c)["device"] for c in cfgs)
-    if not available or per_run <= 0:
-        return len(cfgs)
+    if not available or per_item <= 0:
+        return None
     sharing = 1 if device_available is None else requested().devices  # CPU devices share the host's memory
-    return max(1, min(len(cfgs), int(BATCH_MEMORY_FRACTION * available * sharing // per_run)))
+    return max(1, int(BATCH_MEMORY_FRACTION * available * sharing // per_item))
+
+
+def batch_cap(cfgs: list[RunConfig], device_available: int | None = -1, host_available: int | None = None) -> int:
+    """How many of these runs fit in memory at once as one batched program (``fitting`` the largest
+    run's estimate); at least 1 (a run that cannot fit alone is ``check_memory``'s to refuse)."""
+    fit = fitting(max(estimate(c)["device"] for c in cfgs), device_available, host_available)
+    return len(cfgs) if fit is None else min(len(cfgs), fit)
+
+
+def measured_bytes(fn: Any, *args: Any) -> int:
+    """Device bytes XLA plans for the temporaries and outputs of ``jax.jit(fn)(*args)`` on this
+    backend (``args`` may be ``jax.ShapeDtypeStruct``s): a user model's activations, which no config
+    describes. The CPU backend fuses more, so it reports less than an accelerator would."""
+    import jax
+
+    stats = jax.jit(fn).lower(*args).compile().memory_analysis()
+    if stats is None:
+        return 0
+    return int(stats.output_size_in_bytes + stats.temp_size_in_bytes)
 
 
 def split_batch(members: list[int], cap: int) -> list[list[int]]:

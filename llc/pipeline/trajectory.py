@@ -160,9 +160,17 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
     key = sampling.sampler_key(seed, sampler)
     t0 = time.perf_counter()
     compile_s = 0.0
+    L0s: dict[int, float] = {}
+    if todo:
+        i, g = units[todo[0]]
+        first = make_posterior(data.loss_fn, data.params[i], data.x, data.y, pcfg, restrict=groups[g])
+        L0s[i] = first.L0
+        fit = _units_that_fit(first, scfg, sampling.is_auto(sampling.Job(sampler, scfg, key, proj_dim)))
+        if fit is not None and fit < min(max_batch, len(todo)):
+            log(f"trajectory: {fit} {what} per batched program fit in memory (max_batch {max_batch})")
+            max_batch = fit
     # Equal batches of at most max_batch: padding the last batch to a full one wastes as little as it can.
     size = -(-len(todo) // -(-len(todo) // max_batch)) if todo else 1
-    L0s: dict[int, float] = {}
     for start in range(0, len(todo), size):
         idx = todo[start:start + size]
         # The last batch is padded with its last unit: one compiled program for every batch.
@@ -206,6 +214,28 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
                      devices=devices.requested().devices)
 
 
+def _units_that_fit(post: Any, scfg: Any, auto: bool) -> int | None:
+    """Units (checkpoint x group) whose chains fit in memory at once (None: unknown). A unit's chains,
+    a step grid's points each when ``auto``, hold their state and take full-batch gradients together
+    (SGLD's MALA check: at two positions per chain; HMC and MCLMC: at one); XLA measures that
+    program's activations on this backend."""
+    import jax
+
+    from llc.engine import autostep
+    from llc.engine.posterior import cast
+    from llc.pipeline import resources
+
+    chains = scfg.chains * (len(autostep.FACTORS) if auto else 1)
+    post = cast(post, scfg.dtype)
+    spec = lambda a, *lead: jax.ShapeDtypeStruct((*lead, *np.shape(a)), a.dtype)  # noqa: E731
+    stacked = jax.tree.map(lambda a: spec(a, 2 * chains), post.w_star)
+    gradients = jax.vmap(jax.value_and_grad(post.loss_fn), in_axes=(0, None, None))
+    activations = resources.measured_bytes(gradients, stacked, jax.tree.map(spec, post.x),
+                                           jax.tree.map(spec, post.y))
+    state = chains * post.size * np.dtype(scfg.dtype).itemsize * resources.STATE_COPIES
+    return resources.fitting(activations + state)
+
+
 def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
     """CSV_COLUMNS, then the probe and per-layer columns that some row has."""
     present = {k for r in rows for k in r}
@@ -215,7 +245,7 @@ def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
 
 def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, compile_s: float,
               computed: int, target: dict[str, Any], groups: list[str] | None = None,
-              devices: int = 1) -> dict[str, Any]:
+              devices: int) -> dict[str, Any]:
     """trajectory.csv, trajectory.nc, trajectory.png and summary.json from the saved points; with a
     restriction family (``groups``), a row per (checkpoint, group) and a ``group`` dimension;
     ``devices``: the local devices its batches were spread over."""
