@@ -183,6 +183,23 @@ FiguresOpt = Annotated[Optional[str], typer.Option(
     help="Per-run PNG figures, drawn after each run is saved: none, summary (running λ̂, L_n trace, combined) "
          "or all. Default: all for `run`, summary for `sweep`.")]
 ReportOpt = Annotated[bool, typer.Option("--report", help="Write the HTML report page at the end (llc report).")]
+DevicesOpt = Annotated[Optional[str], typer.Option(
+    metavar="N", help="Local devices the batched programs (settings x chains) are spread over (LLC_DEVICES); default: all.")]
+DataShardsOpt = Annotated[Optional[str], typer.Option(
+    metavar="K", help="Of those devices, how many split the data's rows, the full-batch loss and gradient reduced across "
+         "them (LLC_DATA_SHARDS; default 1): for a model whose activations do not fit one device.")]
+
+
+def _use_devices(cfg, devices: str | None, data_shards: str | None, backend: str = "local") -> None:
+    """``llc.engine.devices.use`` with the target's n (``cfg`` None: each run checks its own before
+    its work); ConfigError when it cannot apply."""
+    from llc.config import target_n
+    from llc.engine import devices as spread
+
+    if backend not in ("local", "joblib") and (devices or data_shards):
+        raise ConfigError(f"--devices: counts the devices of this host (--backend local or joblib); on {backend}, "
+                          f"set {spread.DEVICES_ENV} / {spread.DATA_ENV} in the job's environment")
+    spread.use(devices, data_shards, None if cfg is None else target_n(cfg))
 
 
 def _figure_pool(cfg) -> contextlib.AbstractContextManager:
@@ -288,6 +305,8 @@ def run(
         "--sgld-bias-correction/--no-sgld-bias-correction", help="Adam bias correction.")] = None,
     restrict: RestrictOpt = None,
     set_: SetOpt = None,
+    devices: DevicesOpt = None,
+    data_shards: DataShardsOpt = None,
     no_skip: Annotated[bool, typer.Option("--no-skip", help="Recompute even if a cached run exists.")] = False,
     no_save_plots: Annotated[bool, typer.Option("--no-save-plots", help="Skip figures (= --figures none).")] = False,
     figures: FiguresOpt = None,
@@ -316,6 +335,7 @@ def run(
     try:
         cfg = _config(preset, [*overrides, *(set_ or [])])
         _check_root(artifacts)
+        _use_devices(cfg, devices, data_shards, backend)
     except ConfigError as exc:
         fail(str(exc))
     from llc.pipeline.experiment import expand_restriction
@@ -405,6 +425,8 @@ def calibrate(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the runs and of the target.")] = None,
     restrict: RestrictOpt = None,
     set_: SetOpt = None,
+    devices: DevicesOpt = None,
+    data_shards: DataShardsOpt = None,
     no_skip: Annotated[bool, typer.Option("--no-skip", help="Recompute even if this calibration is cached.")] = False,
     write_html: ReportOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
@@ -425,6 +447,7 @@ def calibrate(
 
         check_restriction(plan.base, family_ok=False, what="llc calibrate")
         _check_root(artifacts)
+        _use_devices(plan.base, devices, data_shards)
     except ConfigError as exc:
         fail(str(exc))
     with err.status(f"calibrating {sampler}: {len(plan.points)} points"):
@@ -449,6 +472,8 @@ def trajectory(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the runs and of the target.")] = None,
     restrict: RestrictOpt = None,
     set_: SetOpt = None,
+    devices: DevicesOpt = None,
+    data_shards: DataShardsOpt = None,
     max_batch: Annotated[int, typer.Option(help="Checkpoints (x restricted groups) per batched program (memory).",
                                            min=1)] = 16,
     axis: Annotated[Optional[list[str]], typer.Option(
@@ -482,6 +507,7 @@ def trajectory(
             raise ConfigError(f"--sampler: {name!r} is not allowed; choose one of "
                               + ", ".join(registry.batched_names()))
         _check_root(artifacts)
+        _use_devices(cfg, devices, data_shards)
     except ConfigError as exc:
         fail(str(exc))
     overlay = None
@@ -593,6 +619,8 @@ def sweep(
     preset: PresetOpt = None,
     restrict: RestrictOpt = None,
     set_: SetOpt = None,
+    devices: DevicesOpt = None,
+    data_shards: DataShardsOpt = None,
     axis: Annotated[Optional[list[str]], typer.Option(
         help="Replace or add an axis: dotted.field=v1,v2 (| separates list values, e.g. model.widths=16,16|64).")] = None,
     n_seeds: Annotated[Optional[int], typer.Option(help="Replicates per point (seeds seed..seed+n-1).")] = None,
@@ -642,6 +670,7 @@ def sweep(
     try:
         _check_root(artifacts)
         _check_root_of_file(out)
+        _use_devices(None, devices, data_shards, backend)
     except ConfigError as exc:
         fail(str(exc))
     # The backend is checked (credentials, cluster) before anything is written.

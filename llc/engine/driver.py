@@ -16,6 +16,9 @@ n*beta, gamma) and the sampler's ``params`` (step size, friction, tuned values, 
 arguments; only shapes, dtypes and the structural options in ``Algorithm.static`` enter the
 program. A second run with the same shapes but another epsilon, gamma, beta0, seed or w* reuses
 the executable from ``_COMPILED`` in-process, and XLA's persistent cache across processes.
+
+On several local devices the same programs take their arguments on a device mesh
+(llc.engine.devices): settings x chains split over the devices, each chain's stream unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from llc.engine import devices
 from llc.engine.posterior import Posterior, Problem, cast, ones_mask, problem_arrays
 
 
@@ -150,11 +154,13 @@ def signature(args) -> tuple:
     return (treedef, tuple((np.shape(a), jnp.result_type(a).name, getattr(a, "weak_type", False)) for a in leaves))
 
 
-def compile_cached(key: tuple, fn: Callable, *args, report: bool = True) -> tuple[Callable, float]:
+def compile_cached(key: tuple, fn: Callable, *args, report: bool = True,
+                   shardings: tuple[Any, Any] | None = None) -> tuple[Callable, float]:
     """``jax.jit(fn)`` compiled for ``args`` (arrays or ``jax.ShapeDtypeStruct``s); reused for any
     later call with the same ``key`` and argument shapes/dtypes, also while another thread is
     still compiling it (``precompile``). Returns (executable, compile seconds): the seconds go to
-    the first caller with ``report=True``, later ones get 0.0."""
+    the first caller with ``report=True``, later ones get 0.0. ``shardings``: (in, out) shardings
+    on a device mesh (llc.engine.devices; the key must then name the mesh)."""
     full_key = (key, signature(args))
     with _COMPILED_LOCK:
         entry = _COMPILED.get(full_key)
@@ -164,7 +170,9 @@ def compile_cached(key: tuple, fn: Callable, *args, report: bool = True) -> tupl
     if owner:
         t0 = time.perf_counter()
         try:
-            entry.executable = jax.jit(fn).lower(*args).compile()
+            jitted = jax.jit(fn) if shardings is None else jax.jit(fn, in_shardings=shardings[0],
+                                                                     out_shardings=shardings[1])
+            entry.executable = jitted.lower(*args).compile()
         except BaseException as exc:
             with _COMPILED_LOCK:
                 del _COMPILED[full_key]  # a later caller tries again
@@ -176,7 +184,7 @@ def compile_cached(key: tuple, fn: Callable, *args, report: bool = True) -> tupl
     else:
         entry.ready.wait()
         if entry.error is not None:
-            return compile_cached(key, fn, *args, report=report)
+            return compile_cached(key, fn, *args, report=report, shardings=shardings)
     with _COMPILED_LOCK:
         seconds = entry.seconds if report and not entry.reported else 0.0
         entry.reported |= report
@@ -212,11 +220,12 @@ def on_shapes_if(abstract: bool, fn: Callable, *args):
     return jax.eval_shape(fn, *args) if abstract else fn(*args)
 
 
-def _program_key(alg: Algorithm, post: Posterior, proj_dim: int, what: str, *extra) -> tuple:
+def _program_key(alg: Algorithm, post: Posterior, proj_dim: int, lay: devices.Layout | None, what: str,
+                 *extra) -> tuple:
     # The loss is compared by equality: one object per model (a target's ``make_loss``) or equal
     # wrappers of one user model (``llc.api``); a new closure per run would compile every run anew.
     return (what, alg.name, alg.static, alg.chains, alg.steps_per_draw, alg.flat, alg.dtype,
-            post.loss_fn, post.n, proj_dim, jax.config.jax_enable_x64, *extra)
+            post.loss_fn, post.n, proj_dim, jax.config.jax_enable_x64, None if lay is None else lay.key, *extra)
 
 
 def run(alg: Algorithm, post: Posterior, key: jax.Array, *, proj_dim: int = 4,
@@ -239,9 +248,9 @@ def unravel_function(tree) -> Callable:
     return found[0]
 
 
-def _stack(trees: list):
-    """Stack on the host and copy to the device once (eager ``jnp.stack`` compiles per shape)."""
-    return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees))
+def _stack(trees: list, sharding=None):
+    """Stack on the host and copy to the device(s) once (eager ``jnp.stack`` compiles per shape)."""
+    return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees), sharding)
 
 
 def _batch_keys(keys: list, warm_chains: int | None, chains: int) -> tuple[jax.Array, jax.Array]:
@@ -291,16 +300,34 @@ def precompile(algs: list[Algorithm], posts: list[Posterior], *, proj_dim: int =
 
 class _Inputs(NamedTuple):
     """A batch's arguments: per-setting values stacked over settings, the data shared by all, the
-    sampler's runtime parameters (stacked), the θ projection, and how a setting's Problem is built."""
+    sampler's runtime parameters (stacked), the θ projection, and how a setting's Problem is built;
+    placed on the batch's mesh (``lay``, None on one device)."""
 
     per: dict[str, Any]
     shared: dict[str, Any]
     hyper: Any
     matrix: jax.Array
     problem_for: Callable[[dict, dict], Problem]
+    lay: devices.Layout | None
+
+    def start_shardings(self, chains: int) -> tuple | None:
+        """(in, out) shardings of a start program ``(keys, per, params, shared) -> states...`` of
+        ``chains`` chains per setting; None on one device."""
+        if self.lay is None:
+            return None
+        each, setting = devices.per_chain(self.lay, chains), devices.per_setting(self.lay)
+        return (each, setting, setting, devices.rows(self.lay)), each
+
+    def chunk_shardings(self, chains: int) -> tuple | None:
+        """(in, out) shardings of the sampling program ``(carry, keys, chunk_index, (per, shared,
+        matrix)) -> (carry, draws)``; None on one device."""
+        if self.lay is None:
+            return None
+        each, once = devices.per_chain(self.lay, chains), devices.replicated(self.lay)
+        return (each, each, once, (devices.per_setting(self.lay), devices.rows(self.lay), once)), each
 
 
-def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int) -> _Inputs:
+def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int, lay: devices.Layout | None) -> _Inputs:
     alg, post = algs[0], posts[0]
     unravel = unravel_function(post.w_star)
     if any(p.mask is not None for p in posts):  # restrictions are runtime arrays: one shape for all
@@ -311,11 +338,13 @@ def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int) -> _In
     def problem_for(shared, per_setting) -> Problem:
         return Problem.build(post.loss_fn, {**shared, **per_setting}, post.n, unravel if alg.flat else None)
 
-    return _Inputs(per=_stack([{k: a[k] for k in per_keys} for a in arrays]),
-                   shared={"x": arrays[0]["x"], "y": arrays[0]["y"]},  # the data: one copy, not vmapped
-                   hyper=_stack([a.params for a in algs]),
-                   matrix=projection_matrix(post.size, proj_dim, seed=0, dtype=alg.dtype),
-                   problem_for=problem_for)
+    shared = {"x": arrays[0]["x"], "y": arrays[0]["y"]}  # the data: one copy, not vmapped
+    matrix = projection_matrix(post.size, proj_dim, seed=0, dtype=alg.dtype)
+    if lay is not None:
+        shared, matrix = jax.device_put(shared, devices.rows(lay)), jax.device_put(matrix, devices.replicated(lay))
+    return _Inputs(per=_stack([{k: a[k] for k in per_keys} for a in arrays], devices.per_setting(lay)),
+                   shared=shared, hyper=_stack([a.params for a in algs], devices.per_setting(lay)),
+                   matrix=matrix, problem_for=problem_for, lay=lay)
 
 
 def _every_chain(inp: _Inputs, start: Callable) -> Callable:
@@ -337,28 +366,31 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
     its own), else its ``init`` with the configured parameters. Returns (states, params, the
     warm-up's record, the sampling keys, warm-up wall s, warm-up compile s); on shapes alone with
     ``compile_only``."""
-    chains, S = alg.chains, len(keys)
+    chains, S, lay = alg.chains, len(keys), inp.lay
+    chain_sharding = devices.per_chain(lay, chains)
     if alg.warmup is None:
         init_keys, sample_keys = _batch_keys(keys, None, chains)
 
         init = _every_chain(inp, alg.init)
-        args = (init_keys, inp.per, inp.hyper, inp.shared)
+        args = (jax.device_put(init_keys, chain_sharding), inp.per, inp.hyper, inp.shared)
         if not compile_only or "sample" in compile_only:
-            init_c, _ = compile_cached(_program_key(alg, post, proj_dim, "init"), init, *args)
+            init_c, _ = compile_cached(_program_key(alg, post, proj_dim, lay, "init"), init, *args,
+                                       shardings=inp.start_shardings(chains))
         states = jax.eval_shape(init, *args) if compile_only else init_c(*args)
         params = jax.device_put(jax.tree.map(
-            lambda a: np.broadcast_to(np.asarray(a)[:, None], (S, chains, *a.shape[1:])), inp.hyper))
+            lambda a: np.broadcast_to(np.asarray(a)[:, None], (S, chains, *a.shape[1:])), inp.hyper), chain_sharding)
         return states, params, None, sample_keys, 0.0, 0.0
 
     n_tune = alg.warmup_chains or chains
     warm_keys, sample_keys = _batch_keys(keys, n_tune, chains)
 
     warm = _every_chain(inp, alg.warmup)
-    args = (warm_keys, inp.per, inp.hyper, inp.shared)
+    args = (jax.device_put(warm_keys, devices.per_chain(lay, n_tune)), inp.per, inp.hyper, inp.shared)
     warm_compile = warm_wall = 0.0
     if not compile_only or "warmup" in compile_only:
-        compiled, warm_compile = compile_cached(_program_key(alg, post, proj_dim, "warmup", n_tune), warm, *args,
-                                                report=not compile_only)
+        compiled, warm_compile = compile_cached(
+            _program_key(alg, post, proj_dim, lay, "warmup", n_tune), warm, *args, report=not compile_only,
+            shardings=inp.start_shardings(n_tune))
     if compile_only:
         states, params, record = jax.eval_shape(warm, *args)
     else:
@@ -370,6 +402,8 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
     if n_tune != chains:  # shared adaptation: every chain starts from chain 0's tuned state
         states, params = on_shapes_if(bool(compile_only), lambda *t: tuple(
             jax.tree.map(lambda a: jnp.repeat(a[:, :1], chains, axis=1), x) for x in t), states, params)
+        if lay is not None and not compile_only:  # the sampling program's placement
+            states, params = jax.device_put((states, params), chain_sharding)
     return states, params, record, sample_keys, warm_wall, warm_compile
 
 
@@ -424,6 +458,10 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
     """Several runs differing only in runtime values (epsilon, gamma, n*beta, seed, w*) as one
     program, ``vmap``ped over settings x chains; each run's random stream is the one it has alone.
 
+    The program is split over the local devices ``devices.requested()`` gives (every one unless
+    ``LLC_DEVICES`` says otherwise; llc.engine.devices); the settings are padded to a multiple of
+    their shards with copies of the last run, whose outputs are dropped.
+
     Work is shared: each run reports ``1/len(algs)`` of the batch's wall and compile time, and the
     batch totals in ``info`` (``batch_size``, ``batch_wall_s``, ``batch_compile_s``).
     ``compile_only``: compile only these programs ("warmup", "sample"), traced on shapes, and
@@ -432,20 +470,25 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
     _check_batch(algs, posts)
     alg, S = algs[0], len(algs)
     posts = [cast(p, alg.dtype) for p in posts]
-    inp = _inputs(algs, posts, proj_dim)
+    lay = devices.layout(S, alg.chains, posts[0].n, devices.requested())
+    pad = devices.padded(S, lay) - S
+    inp = _inputs(algs + algs[-1:] * pad, posts + posts[-1:] * pad, proj_dim, lay)
     states, params, warm_record, sample_keys, warm_wall, warm_compile = _start(
-        alg, posts[0], inp, list(keys), proj_dim=proj_dim, progress=progress, compile_only=compile_only)
+        alg, posts[0], inp, list(keys) + list(keys)[-1:] * pad, proj_dim=proj_dim, progress=progress,
+        compile_only=compile_only)
 
     total = alg.burnin + alg.draws
     size = chunk_size(total)
     chunk = _sampling_chunk(alg, inp.problem_for, size)
+    sample_keys = jax.device_put(sample_keys, devices.per_chain(lay, alg.chains))
     carry, data = (states, params), (inp.per, inp.shared, inp.matrix)
-    key = _program_key(alg, posts[0], proj_dim, "sample", size, total)
+    shardings = inp.chunk_shardings(alg.chains)
+    key = _program_key(alg, posts[0], proj_dim, lay, "sample", size, total)
     if compile_only:
         if "sample" in compile_only:
-            compile_cached(key, chunk, carry, sample_keys, np.int32(0), data, report=False)
+            compile_cached(key, chunk, carry, sample_keys, np.int32(0), data, report=False, shardings=shardings)
         return []
-    compiled, compile_s = compile_cached(key, chunk, carry, sample_keys, np.int32(0), data)
+    compiled, compile_s = compile_cached(key, chunk, carry, sample_keys, np.int32(0), data, shardings=shardings)
     _, (Ln, theta, stats), wall = run_chunks(compiled, carry, sample_keys, total, size, data, progress, alg.name,
                                              axis=2)
 

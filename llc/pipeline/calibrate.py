@@ -163,6 +163,7 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     from llc.pipeline import sampling
 
     sampling.prepare()
+    from llc.engine import devices
     from llc.engine.targets import analytic_llc, get_target, posterior_for
     from llc.pipeline.resources import batch_cap
 
@@ -199,7 +200,8 @@ def run_points(p: Plan, root: Path, *, progress: Callable[[int, int, str], None]
     compile_s = sum(o.info.get("batch_compile_s", o.work["compile_s"]) for o in
                     (outputs[b.members[0]] for b in batches))
     return {"plan": p, "target": target, "rows": rows, "outputs": outputs, "posts": posts, "wall_s": wall,
-            "sampling_s": sampling_s, "compile_s": compile_s, "batches": len(batches)}
+            "sampling_s": sampling_s, "compile_s": compile_s, "batches": len(batches),
+            "devices": devices.requested().devices}
 
 
 # --------------------------------------------------------------------------- the rule
@@ -341,7 +343,7 @@ def _compute(p: Plan, root: Path, out_dir: Path, *, reference: str, progress: Ca
         "calibration_id": cid, "cached": False, "sampler": p.sampler, "axes": {k: list(v) for k, v in p.axes.items()},
         "target": {"id": result["target"].id, "kind": result["target"].kind, "n": result["target"].n,
                    "d": result["target"].d},
-        "points": len(rows), "batches": result["batches"], "wall_s": result["wall_s"],
+        "points": len(rows), "batches": result["batches"], "devices": result["devices"], "wall_s": result["wall_s"],
         "sampling_s": result["sampling_s"], "compile_s": result["compile_s"], "reference": ref,
         "recommended": {"index": rec["index"], "why": rec["why"],
                         "setting": {k: rows[rec["index"]][k] for k in p.axes} if rec["index"] is not None else None},

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llc.analysis.flags import add_cross_sampler_flags
-from llc.config import RunConfig, figure_mode, to_dict
+from llc.config import RunConfig, figure_mode, target_n, to_dict
 from llc.pipeline import sampling
 from llc.store import cache
 
@@ -146,6 +146,7 @@ class TargetError(RuntimeError):
 def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any] | None], root: Path,
              progress: Callable[[str, int, int, str], None] | None, log: Callable[[str], None]) -> None:
     sampling.prepare()
+    from llc.engine import devices
     from llc.engine.posterior import make_posterior
     from llc.engine.targets import get_target, posterior_for, target_id, untrained
     from llc.pipeline.resources import backend_line, batch_cap, check_memory
@@ -161,6 +162,9 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
     if len({target_id(cfgs[i]) for i in todo}) > 1:
         raise ValueError("run_experiments: the runs of one batch must share their target")
     check_memory([cfgs[i] for i in todo])  # before the header: a refused run is one line
+    spread = devices.requested()
+    for i in todo:
+        devices.check_rows(target_n(cfgs[i]), spread)
     first = cfgs[todo[0]]
     what = f"run {cache.run_id(first)}" if len(todo) == 1 else f"{len(todo)} runs"
     log(f"{what}: {', '.join(first.samplers)} on {first.target.kind}; {backend_line()}")
@@ -188,7 +192,7 @@ def _compute(cfgs: list[RunConfig], todo: list[int], records: list[dict[str, Any
     for (i, name), out in zip(runs, outs):
         outputs[i][name] = out
     for i in todo:
-        records[i] = _save_run(cfgs[i], root, target, posts[i], outputs[i], t_start, log)
+        records[i] = _save_run(cfgs[i], root, target, posts[i], outputs[i], t_start, log, spread)
 
 
 def _require_finite(target: Any, cfg: RunConfig) -> None:
@@ -207,8 +211,9 @@ def _require_finite(target: Any, cfg: RunConfig) -> None:
 
 
 def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[str, Any], t_start: float,
-              log: Callable[[str], None]) -> dict[str, Any]:
-    """Metrics, records and artifacts of one run, written atomically; returns its result record."""
+              log: Callable[[str], None], spread: Any) -> dict[str, Any]:
+    """Metrics, records and artifacts of one run, written atomically; returns its result record.
+    ``spread``: the devices it sampled on (llc.engine.devices.Spread)."""
     import jax
 
     from llc.analysis.diagnostics import sampler_metrics
@@ -251,6 +256,7 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
         "run_id": rid,
         "artifacts": str(run_dir),
         "cached": False,
+        "devices": spread.devices,
         "target": {"id": target.id, "kind": target.kind, "n": target.n, "d": target.d, "L0": target.L0,
                    "cached": target.cached, "analytic_llc": analytic["value"] if analytic else None},
         "posterior": {"n": post.n, "beta": post.beta, "gamma": post.gamma, "nbeta": post.nbeta,
@@ -264,6 +270,8 @@ def _save_run(cfg: RunConfig, root: Path, target: Any, post: Any, outputs: dict[
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
         "jax_backend": jax.default_backend(),
+        "devices": spread.devices,
+        "data_shards": spread.data,
         "code_fingerprint": cache.code_fingerprint(),
         "versions": _versions(),
         "target_id": target.id,

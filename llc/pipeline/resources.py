@@ -71,9 +71,14 @@ def chain_bytes(sc: Any, d: int, proj_dim: int) -> tuple[int, int, str]:
     return state, records, f"{sc.chains} chains × {per}{d} parameters"
 
 
-def estimate(cfg: RunConfig) -> dict[str, Any]:
-    """Bytes the run needs: {"device": peak of one sampler's chains, "host": recorded draws of all
-    samplers plus data, "total", "worst": (sampler, description) of the largest part}."""
+def estimate(cfg: RunConfig, spread: Any = None) -> dict[str, Any]:
+    """Bytes the run needs: {"device": peak of one sampler's chains on each device, "host": recorded
+    draws of all samplers plus data, "total", "worst": (sampler, description) of the largest part}.
+    ``spread`` (llc.engine.devices.Spread; default one device): a run alone splits its chains over
+    the devices, and its data (activations too) over the data shards."""
+    from llc.engine.devices import Spread, chain_shards
+
+    spread = spread or Spread()
     d = n_params(cfg)
     n = target_n(cfg)
     widths, point = _layer_widths(cfg)
@@ -85,7 +90,8 @@ def estimate(cfg: RunConfig) -> dict[str, Any]:
         state, records, what = chain_bytes(sc, d, cfg.theta_proj_dim)
         # L_n of every draw is a full-batch forward pass of each chain.
         activations = chains * n * widths * sampler_item(sc) * ACTIVATION_COPIES
-        device_peak = max(device_peak, state + activations + 2 * data)
+        shards = chain_shards(1, chains, spread)
+        device_peak = max(device_peak, (state + activations // spread.data) // shards + 2 * data // spread.data)
         host += records
         for part, size, desc in (("state", state + activations, what),
                                  ("draws", records, f"{chains} chains × {sc.footprint()[1]} draws")):
@@ -129,7 +135,10 @@ def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None =
     """ConfigError (one line with the estimate) when a run cannot fit: alone on the device (batches
     are split to fit, ``batch_cap``), and with every run's recorded draws on the host. Returns
     the estimate."""
-    ests = [estimate(c) for c in (cfgs if isinstance(cfgs, list) else [cfgs])]
+    from llc.engine.devices import requested
+
+    spread = requested()
+    ests = [estimate(c, spread) for c in (cfgs if isinstance(cfgs, list) else [cfgs])]
     est = max(ests, key=lambda e: e["total"])
     est = {**est, "host": sum(e["host"] for e in ests)}
     est["total"] = est["device"] + est["host"]
@@ -141,9 +150,10 @@ def check_memory(cfgs: RunConfig | list[RunConfig], host_available: int | None =
     fields = ", ".join(f"{sampler}.{f}" for f in (cls.CHAINS_FIELD, cls.DRAWS_FIELD) if f)
     hint = f"largest part: {sampler} with {what}; lower --chains / --draws (or {fields})"
     if device_available is not None and est["device"] > device_available:
-        raise ConfigError(f"memory: this run needs about {_gb(est['device'])} of accelerator memory, "
+        each = f" on each of {spread.devices} devices" if spread.devices > 1 else ""
+        raise ConfigError(f"memory: this run needs about {_gb(est['device'])} of accelerator memory{each}, "
                           f"{_gb(device_available)} is free; {hint}")
-    need_host = est["host"] + (0 if device_available is not None else est["device"])
+    need_host = est["host"] + (0 if device_available is not None else est["device"] * spread.devices)
     if host_available is not None and need_host > host_available:
         raise ConfigError(f"memory: this run needs about {_gb(need_host)}, {_gb(host_available)} is available; {hint}")
     return est
@@ -169,14 +179,18 @@ def check_sampler_memory(sc: Any, d: int, data_bytes: int, proj_dim: int, prefix
 
 def fitting(per_item: int, device_available: int | None = -1, host_available: int | None = None) -> int | None:
     """How many items of ``per_item`` bytes fit at once in ``BATCH_MEMORY_FRACTION`` of the
-    accelerator's free memory (the host's on the CPU backend); at least 1; None when unknown."""
+    accelerator's free memory (the host's on the CPU backend), on each of the devices a batched
+    program spreads over (llc.engine.devices); at least 1; None when unknown."""
+    from llc.engine.devices import requested
+
     if device_available == -1:
         device_available = available_device_memory()
     available = device_available if device_available is not None else (
         available_host_memory() if host_available is None else host_available)
     if not available or per_item <= 0:
         return None
-    return max(1, int(BATCH_MEMORY_FRACTION * available // per_item))
+    sharing = 1 if device_available is None else requested().devices  # CPU devices share the host's memory
+    return max(1, int(BATCH_MEMORY_FRACTION * available * sharing // per_item))
 
 
 def batch_cap(cfgs: list[RunConfig], device_available: int | None = -1, host_available: int | None = None) -> int:
@@ -207,10 +221,14 @@ def split_batch(members: list[int], cap: int) -> list[list[int]]:
 
 
 def backend_line() -> str:
-    """``JAX 0.x backend gpu (1 × NVIDIA H100), x64 on``: printed in the run header."""
+    """``JAX 0.x backend gpu (2 × NVIDIA H100), x64 on, 2 devices used``: the run header."""
     import jax
+
+    from llc.engine.devices import requested
 
     devices = jax.devices()
     kinds = sorted({d.device_kind for d in devices})
+    spread = requested()
     return (f"JAX {jax.__version__} backend {jax.default_backend()} ({len(devices)} × {', '.join(kinds)}), "
-            f"x64 {'on' if jax.config.jax_enable_x64 else 'off'}")
+            f"x64 {'on' if jax.config.jax_enable_x64 else 'off'}, {spread.devices} "
+            f"device{'s' if spread.devices > 1 else ''} used" + (f" (data in {spread.data} shards)" if spread.data > 1 else ""))

@@ -207,8 +207,11 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
         log(f"trajectory: {what} {start + 1}-{start + len(idx)} of {len(todo)} done")
         if progress:
             progress(start + len(idx), len(todo), what)
+    from llc.engine import devices
+
     return _assemble(out_dir, steps, sampler, wall_s=time.perf_counter() - t0, compile_s=compile_s,
-                     computed=len(todo), target=target or {}, groups=labels if family else None)
+                     computed=len(todo), target=target or {}, groups=labels if family else None,
+                     devices=devices.requested().devices)
 
 
 def _units_that_fit(post: Any, scfg: Any, auto: bool) -> int | None:
@@ -241,9 +244,11 @@ def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, compile_s: float,
-              computed: int, target: dict[str, Any], groups: list[str] | None = None) -> dict[str, Any]:
+              computed: int, target: dict[str, Any], groups: list[str] | None = None,
+              devices: int) -> dict[str, Any]:
     """trajectory.csv, trajectory.nc, trajectory.png and summary.json from the saved points; with a
-    restriction family (``groups``), a row per (checkpoint, group) and a ``group`` dimension."""
+    restriction family (``groups``), a row per (checkpoint, group) and a ``group`` dimension;
+    ``devices``: the local devices its batches were spread over."""
     import pandas as pd
     import xarray as xr
 
@@ -275,7 +280,7 @@ def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, c
         attrs={"sampler": sampler})
     _atomic_write(out_dir / "trajectory.nc", lambda p: ds.to_netcdf(p, engine="h5netcdf"))
     summary = {"sampler": sampler, "target": target, "checkpoints": len(steps), "computed": computed, "wall_s": wall_s,
-               "compile_s": compile_s, "artifacts": str(out_dir), **({"groups": groups} if groups else {}),
+               "compile_s": compile_s, "devices": devices, "artifacts": str(out_dir), **({"groups": groups} if groups else {}),
                "rows": table.replace({np.nan: None}).to_dict("records")}
     from llc.posthoc.trajectory_plot import draw
 

@@ -525,7 +525,8 @@ def run_page(run_dir: Path, page_dir: Path | None = None, value_budget: int = VA
     if info:
         page.sections.append(section("Tuned parameters and sampler info", info, anchor="info"))
     prov = [("run_id", rid), ("created", manifest.get("created")), ("host", manifest.get("host")),
-            ("backend (JAX)", manifest.get("jax_backend")), ("code fingerprint", manifest.get("code_fingerprint")),
+            ("backend (JAX)", manifest.get("jax_backend")), ("devices", manifest.get("devices")),
+            ("code fingerprint", manifest.get("code_fingerprint")),
             ("target id", manifest.get("target_id") or t.get("id")),
             ("total seconds", fmt(manifest.get("total_seconds"), ".3g"))]
     prov += [(f"version: {k}", v) for k, v in (manifest.get("versions") or {}).items()]

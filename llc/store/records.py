@@ -200,7 +200,7 @@ def write_snippet(out_dir: Path, doc: dict[str, Any]) -> Path:
 def write_manifest_txt(run_dir: Path, manifest: dict[str, Any], config: dict[str, Any], doc: dict[str, Any]) -> Path:
     """Human-readable record of a run: where/when/what versions, its runtime statistics, its config."""
     lines = [f"llc run {manifest.get('run_id')}", "=" * 40]
-    for key in ("created", "host", "jax_backend", "code_fingerprint", "target_id"):
+    for key in ("created", "host", "jax_backend", "devices", "data_shards", "code_fingerprint", "target_id"):
         if key in manifest:
             lines.append(f"{key:<18} {manifest[key]}")
     if "total_seconds" in manifest:
