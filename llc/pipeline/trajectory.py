@@ -245,7 +245,7 @@ def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
 
 def _assemble(out_dir: Path, steps: list[int], sampler: str, *, wall_s: float, compile_s: float,
               computed: int, target: dict[str, Any], groups: list[str] | None = None,
-              devices: int) -> dict[str, Any]:
+              devices: int = 1) -> dict[str, Any]:
     """trajectory.csv, trajectory.nc, trajectory.png and summary.json from the saved points; with a
     restriction family (``groups``), a row per (checkpoint, group) and a ``group`` dimension;
     ``devices``: the local devices its batches were spread over."""
