@@ -157,7 +157,7 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
         log(f"trajectory: {len(units) - len(todo)} of {len(units)} {what} already done; computing {len(todo)}")
     if family:
         log(f"trajectory: {len(groups)} restricted groups ({pcfg.restrict[0]}): {', '.join(labels)}")
-    key = sampling.sampler_key(seed, sampler)
+    job = sampling.Job(sampler, scfg, sampling.sampler_key(seed, sampler), proj_dim)  # every unit's
     t0 = time.perf_counter()
     compile_s = 0.0
     L0s: dict[int, float] = {}
@@ -165,7 +165,7 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
         i, g = units[todo[0]]
         first = make_posterior(data.loss_fn, data.params[i], data.x, data.y, pcfg, restrict=groups[g])
         L0s[i] = first.L0
-        fit = _units_that_fit(first, scfg, sampling.is_auto(sampling.Job(sampler, scfg, key, proj_dim)))
+        fit = _units_that_fit(first, scfg, sampling.is_auto(job))
         if fit is not None and fit < min(max_batch, len(todo)):
             log(f"trajectory: {fit} {what} per batched program fit in memory (max_batch {max_batch})")
             max_batch = fit
@@ -182,7 +182,7 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
                                   restrict=groups[g])
             L0s[i] = post.L0
             posts.append(post)
-        jobs = [sampling.Job(sampler, scfg, key, proj_dim) for _ in padded]
+        jobs = [job] * len(padded)
 
         def report(index, batch, done, total, phase, _n=len(idx), _b=start):
             if progress:
