@@ -111,6 +111,33 @@ def test_sgld_holds_the_other_coordinates_at_w_star():
     assert not np.allclose(state.position["a"], np.ones(3))
 
 
+def test_leaves_every_setting_holds_are_skipped_without_changing_a_draw():
+    """A batch whose every restriction holds a leaf whole at w* compiles that leaf as a constant (no
+    gradient through it, no noise drawn): the same chain, step for step, as the masked program."""
+    from llc.config import PosteriorConfig, SGLDConfig
+    from llc.engine.posterior import Problem, frozen_leaves, make_posterior, problem_arrays
+    from llc.engine.samplers import sgld
+
+    def post(restrict):
+        return make_posterior(lambda p, x, y: _half_norm(p, (x, y)), {"a": np.ones(3), "b": np.ones(5)}, *DATA,
+                              PosteriorConfig(), restrict=restrict)
+
+    only_a, only_b = post(("a",)), post(("b",))
+    assert frozen_leaves([only_a]) == (False, True)
+    assert frozen_leaves([only_a, only_a]) == (False, True)
+    assert frozen_leaves([only_a, only_b]) is None  # no leaf held by both
+    assert frozen_leaves([post(None)]) is None
+    alg = sgld.make(SGLDConfig(step_size=1e-3, batch_size=10, mala_check=False))
+    masked = Problem(only_a.loss_fn, problem_arrays(only_a), only_a.n, None)
+    skipped = Problem(only_a.loss_fn, problem_arrays(only_a), only_a.n, None, frozen_leaves([only_a]))
+    states = [alg.init(jax.random.key(0), only_a.w_star, p, alg.params) for p in (masked, skipped)]
+    for i in range(5):
+        states = [alg.step(jax.random.key(i), s, p, alg.params)[0]
+                  for s, p in zip(states, (masked, skipped))]
+    for leaf in ("a", "b"):
+        np.testing.assert_array_equal(states[0].position[leaf], states[1].position[leaf])
+
+
 def _two_layer_linear(seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(400, 3))

@@ -34,7 +34,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from llc.engine import devices
-from llc.engine.posterior import Posterior, Problem, cast, ones_mask, problem_arrays
+from llc.engine.posterior import Posterior, Problem, cast, frozen_leaves, ones_mask, problem_arrays
 
 
 class ProgressFn(Protocol):
@@ -220,12 +220,12 @@ def on_shapes_if(abstract: bool, fn: Callable, *args):
     return jax.eval_shape(fn, *args) if abstract else fn(*args)
 
 
-def _program_key(alg: Algorithm, post: Posterior, proj_dim: int, lay: devices.Layout | None, what: str,
-                 *extra) -> tuple:
+def _program_key(alg: Algorithm, post: Posterior, proj_dim: int, inp: _Inputs, what: str, *extra) -> tuple:
     # The loss is compared by equality: one object per model (a target's ``make_loss``) or equal
     # wrappers of one user model (``llc.api``); a new closure per run would compile every run anew.
     return (what, alg.name, alg.static, alg.chains, alg.steps_per_draw, alg.flat, alg.dtype,
-            post.loss_fn, post.n, proj_dim, jax.config.jax_enable_x64, None if lay is None else lay.key, *extra)
+            post.loss_fn, post.n, proj_dim, jax.config.jax_enable_x64, None if inp.lay is None else inp.lay.key,
+            inp.frozen, *extra)
 
 
 def run(alg: Algorithm, post: Posterior, key: jax.Array, *, proj_dim: int = 4,
@@ -309,6 +309,7 @@ class _Inputs(NamedTuple):
     matrix: jax.Array
     problem_for: Callable[[dict, dict], Problem]
     lay: devices.Layout | None
+    frozen: tuple[bool, ...] | None  # leaves every setting holds at w* (static: part of the program's key)
 
     def start_shardings(self, chains: int) -> tuple | None:
         """(in, out) shardings of a start program ``(keys, per, params, shared) -> states...`` of
@@ -332,11 +333,12 @@ def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int, lay: d
     unravel = unravel_function(post.w_star)
     if any(p.mask is not None for p in posts):  # restrictions are runtime arrays: one shape for all
         posts = [p if p.mask is not None else p._replace(mask=ones_mask(p)) for p in posts]
+    frozen = None if alg.flat else frozen_leaves(posts)
     arrays = [problem_arrays(p) for p in posts]
     per_keys = ("w_star", "nbeta", "gamma", "mask") if "mask" in arrays[0] else ("w_star", "nbeta", "gamma")
 
     def problem_for(shared, per_setting) -> Problem:
-        return Problem.build(post.loss_fn, {**shared, **per_setting}, post.n, unravel if alg.flat else None)
+        return Problem.build(post.loss_fn, {**shared, **per_setting}, post.n, unravel if alg.flat else None, frozen)
 
     shared = {"x": arrays[0]["x"], "y": arrays[0]["y"]}  # the data: one copy, not vmapped
     matrix = projection_matrix(post.size, proj_dim, seed=0, dtype=alg.dtype)
@@ -344,7 +346,7 @@ def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int, lay: d
         shared, matrix = jax.device_put(shared, devices.rows(lay)), jax.device_put(matrix, devices.replicated(lay))
     return _Inputs(per=_stack([{k: a[k] for k in per_keys} for a in arrays], devices.per_setting(lay)),
                    shared=shared, hyper=_stack([a.params for a in algs], devices.per_setting(lay)),
-                   matrix=matrix, problem_for=problem_for, lay=lay)
+                   matrix=matrix, problem_for=problem_for, lay=lay, frozen=frozen)
 
 
 def _every_chain(inp: _Inputs, start: Callable) -> Callable:
@@ -374,7 +376,7 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
         init = _every_chain(inp, alg.init)
         args = (jax.device_put(init_keys, chain_sharding), inp.per, inp.hyper, inp.shared)
         if not compile_only or "sample" in compile_only:
-            init_c, _ = compile_cached(_program_key(alg, post, proj_dim, lay, "init"), init, *args,
+            init_c, _ = compile_cached(_program_key(alg, post, proj_dim, inp, "init"), init, *args,
                                        shardings=inp.start_shardings(chains))
         states = jax.eval_shape(init, *args) if compile_only else init_c(*args)
         params = jax.device_put(jax.tree.map(
@@ -389,7 +391,7 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
     warm_compile = warm_wall = 0.0
     if not compile_only or "warmup" in compile_only:
         compiled, warm_compile = compile_cached(
-            _program_key(alg, post, proj_dim, lay, "warmup", n_tune), warm, *args, report=not compile_only,
+            _program_key(alg, post, proj_dim, inp, "warmup", n_tune), warm, *args, report=not compile_only,
             shardings=inp.start_shardings(n_tune))
     if compile_only:
         states, params, record = jax.eval_shape(warm, *args)
@@ -483,7 +485,7 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
     sample_keys = jax.device_put(sample_keys, devices.per_chain(lay, alg.chains))
     carry, data = (states, params), (inp.per, inp.shared, inp.matrix)
     shardings = inp.chunk_shardings(alg.chains)
-    key = _program_key(alg, posts[0], proj_dim, lay, "sample", size, total)
+    key = _program_key(alg, posts[0], proj_dim, inp, "sample", size, total)
     if compile_only:
         if "sample" in compile_only:
             compile_cached(key, chunk, carry, sample_keys, np.int32(0), data, report=False, shardings=shardings)

@@ -13,7 +13,7 @@ lambda_hat then measures the selected coordinates alone, and d means their numbe
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -104,21 +104,30 @@ class Problem:
     """The posterior inside a traced program: functions of a position (a pytree, or a flat vector
     when ``unravel`` is given) over runtime arrays."""
 
-    def __init__(self, loss_fn: Callable, arrays: dict[str, Any], n: int, unravel: Callable | None):
+    def __init__(self, loss_fn: Callable, arrays: dict[str, Any], n: int, unravel: Callable | None,
+                 frozen: tuple[bool, ...] | None = None):
         self.loss_fn, self.n, self.unravel = loss_fn, n, unravel
+        # Leaves (w*'s flatten order) that every setting of the program holds at w* (``frozen_leaves``):
+        # the loss reads them as w* itself, so XLA takes no gradient through them and draws no noise.
+        self.frozen = frozen if frozen and any(frozen) and unravel is None else None
         self.w_star, self.x, self.y = arrays["w_star"], arrays["x"], arrays["y"]
         self.nbeta, self.gamma = arrays["nbeta"], arrays["gamma"]
         self.position0 = ravel_pytree(self.w_star)[0] if unravel is not None else self.w_star
         mask = arrays.get("mask")
         self.mask = None if mask is None else ravel_pytree(mask)[0] if unravel is not None else mask
 
-    build = classmethod(lambda cls, loss_fn, arrays, n, unravel: cls(loss_fn, arrays, n, unravel))
+    build = classmethod(lambda cls, loss_fn, arrays, n, unravel, frozen=None: cls(loss_fn, arrays, n, unravel, frozen))
 
     def _shift(self, position):
         """w* + m * (w - w*): the position the loss sees (the position itself when unrestricted)."""
         if self.mask is None:
             return position
-        return jax.tree.map(lambda p, c, m: c + m * (p - c), position, self.position0, self.mask)
+        shifted = jax.tree.map(lambda p, c, m: c + m * (p - c), position, self.position0, self.mask)
+        if self.frozen is None:
+            return shifted
+        leaves, treedef = jax.tree.flatten(shifted)
+        centre = jax.tree.leaves(self.position0)
+        return jax.tree.unflatten(treedef, [c if f else s for s, c, f in zip(leaves, centre, self.frozen)])
 
     def _params(self, position):
         position = self._shift(position)
@@ -129,6 +138,15 @@ class Problem:
         if self.mask is None:
             return tree
         return jax.tree.map(lambda t, m: t * m, tree, self.mask)
+
+    def gaussian(self, key, tree):
+        """N(0, I) like ``tree`` (one key per leaf, split from ``key``), zero where the restriction
+        holds w at w*; a frozen leaf's draw is skipped, which leaves every other leaf's unchanged."""
+        leaves, treedef = jax.tree.flatten(tree)
+        keys = jax.random.split(key, len(leaves))
+        frozen = self.frozen or (False,) * len(leaves)
+        z = [jnp.zeros_like(p) if f else jax.random.normal(k, p.shape, p.dtype) for k, p, f in zip(keys, leaves, frozen)]
+        return self.restrict(jax.tree.unflatten(treedef, z))
 
     def loss(self, position, x=None, y=None) -> jax.Array:
         """Mean loss over (x, y), the full data by default."""
@@ -157,6 +175,16 @@ class Problem:
     def project(self, position, matrix) -> jax.Array:
         flat = ravel_pytree(jax.tree.map(lambda a, b: a - b, self._shift(position), self.position0))[0]
         return flat @ matrix
+
+
+def frozen_leaves(posts: Sequence[Posterior]) -> tuple[bool, ...] | None:
+    """Per leaf of w*, whether every posterior's restriction holds it whole at w* (None when none
+    is): static for a batch's program, so its samplers skip those leaves' gradients and noise."""
+    if any(p.mask is None for p in posts):
+        return None
+    held = tuple(all(not np.any(np.asarray(leaf)) for leaf in leaves)
+                 for leaves in zip(*(jax.tree.leaves(p.mask) for p in posts)))
+    return held if any(held) else None
 
 
 def sq_distance(params, center) -> jax.Array:

@@ -169,11 +169,17 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
         if fit is not None and fit < min(max_batch, len(todo)):
             log(f"trajectory: {fit} {what} per batched program fit in memory (max_batch {max_batch})")
             max_batch = fit
-    # Equal batches of at most max_batch: padding the last batch to a full one wastes as little as it can.
-    size = -(-len(todo) // -(-len(todo) // max_batch)) if todo else 1
-    for start in range(0, len(todo), size):
-        idx = todo[start:start + size]
-        # The last batch is padded with its last unit: one compiled program for every batch.
+    # A family's groups each in batches of their own: a batch's program then skips the gradients and
+    # noise of the leaves its every unit holds at w* (a per-layer family's other layers).
+    parts = [p for p in ([u for u in todo if units[u][1] == g] for g in range(len(groups))) if p]
+    batches = []
+    for part in parts:
+        # Equal batches of at most max_batch: padding the last to a full one wastes as little as it can.
+        size = -(-len(part) // -(-len(part) // max_batch))
+        batches += [(part[k:k + size], size) for k in range(0, len(part), size)]
+    start, curv = 0, {}
+    for idx, size in batches:
+        # The last batch is padded with its last unit: one compiled program for every batch of a group.
         padded = idx + [idx[-1]] * (size - len(idx))
         posts = []
         for u in padded:
@@ -190,9 +196,10 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
 
         outs = sampling.sample(sampling.plan(jobs), jobs, posts, progress=report)
         compile_s += outs[0].info.get("batch_compile_s", outs[0].work["compile_s"])
-        checkpoints = list(dict.fromkeys(units[u][0] for u in idx))  # curvature once per checkpoint
-        curv = dict(zip(checkpoints, _curvature(data.loss_fn, [data.params[i] for i in checkpoints], data.x, data.y,
-                                                seed)))
+        checkpoints = [i for i in dict.fromkeys(units[u][0] for u in idx) if i not in curv]  # once per checkpoint
+        if checkpoints:
+            curv.update(zip(checkpoints, _curvature(data.loss_fn, [data.params[i] for i in checkpoints], data.x,
+                                                    data.y, seed)))
         for u, post, out in zip(idx, posts, outs):
             i, g = units[u]
             m = sampling.evaluate(out, post)
@@ -205,8 +212,9 @@ def compute(data: Checkpointed, out_dir: Path | str, *, sampler: str = "sgld", s
             _atomic_write(point(u), lambda p, r=row, o=out: _save_npz(
                 p, row=json.dumps(r, default=float), Ln=o.Ln, theta=o.theta_proj))
         log(f"trajectory: {what} {start + 1}-{start + len(idx)} of {len(todo)} done")
+        start += len(idx)
         if progress:
-            progress(start + len(idx), len(todo), what)
+            progress(start, len(todo), what)
     from llc.engine import devices
 
     return _assemble(out_dir, steps, sampler, wall_s=time.perf_counter() - t0, compile_s=compile_s,

@@ -54,11 +54,11 @@ def gaussian_like(key, tree):
 
 
 def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDParams, grad, key,
-           restrict=lambda tree: tree) -> SGLDState:
+           gaussian=gaussian_like) -> SGLDState:
     """One Langevin move with drift (eps/2) G d and noise N(0, eps G); G = 1 without preconditioning.
-    ``restrict`` zeroes the noise of coordinates a restriction holds at w* (their drift is zero)."""
+    ``gaussian(key, like)`` draws the noise (a Problem's: zero where a restriction holds w at w*)."""
     t = state.t + 1
-    noise = restrict(gaussian_like(key, state.position))
+    noise = gaussian(key, state.position)
     h = params.step_size
     if precond == "none":
         position = jax.tree.map(lambda p, g, z: p + (0.5 * h) * g + params.noise_scale * z,
@@ -142,7 +142,7 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
     def step(key, state, problem, params):
         k_batch, k_noise = jax.random.split(key)
         grad = problem.minibatch_logdensity_grad(state.position, k_batch, cfg.batch_size)
-        return update(cfg.precond, cfg.bias_correction, state, params, grad, k_noise, problem.restrict), {}
+        return update(cfg.precond, cfg.bias_correction, state, params, grad, k_noise, problem.gaussian), {}
 
     def record(infos, prev, state, problem, params, draw):
         del infos
