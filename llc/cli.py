@@ -785,6 +785,9 @@ def plot_sweep(
 
 
 def main() -> None:
+    from llc.engine import devices
+
+    devices.spread_host_cores()  # before anything starts JAX
     try:
         app()
     except SystemExit as exc:

@@ -108,3 +108,29 @@ def test_cli_refuses_bad_devices_before_any_work(tmp_path):
     assert res.exit_code == 2
     assert "--devices: '0' is not allowed; choose an integer from 1 to 1 (the local cpu devices)" in res.output
     assert not any(tmp_path.iterdir())
+
+
+def _host_devices(env_changes: dict[str, str | None], code: str = "") -> int:
+    """Local devices after ``devices.spread_host_cores`` in a fresh process (``code`` runs first)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent), os.environ.get("PYTHONPATH", "")])}
+    env.pop("XLA_FLAGS", None)
+    for k, v in env_changes.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    script = f"{code}\nfrom llc.engine import devices\ndevices.spread_host_cores()\nimport jax\nprint(jax.local_device_count())"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.split()[-1])
+
+
+def test_a_cpu_host_shows_each_core_as_a_device_unless_told_otherwise():
+    cores = min(len(os.sched_getaffinity(0)), devices.HOST_DEVICES_MAX)
+    assert _host_devices({}) == cores
+    assert _host_devices({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}) == 3  # the user's count
+    # A process pinned to one core (a joblib worker) keeps one device.
+    assert _host_devices({}, "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})") == 1
+    # Once JAX has started its backends the count is fixed: nothing changes (no error either).
+    assert _host_devices({}, "import jax; jax.devices()") == 1

@@ -66,7 +66,11 @@ def enable_compilation_cache() -> None:
 
 
 def prepare() -> None:
-    """What every sampling entry point does first: float64 available, compiled programs persisted."""
+    """What every sampling entry point does first: a CPU's cores as devices (before JAX starts),
+    float64 available, compiled programs persisted."""
+    from llc.engine import devices
+
+    devices.spread_host_cores()
     enable_x64()
     enable_compilation_cache()
 
