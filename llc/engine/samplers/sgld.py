@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llc.config import SGLDConfig
-from llc.engine import autostep, driver
+from llc.engine import autostep, driver, prng
 
 
 # Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20), precision 1:
@@ -47,18 +47,12 @@ class SGLDParams(NamedTuple):
     eps: jax.Array
 
 
-def gaussian_like(key, tree):
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
-
-
 def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDParams, grad, key,
            restrict=lambda tree: tree) -> SGLDState:
     """One Langevin move with drift (eps/2) G d and noise N(0, eps G); G = 1 without preconditioning.
     ``restrict`` zeroes the noise of coordinates a restriction holds at w* (their drift is zero)."""
     t = state.t + 1
-    noise = restrict(gaussian_like(key, state.position))
+    noise = restrict(prng.normal_like(key, state.position))
     h = params.step_size
     if precond == "none":
         position = jax.tree.map(lambda p, g, z: p + (0.5 * h) * g + params.noise_scale * z,
