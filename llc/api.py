@@ -177,14 +177,8 @@ def _check_signature(model: Any, params: Any, x: Any, y: Any) -> None:
                             "it is called as loss(params, (x, y)) with the batch as one tuple") from None
 
 
-def _check_inputs(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any, d: int, pcfg: C.PosteriorConfig) -> None:
-    """Shapes of y and the model output agree; the loss is finite at w*, which is near a minimum
-    (else a warning)."""
-    import warnings
-
-    from llc.engine.posterior import resolve_beta_gamma
-
-    n = int(np.shape(x)[0])
+def _check_shapes(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any) -> None:
+    """Shapes of y and the model output agree (on shapes alone: nothing compiles)."""
     if _is_module(model):
         out = jax.eval_shape(model.apply, params, x)
         if tuple(out.shape) != tuple(np.shape(y)):
@@ -196,9 +190,19 @@ def _check_inputs(model: Any, loss_fn: Callable, params: Any, x: Any, y: Any, d:
         if tuple(out.shape) != ():
             raise C.ConfigError(f"model: the loss function returned shape {tuple(out.shape)}; it must return "
                              "the scalar mean loss over the batch")
+
+
+def _check_minimum(loss_fn: Callable, params: Any, x: Any, y: Any, d: int, pcfg: C.PosteriorConfig) -> None:
+    """The loss is finite at w*, which is near a minimum (else a warning)."""
+    import warnings
+
+    from llc.engine.posterior import resolve_beta_gamma
+
+    n = int(np.shape(x)[0])
     loss, grads = _value_and_grad(loss_fn)(params, x, y)
     beta, gamma = resolve_beta_gamma(pcfg, n, d)
-    gnorm = float(np.sqrt(sum(float(jnp.sum(jnp.square(g))) for g in jax.tree.leaves(grads))))
+    # On the host: an eager square and sum per leaf would compile two programs per leaf shape.
+    gnorm = float(np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(grads))))
     if not (np.isfinite(float(loss)) and np.isfinite(gnorm)):
         raise C.ConfigError(f"params: the loss at w* is {float(loss)} (gradient norm {gnorm}); nothing to sample around")
     # With the localizer, a gradient g tilts the posterior mean by -n*beta*g/gamma, which lowers
@@ -285,13 +289,24 @@ def estimate(model: Any, params: Any, x: Any, y: Any, *, sampler: str = "sgld",
         _check_signature(model, params, x, y)
     sampling.enable_compilation_cache()  # a new process reuses this model's programs too
     loss_fn = _as_loss_fn(model)
-    _check_inputs(model, loss_fn, params, x, y, d, pcfg)
+    _check_shapes(model, loss_fn, params, x, y)
+    scfg.check(None, int(np.shape(x)[0]))
     groups = _restriction_groups(params, pcfg.restrict if restrict is None else restrict)
-    posts = [make_posterior(loss_fn, params, x, y, pcfg, restrict=r) for _, r in groups]
-    scfg.check(None, posts[0].n)
+    shaped = [make_posterior(loss_fn, params, x, y, pcfg, L0=0.0, restrict=r) for _, r in groups]  # no L0 yet
     key = jax.random.key(seed)
-    jobs = [sampling.Job(sampler, scfg, key, proj_dim) for _ in posts]  # one stream: as each group alone
-    outs = sampling.sample(sampling.plan(jobs), jobs, posts)
+    jobs = [sampling.Job(sampler, scfg, key, proj_dim) for _ in shaped]  # one stream: as each group alone
+    batches = sampling.plan(jobs)
+    # Cold, compiling the sampling programs is most of a call: they need only the shapes, so they
+    # compile on a thread while this one checks w*, computes L0 and (step_size=auto) the curvature.
+    compiling = sampling.precompile_in_background(batches, jobs, lambda: dict(enumerate(shaped)),
+                                                   beside_compiles=True)
+    try:
+        _check_minimum(loss_fn, params, x, y, d, pcfg)
+        posts = [make_posterior(loss_fn, params, x, y, pcfg, restrict=r) for _, r in groups]
+        outs = sampling.sample(batches, jobs, posts)
+    finally:
+        if compiling is not None:
+            compiling.shutdown(wait=False, cancel_futures=True)
     estimates = {}
     for (name, _), post, out in zip(groups, posts, outs):
         metrics = sampling.evaluate(out, post)

@@ -83,7 +83,9 @@ def test_sgld_step_is_the_langevin_update():
     idx = jax.random.randint(k_batch, (8,), 0, 8)
     grad = jax.grad(lambda w: -4.0 * loss(w, x[idx], y[idx])
                     - 1.5 * sum(jnp.sum((w[k] - w_star[k]) ** 2) for k in w))(moved)
-    noise = sgld.gaussian_like(k_noise, moved)
+    # A normal per leaf, the i-th leaf (sorted keys) from the i-th split of the step's noise key.
+    noise = {k: jax.random.normal(kk, moved[k].shape, moved[k].dtype)
+             for k, kk in zip(sorted(moved), jax.random.split(k_noise, len(moved)))}
     for k in moved:
         expect = moved[k] + 0.005 * grad[k] + np.sqrt(0.01) * noise[k]
         np.testing.assert_allclose(np.asarray(new.position[k]), np.asarray(expect), rtol=1e-6, atol=1e-7)

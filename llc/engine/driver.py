@@ -253,11 +253,17 @@ def _stack(trees: list, sharding=None):
     return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees), sharding)
 
 
-def _batch_keys(keys: list, warm_chains: int | None, chains: int) -> tuple[jax.Array, jax.Array]:
+def _batch_keys(keys: list, warm_chains: int | None, chains: int, abstract: bool = False) -> tuple[jax.Array, jax.Array]:
     """(warm-up or init keys, sampling keys), each (settings, chains), from each run's key.
-    ``warm_chains`` None: the sampler has no warm-up."""
+    ``warm_chains`` None: the sampler has no warm-up. ``abstract``: their shapes alone."""
     data = np.stack([np.asarray(jax.random.key_data(k)) for k in keys])  # no device work
-    return _split_batch_keys(data, warm_chains, chains)
+    return on_shapes_if(abstract, lambda d: _split_batch_keys(d, warm_chains, chains), data)
+
+
+def _put(tree, sharding, abstract: bool):
+    """``jax.device_put(tree, sharding)``; shapes (``abstract``) stay as they are (the program's
+    shardings place them)."""
+    return tree if abstract else jax.device_put(tree, sharding)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -328,7 +334,9 @@ class _Inputs(NamedTuple):
         return (each, each, once, (devices.per_setting(self.lay), devices.rows(self.lay), once)), each
 
 
-def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int, lay: devices.Layout | None) -> _Inputs:
+def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int, lay: devices.Layout | None,
+            abstract: bool = False) -> _Inputs:
+    """``abstract``: the θ projection as its shape (the batch is only compiled)."""
     alg, post = algs[0], posts[0]
     unravel = unravel_function(post.w_star)
     if any(p.mask is not None for p in posts):  # restrictions are runtime arrays: one shape for all
@@ -341,9 +349,9 @@ def _inputs(algs: list[Algorithm], posts: list[Posterior], proj_dim: int, lay: d
         return Problem.build(post.loss_fn, {**shared, **per_setting}, post.n, unravel if alg.flat else None, frozen)
 
     shared = {"x": arrays[0]["x"], "y": arrays[0]["y"]}  # the data: one copy, not vmapped
-    matrix = projection_matrix(post.size, proj_dim, seed=0, dtype=alg.dtype)
+    matrix = on_shapes_if(abstract, lambda: projection_matrix(post.size, proj_dim, seed=0, dtype=alg.dtype))
     if lay is not None:
-        shared, matrix = jax.device_put(shared, devices.rows(lay)), jax.device_put(matrix, devices.replicated(lay))
+        shared, matrix = jax.device_put(shared, devices.rows(lay)), _put(matrix, devices.replicated(lay), abstract)
     return _Inputs(per=_stack([{k: a[k] for k in per_keys} for a in arrays], devices.per_setting(lay)),
                    shared=shared, hyper=_stack([a.params for a in algs], devices.per_setting(lay)),
                    matrix=matrix, problem_for=problem_for, lay=lay, frozen=frozen)
@@ -371,10 +379,10 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
     chains, S, lay = alg.chains, len(keys), inp.lay
     chain_sharding = devices.per_chain(lay, chains)
     if alg.warmup is None:
-        init_keys, sample_keys = _batch_keys(keys, None, chains)
+        init_keys, sample_keys = _batch_keys(keys, None, chains, abstract=bool(compile_only))
 
         init = _every_chain(inp, alg.init)
-        args = (jax.device_put(init_keys, chain_sharding), inp.per, inp.hyper, inp.shared)
+        args = (_put(init_keys, chain_sharding, bool(compile_only)), inp.per, inp.hyper, inp.shared)
         if not compile_only or "sample" in compile_only:
             init_c, _ = compile_cached(_program_key(alg, post, proj_dim, inp, "init"), init, *args,
                                        shardings=inp.start_shardings(chains))
@@ -384,10 +392,10 @@ def _start(alg: Algorithm, post: Posterior, inp: _Inputs, keys: list, *, proj_di
         return states, params, None, sample_keys, 0.0, 0.0
 
     n_tune = alg.warmup_chains or chains
-    warm_keys, sample_keys = _batch_keys(keys, n_tune, chains)
+    warm_keys, sample_keys = _batch_keys(keys, n_tune, chains, abstract=bool(compile_only))
 
     warm = _every_chain(inp, alg.warmup)
-    args = (jax.device_put(warm_keys, devices.per_chain(lay, n_tune)), inp.per, inp.hyper, inp.shared)
+    args = (_put(warm_keys, devices.per_chain(lay, n_tune), bool(compile_only)), inp.per, inp.hyper, inp.shared)
     warm_compile = warm_wall = 0.0
     if not compile_only or "warmup" in compile_only:
         compiled, warm_compile = compile_cached(
@@ -474,7 +482,9 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
     posts = [cast(p, alg.dtype) for p in posts]
     lay = devices.layout(S, alg.chains, posts[0].n, devices.requested())
     pad = devices.padded(S, lay) - S
-    inp = _inputs(algs + algs[-1:] * pad, posts + posts[-1:] * pad, proj_dim, lay)
+    # Compiling only, the keys and the θ projection are shapes: their small programs compile where
+    # they run, not ahead of the sampling program on the compiling thread.
+    inp = _inputs(algs + algs[-1:] * pad, posts + posts[-1:] * pad, proj_dim, lay, abstract=bool(compile_only))
     states, params, warm_record, sample_keys, warm_wall, warm_compile = _start(
         alg, posts[0], inp, list(keys) + list(keys)[-1:] * pad, proj_dim=proj_dim, progress=progress,
         compile_only=compile_only)
@@ -482,7 +492,7 @@ def run_batch(algs: list[Algorithm], posts: list[Posterior], keys: list, *, proj
     total = alg.burnin + alg.draws
     size = chunk_size(total)
     chunk = _sampling_chunk(alg, inp.problem_for, size)
-    sample_keys = jax.device_put(sample_keys, devices.per_chain(lay, alg.chains))
+    sample_keys = _put(sample_keys, devices.per_chain(lay, alg.chains), bool(compile_only))
     carry, data = (states, params), (inp.per, inp.shared, inp.matrix)
     shardings = inp.chunk_shardings(alg.chains)
     key = _program_key(alg, posts[0], proj_dim, inp, "sample", size, total)

@@ -21,6 +21,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from llc.config import PosteriorConfig
+from llc.engine import prng
 from llc.engine import restrict as restriction
 
 
@@ -142,11 +143,7 @@ class Problem:
     def gaussian(self, key, tree):
         """N(0, I) like ``tree`` (one key per leaf, split from ``key``), zero where the restriction
         holds w at w*; a frozen leaf's draw is skipped, which leaves every other leaf's unchanged."""
-        leaves, treedef = jax.tree.flatten(tree)
-        keys = jax.random.split(key, len(leaves))
-        frozen = self.frozen or (False,) * len(leaves)
-        z = [jnp.zeros_like(p) if f else jax.random.normal(k, p.shape, p.dtype) for k, p, f in zip(keys, leaves, frozen)]
-        return self.restrict(jax.tree.unflatten(treedef, z))
+        return self.restrict(prng.normal_like(key, tree, self.frozen))
 
     def loss(self, position, x=None, y=None) -> jax.Array:
         """Mean loss over (x, y), the full data by default."""

@@ -159,31 +159,37 @@ def plan(jobs: Sequence[Job], *, cap: Callable[[list[int]], int] | None = None) 
 
 # --------------------------------------------------------------------------- running
 
-def compile_threads() -> int:
+def compile_threads(beside_compiles: bool = False) -> int:
     """Threads that compile sampler programs ahead of use (``LLC_COMPILE_THREADS`` overrides).
 
     On an accelerator, one per program up to the host's cores: the host is otherwise idle.
-    None on the CPU backend, where the same cores train the target and sample.
+    On the CPU backend none where the same cores train the target and sample; one (given a second
+    core) where the caller's own work meanwhile is itself compiling (``beside_compiles``:
+    ``llc.estimate``'s checks, L0 and step-size curvature), as XLA compiles a program on one core.
     """
     import jax
 
     if "LLC_COMPILE_THREADS" in os.environ:
         return max(0, int(os.environ["LLC_COMPILE_THREADS"]))
-    return 0 if jax.default_backend() == "cpu" else max(1, (os.cpu_count() or 2) - 1)
+    cores = os.cpu_count() or 2
+    if jax.default_backend() == "cpu":
+        return int(beside_compiles and cores > 1)
+    return max(1, cores - 1)
 
 
 def precompile_in_background(batches: list[Batch], jobs: Sequence[Job],
-                             shaped_posts: Callable[[], dict[int, Any]]) -> ThreadPoolExecutor | None:
+                             shaped_posts: Callable[[], dict[int, Any]], *,
+                             beside_compiles: bool = False) -> ThreadPoolExecutor | None:
     """Compile every driver program of ``batches`` on threads while the caller trains (or loads)
     the target: cold, compilation is most of a small run's time on a GPU, and XLA compiles
     without holding the GIL. ``shaped_posts()`` (called on a thread) gives each job a posterior of
     the right shapes (an untrained w* will do). ``sample`` then finds each program compiled or
     waits for its compile; one that fails here compiles again there and raises. Returns the pool
-    (shut it down when sampling ends), or None when no thread is spared (CPU)."""
+    (shut it down when sampling ends), or None when no thread is spared (``compile_threads``)."""
     from llc.engine import driver
 
     driven = [b for b in batches if b.algorithms is not None]
-    threads = min(compile_threads(), 2 * len(driven))  # warm-up and sampling programs
+    threads = min(compile_threads(beside_compiles), 2 * len(driven))  # warm-up and sampling programs
     if threads == 0 or not driven:
         return None
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="llc-compile")

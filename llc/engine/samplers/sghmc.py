@@ -22,8 +22,8 @@ import numpy as np
 from blackjax.sgmcmc import diffusions
 
 from llc.config import SGHMCConfig
-from llc.engine import autostep, driver
-from llc.engine.samplers.sgld import gaussian_like, minibatch_work
+from llc.engine import autostep, driver, prng
+from llc.engine.samplers.sgld import minibatch_work
 
 
 # Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20): time step
@@ -58,7 +58,7 @@ def make(cfg: SGHMCConfig) -> driver.Algorithm:
 
     def init(key, position, problem, params):
         del problem, params
-        return SGHMCState(position, gaussian_like(key, position))
+        return SGHMCState(position, prng.normal_like(key, position))
 
     def step(key, state, problem, params):
         k_batch, k_noise = jax.random.split(key)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llc.config import SGLDConfig
-from llc.engine import autostep, driver
+from llc.engine import autostep, driver, prng
 
 
 # Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20), precision 1:
@@ -47,14 +47,8 @@ class SGLDParams(NamedTuple):
     eps: jax.Array
 
 
-def gaussian_like(key, tree):
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
-
-
 def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDParams, grad, key,
-           gaussian=gaussian_like) -> SGLDState:
+           gaussian=prng.normal_like) -> SGLDState:
     """One Langevin move with drift (eps/2) G d and noise N(0, eps G); G = 1 without preconditioning.
     ``gaussian(key, like)`` draws the noise (a Problem's: zero where a restriction holds w at w*)."""
     t = state.t + 1

@@ -22,9 +22,9 @@ import numpy as np
 from blackjax.sgmcmc import diffusions
 
 from llc.config import SGNHTConfig
-from llc.engine import autostep, driver
+from llc.engine import autostep, driver, prng
 from llc.engine.samplers.sghmc import like
-from llc.engine.samplers.sgld import gaussian_like, minibatch_work
+from llc.engine.samplers.sgld import minibatch_work
 
 
 # Settings of the shared contract tests (tests/test_sampler_contract.py) on N(0, I_20), as SGHMC's.
@@ -53,7 +53,7 @@ def make(cfg: SGNHTConfig) -> driver.Algorithm:
 
     def init(key, position, problem, params):
         del problem
-        return SGNHTState(position, gaussian_like(key, position), params.diffusion)
+        return SGNHTState(position, prng.normal_like(key, position), params.diffusion)
 
     def step(key, state, problem, params):
         k_batch, k_noise = jax.random.split(key)
