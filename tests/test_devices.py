@@ -134,3 +134,21 @@ def test_a_cpu_host_shows_each_core_as_a_device_unless_told_otherwise():
     assert _host_devices({}, "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})") == 1
     # Once JAX has started its backends the count is fixed: nothing changes (no error either).
     assert _host_devices({}, "import jax; jax.devices()") == 1
+
+
+def test_an_installed_accelerator_plugin_keeps_one_cpu_device(tmp_path):
+    """An accelerator plugin (here a stand-in for jax-cuda13-plugin's ``jax_plugins.xla_cuda13``)
+    means the CPU is not where llc samples: the host's cores are left as JAX has them."""
+    (tmp_path / "jax_plugins" / "xla_cuda13").mkdir(parents=True)
+    (tmp_path / "jax_plugins" / "xla_cuda13" / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(WORKER.parent.parent)])}
+    env.pop("XLA_FLAGS", None)
+    env.pop("JAX_PLATFORMS", None)
+    script = ("import os\nfrom llc.engine import devices\nprint(devices._accelerator_plugin())\n"
+              "devices.spread_host_cores()\nprint('xla_force_host' in os.environ.get('XLA_FLAGS', ''))")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]
+    env["PYTHONPATH"] = str(WORKER.parent.parent)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split()[0] == "False"
