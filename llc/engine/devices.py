@@ -103,17 +103,17 @@ def spread_host_cores() -> None:
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if "xla_force_host_platform_device_count" in flags or (platforms and platforms != "cpu"):
         return
-    if not platforms and _accelerator_plugin():
-        return
-    jax = sys.modules.get("jax")
-    if jax is not None:
+    if "jax" in sys.modules:  # checked first: every later call in a process (llc.estimate's) ends here
         from jax._src import xla_bridge
 
         if xla_bridge.backends_are_initialized():
             return
+    if not platforms and _accelerator_plugin():
+        return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if min(cores, HOST_DEVICES_MAX) > 1:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={min(cores, HOST_DEVICES_MAX)}".strip()
+    count = min(cores, HOST_DEVICES_MAX)
+    if count > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def _accelerator_plugin() -> bool:
