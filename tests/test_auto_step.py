@@ -180,3 +180,29 @@ def test_extrapolation_to_a_zero_step_removes_a_linear_bias():
     assert out["llc_mean"] == value and out["llc_se"] == se
     assert out["llc_mean_at_step"] == 11.0 and out["llc_se_at_step"] == 0.1
     assert apply_extrapolation(dict(metrics), {"auto_step_extrapolated": 0}) == metrics
+
+
+def test_a_grid_whose_smallest_step_diverges_is_extended_below():
+    """A quartic bowl is flat at w* (stiffness there = gamma) and steep where the chains go: the grid
+    from w*'s stiffness diverges at every point, the grid below it mixes, and the rule picks from it."""
+    import jax.numpy as jnp
+
+    import llc
+
+    n = 100
+    x = np.zeros((n, 1))
+    nbeta = n / np.log(n)
+    loss = lambda params, batch: (1000.0 / nbeta) * jnp.sum(params["w"] ** 4)  # noqa: E731
+    est = llc.estimate(loss, {"w": np.zeros(4)}, x, x, sampler="sgld",
+                       sampler_config={"draws": 400}, posterior={"gamma": 1.0})
+    info = est.output.info
+    grid = info["auto_step_grid"]
+    assert len(grid) == 2 * len(autostep.FACTORS)
+    assert np.allclose(grid[:4], np.asarray(grid[4:]) * autostep.LOWER_GRID_SHIFT)
+    assert np.isnan(info["auto_step_llc"][4])  # the w*-scaled grid's smallest step diverged
+    assert info["auto_step_chosen_healthy"] == 1 and est.metrics["step_size"] < grid[4]
+    assert "after its smallest step diverged" in est.metrics["step_size_rule"]
+    # A quartic in each of 4 coordinates: lambda = 4 * 1/4 = 1 as n*beta grows; at finite n*beta the
+    # localizer (gamma = 1 against a curvature ~ 12*1000*E[w^2] ~ 400) lowers it by well under 1 %.
+    assert abs(est.llc_mean - 1.0) < 4 * est.llc_se + 0.03, (est.llc_mean, est.llc_se)
+    assert not est.metrics["flags"], est.metrics["flags"]

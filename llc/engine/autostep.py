@@ -9,7 +9,9 @@ run's budget: on the quick preset 0.01 gave R-hat 1.2 in 6,000 steps) to 1 (25%,
 largest step whose lambda-hat has not moved.
 lam_max is measured at w* (power iteration on Hessian-vector products), so the grid follows the
 curvature: at a grokking transformer's initialisation and after it generalises the right step
-differs by orders of magnitude.
+differs by orders of magnitude. Where the chains go can be far stiffer than w* (a classifier whose
+logits saturate has a loss flat at w* and a steep wall around it): when the grid's smallest step
+diverges, the grid below it (LOWER_GRID_SHIFT times smaller) runs too and the rule sees all eight.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 from llc.engine import curvature
 
 FACTORS = (0.03, 0.1, 0.3, 1.0)  # eps * lam_max of the grid's points
+# Where the grid's smallest step diverges, the grid just below it is run too (llc.pipeline.sampling).
+LOWER_GRID_SHIFT = FACTORS[0] / FACTORS[-1]
 METRIC_BATCHES = 16  # minibatch gradients averaged for a preconditioner's second moment at w*
 
 

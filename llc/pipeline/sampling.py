@@ -265,10 +265,44 @@ def sample(batches: list[Batch], jobs: Sequence[Job], posts: Sequence[Any], *,
                 outputs[i] = out
             else:
                 points.setdefault(i, {})[g] = out
+    _lower_diverged_grids(points, grids, jobs, posts, len(batches), progress)
     for i, by_point in points.items():
         steps, lam = grids[i]
         outputs[i] = choose_step([by_point[g] for g in range(len(steps))], posts[i], steps, lam)
     return outputs
+
+
+def _smallest_step_diverged(out: Any) -> bool:
+    from llc.analysis.diagnostics import diverged_chains
+
+    arrays = [out.Ln] + ([out.theta_proj] if out.theta_proj is not None else [])
+    return bool(diverged_chains(*arrays).any())
+
+
+def _lower_diverged_grids(points: dict[int, dict[int, Any]], grids: dict[int, tuple], jobs: Sequence[Job],
+                          posts: Sequence[Any], first_index: int, progress: BatchProgress | None) -> None:
+    """An auto job whose smallest grid step diverged gets the grid below it too (LOWER_GRID_SHIFT
+    times smaller, run as one more batched program), in place in ``points`` and ``grids``: the
+    stiffness at w* sets the grid, and where the chains go can be far stiffer (a classifier whose
+    loss is flat at w* because its logits saturate: the grok transformer after memorisation)."""
+    from llc.engine.autostep import LOWER_GRID_SHIFT
+
+    lower = [i for i, by_point in points.items() if _smallest_step_diverged(by_point[0])]
+    if not lower:
+        return
+    sub_jobs = [jobs[i] for i in lower]
+    sub_grids = {k: (tuple(s * LOWER_GRID_SHIFT for s in grids[i][0]), grids[i][1]) for k, i in enumerate(lower)}
+    found: dict[int, dict[int, Any]] = {}
+    for index, batch in enumerate(plan(sub_jobs)):
+        outs = sample_batch(first_index + index, batch, sub_jobs, [posts[i] for i in lower], progress=progress,
+                            grids=sub_grids)
+        for k, g, out in zip(batch.members, batch.grid, outs):
+            found.setdefault(k, {})[g] = out
+    for k, i in enumerate(lower):
+        low_steps, lam = sub_grids[k]
+        n_low = len(low_steps)
+        grids[i] = (low_steps + tuple(grids[i][0]), lam)
+        points[i] = {**found[k], **{g + n_low: out for g, out in points[i].items()}}
 
 
 def sample_one(sampler: str, post: Any, config: Any, key: Any, *, proj_dim: int = 4,
@@ -314,8 +348,10 @@ def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: flo
     def lam_hat(r):
         return "nan" if r["llc_mean"] is None else f"{r['llc_mean']:.4g} ± {r['llc_se']:.2g}"
 
-    grid_text = (f"grid {steps[0]:.3g}..{steps[-1]:.3g} (eps*lam_max = {FACTORS[0]:g}..{FACTORS[-1]:g}, "
-                 f"lam_max = {lam:.4g})")
+    grid_text = (f"grid {steps[0]:.3g}..{steps[-1]:.3g} (eps*lam_max = {steps[0] * lam:.3g}..{steps[-1] * lam:.3g}, "
+                 f"lam_max = {lam:.4g}"
+                 + (f"; lowered below {FACTORS[0]:g}/lam_max after its smallest step diverged" if len(steps) > len(FACTORS) else "")
+                 + ")")
     if chosen is not None:
         c = rows[chosen]
         why = (f"{name}.step_size=auto chose {c['step_size']:.4g}: healthy (no flag, R-hat {c['rhat']:.4f} < {RHAT_MAX}"
