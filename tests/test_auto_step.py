@@ -206,3 +206,29 @@ def test_a_grid_whose_smallest_step_diverges_is_extended_below():
     # localizer (gamma = 1 against a curvature ~ 12*1000*E[w^2] ~ 400) lowers it by well under 1 %.
     assert abs(est.llc_mean - 1.0) < 4 * est.llc_se + 0.03, (est.llc_mean, est.llc_se)
     assert not est.metrics["flags"], est.metrics["flags"]
+
+
+def test_rmsprop_grid_is_not_set_by_coordinates_the_loss_leaves_alone():
+    """Parameters the loss never reads have no gradient at w*: RMSProp's G there is what the localizer's
+    force makes it (1/sqrt(gamma)), not 1/eps, so the grid is not 1e-10 and the estimate mixes. The loss
+    is an exact quadratic (least squares), so lambda = sum_i s_i / 2 with s_i = nb h_i / (nb h_i + gamma)."""
+    import jax.numpy as jnp
+
+    import llc
+
+    rng = np.random.default_rng(0)
+    n, d = 2000, 4
+    x = rng.standard_normal((n, d))
+    y = x @ rng.standard_normal(d) + rng.standard_normal(n)
+    w_star = np.linalg.lstsq(x, y, rcond=None)[0]
+    loss = lambda p, batch: 0.5 * jnp.mean((batch[0] @ p["w"] - batch[1]) ** 2)  # noqa: E731
+    params = {"w": w_star, "unused": np.zeros(3)}
+    est = llc.estimate(loss, params, x, y, sampler="sgld", posterior={"gamma": 100.0},
+                       sampler_config={"precond": "rmsprop", "draws": 1000})
+    nb = est.n * est.beta
+    h = np.linalg.eigvalsh(x.T @ x / n)
+    exact = float(np.sum(nb * h / (nb * h + est.gamma)) / 2)
+    info = est.output.info
+    assert info["auto_step_stiffness"] < 1e4, info["auto_step_stiffness"]  # gamma / eps = 1e10 before
+    assert info["auto_step_chosen_healthy"] == 1, est.metrics["step_size_rule"]
+    assert abs(est.llc_mean - exact) < 4 * est.llc_se + 0.02 * exact, (est.llc_mean, est.llc_se, exact)
