@@ -157,6 +157,61 @@ def test_mala_acceptance_is_the_metropolis_adjusted_langevin_ratio():
     assert got == pytest.approx(want, rel=1e-3)
 
 
+def test_preconditioned_mala_acceptance_is_the_ratio_in_the_moves_metric():
+    """RMSProp's move N(w + eps/2 G grad, eps G): its acceptance is the same formula with G's weights,
+    against NumPy; and G = 1 gives plain SGLD's number."""
+    enable_x64()
+
+    def linear(p, x, y):
+        return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+    post = _posterior(linear)._replace(w_star={"w": jnp.zeros((5, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)})
+    problem = Problem(linear, problem_arrays(post), N, None)
+    eps = 1e-2
+    params = sgld.make(SGLDConfig(step_size=eps)).params
+    rng = np.random.default_rng(1)
+    metric = jax.tree.map(lambda a: np.exp(rng.normal(size=a.shape)).astype(np.float32), post.w_star)
+    w = jax.tree.map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(np.float32), post.w_star)
+    grad = jax.grad(problem.logdensity)(w)
+    w_new = jax.tree.map(lambda a, g, m: a + 0.5 * eps * m * g + np.sqrt(eps * m) * rng.normal(size=a.shape).astype(
+        np.float32), w, grad, metric)
+
+    def flat(t):
+        return np.concatenate([np.asarray(t[k], np.float64).ravel() for k in sorted(t)])
+
+    lp, lp_new = float(problem.logdensity(w)), float(problem.logdensity(w_new))
+    g, g_new, m = flat(grad), flat(jax.grad(problem.logdensity)(w_new)), flat(metric)
+    a, b = flat(w), flat(w_new)
+    log_q_back = -np.sum((a - b - 0.5 * eps * m * g_new) ** 2 / m) / (2 * eps)
+    log_q_fwd = -np.sum((b - a - 0.5 * eps * m * g) ** 2 / m) / (2 * eps)
+    want = min(1.0, np.exp(lp_new - lp + log_q_back - log_q_fwd))
+    assert 0.2 < want < 0.9
+    assert float(sgld.mala_acceptance(problem, params, w, w_new, metric)) == pytest.approx(want, rel=1e-3)
+    ones = jax.tree.map(jnp.ones_like, w)
+    assert float(sgld.mala_acceptance(problem, params, w, w_new, ones)) == pytest.approx(
+        float(sgld.mala_acceptance(problem, params, w, w_new)), rel=1e-6)
+
+
+def test_rmsprop_sgld_checks_its_step():
+    """RMSProp SGLD records its MALA acceptance too: high at a small step, and step_bias at one far too
+    large (the same floor as plain SGLD's, in G's whitened coordinates). Least squares, so minibatch
+    gradients carry noise at w* as a network's do."""
+    import llc
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 4))
+    y = x @ rng.standard_normal(4) + rng.standard_normal(2000)
+    w_star = np.linalg.lstsq(x, y, rcond=None)[0]
+    loss = lambda p, batch: 0.5 * jnp.mean((batch[0] @ p["w"] - batch[1]) ** 2)  # noqa: E731
+    accepted = {}
+    for eps in (1e-2, 1.0):
+        est = llc.estimate(loss, {"w": w_star}, x, y, sampler="sgld",
+                           sampler_config={"precond": "rmsprop", "step_size": eps, "draws": 300})
+        accepted[eps] = (est.output.info["mean_mala_acceptance"], est.metrics["flags"])
+    assert accepted[1e-2][0] > 0.9 and not any(f.startswith("step_bias") for f in accepted[1e-2][1]), accepted
+    assert any(f.startswith("step_bias") for f in accepted[1.0][1]), accepted
+
+
 def test_mala_branch_is_a_real_conditional_of_the_sampling_program(monkeypatch):
     """All the check's full-batch work sits in a conditional; outside it the program computes on
     the full batch exactly what it does with the check off (the per-draw L_n)."""

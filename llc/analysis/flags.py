@@ -81,8 +81,9 @@ Per sampler, from its kept draws of lambda-hat (diverged chains excluded):
   chains reaching 1/10 of the localizer's width, 0 %. The quick preset's MLP has Var/lambda-hat
   0.33-0.40: not flagged.
 
-- ``step_bias``: plain SGLD's mean MALA acceptance (every SGLD run checks its moves under the
-  full-batch posterior, ``sgld.mala_check``), plus 2 SE, below ``llc.analysis.health.mala_floor(d)``:
+- ``step_bias``: SGLD's mean MALA acceptance (every plain or RMSProp SGLD run checks its moves under
+  the full-batch posterior, ``sgld.mala_check``; RMSProp's in the metric G of each checked move, where
+  it is plain SGLD in G's whitened coordinates), plus 2 SE, below ``llc.analysis.health.mala_floor(d)``:
   what an isotropic Gaussian posterior of the run's dimension accepts at the step that inflates
   lambda-hat by STEP_BIAS_REL = 5 %. devinterp's fixed 0.9 ignores the dimension: the acceptance
   falls with d at a fixed per-direction bias (d = 16,000: 0.76 at a 2.5 % bias), so 0.9 would forbid

@@ -2,8 +2,10 @@
 
 Step-size convention (as in devinterp and Lau et al.):
     w <- w + (eps/2) * G * grad log p_batch(w) + N(0, eps * G)
-with G = 1 for plain SGLD. The preconditioned variants (pSGLD-style) are heuristics: G adapts
-during sampling and the small Gamma-correction term is omitted.
+with G = 1 for plain SGLD, 1/(sqrt(v + gamma) + eps) for RMSProp/Adam (v the running second moment
+of the gradient; ``move_metric`` says why gamma). The preconditioned variants (pSGLD-style) are
+heuristics: G adapts during sampling and the small Gamma-correction term is omitted. Plain and
+RMSProp SGLD check their moves' Metropolis acceptance under the full-batch posterior (``mala_check``).
 
 The update is written out rather than taken from ``blackjax.sgld``: BlackJAX ravels the position
 and, under x64, promotes a float32 chain to float64 through its noise scale. Writing it per leaf
@@ -48,9 +50,10 @@ class SGLDParams(NamedTuple):
 
 
 def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDParams, grad, key,
-           gaussian=prng.normal_like) -> SGLDState:
-    """One Langevin move with drift (eps/2) G d and noise N(0, eps G); G = 1 without preconditioning.
-    ``gaussian(key, like)`` draws the noise (a Problem's: zero where a restriction holds w at w*)."""
+           gaussian=prng.normal_like, floor=0.0) -> SGLDState:
+    """One Langevin move with drift (eps/2) G d and noise N(0, eps G); G = 1 without preconditioning,
+    else 1/(sqrt(v_hat + floor) + eps). ``gaussian(key, like)`` draws the noise (a Problem's: zero
+    where a restriction holds w at w*); ``floor``: the posterior's gamma (``move_metric``)."""
     t = state.t + 1
     noise = gaussian(key, state.position)
     h = params.step_size
@@ -70,12 +73,25 @@ def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDPa
     else:
         m, drift = state.m, grad
 
-    def move(p, d, vh, z):
-        g_diag = 1.0 / (jnp.sqrt(vh) + eps)
+    def move(p, d, g_diag, z):
         return p + 0.5 * h * g_diag * d + jnp.sqrt(h * g_diag) * z
 
-    position = jax.tree.map(move, state.position, drift, v_hat, noise)
+    position = jax.tree.map(move, state.position, drift, _metric(v_hat, eps, floor), noise)
     return SGLDState(position, m, v, t)
+
+
+def _metric(v_hat, eps, floor):
+    return jax.tree.map(lambda vh: 1.0 / (jnp.sqrt(vh + floor) + eps), v_hat)
+
+
+def move_metric(state: SGLDState, params: SGLDParams, bias_correction: bool, floor):
+    """The diagonal G = 1/(sqrt(v_hat + floor) + eps) of the state's last move (its v is updated
+    before moving). The floor is gamma: a coordinate's gradient second moment settles near its
+    curvature n*beta*h + gamma >= gamma, but starts at 0 where the loss does not move it at w* (a dead
+    unit, a saturated softmax), and there G = 1/eps threw the first moves ~sqrt(eps/1e-8) away."""
+    tf = state.t.astype(params.step_size.dtype)
+    v_hat = jax.tree.map(lambda v: v / (1 - params.beta2**tf), state.v) if bias_correction else state.v
+    return _metric(v_hat, params.eps, floor)
 
 
 def minibatch_work(cfg, n: int) -> tuple[dict[str, float], dict[str, Any]]:
@@ -89,12 +105,15 @@ def minibatch_work(cfg, n: int) -> tuple[dict[str, float], dict[str, Any]]:
     return work, info
 
 
-def mala_acceptance(problem, params: SGLDParams, w, w_new) -> jax.Array:
-    """Metropolis-adjusted Langevin acceptance probability of the move w -> w_new (plain SGLD).
+def mala_acceptance(problem, params: SGLDParams, w, w_new, metric=None) -> jax.Array:
+    """Metropolis-adjusted Langevin acceptance probability of the move w -> w_new.
 
-    The proposal is N(w + (eps/2) grad log p(w), eps I); with full-batch log p,
-    log a = log p(w') - log p(w) + log q(w | w') - log q(w' | w). A well-sized step accepts most
-    moves (devinterp's diagnostic, where ~0.9 or more is healthy); an accurate chain needs it high.
+    The proposal is N(w + (eps/2) G grad log p(w), eps G), G = I for plain SGLD or the diagonal
+    ``metric`` (a pytree like w) RMSProp used for the move; with full-batch log p,
+    log a = log p(w') - log p(w) + log q(w | w') - log q(w' | w) (G's log-determinant cancels: the
+    same G both ways). A well-sized step accepts most moves (devinterp's diagnostic, where ~0.9 or
+    more is healthy); an accurate chain needs it high. In G's whitened coordinates a preconditioned
+    move is plain SGLD's, so llc.analysis.health's acceptance floor applies to both.
     """
     eps = params.step_size
     # Both ends in one batched evaluation: one pass of twice the width instead of two passes
@@ -104,9 +123,11 @@ def mala_acceptance(problem, params: SGLDParams, w, w_new) -> jax.Array:
     lp, lp_new = lps[0], lps[1]
     g, g_new = (jax.tree.map(lambda a, i=i: a[i], grads) for i in (0, 1))
 
-    def log_q(to, frm, grad):  # log N(to; frm + eps/2 grad, eps I) up to a constant
-        sq = sum(jnp.sum((a - b - 0.5 * eps * c) ** 2) for a, b, c in
-                 zip(jax.tree.leaves(to), jax.tree.leaves(frm), jax.tree.leaves(grad)))
+    g_diag = jax.tree.map(jnp.ones_like, w) if metric is None else metric
+
+    def log_q(to, frm, grad):  # log N(to; frm + eps/2 G grad, eps G) up to a constant
+        sq = sum(jnp.sum((a - b - 0.5 * eps * m * c) ** 2 / m) for a, b, c, m in
+                 zip(jax.tree.leaves(to), jax.tree.leaves(frm), jax.tree.leaves(grad), jax.tree.leaves(g_diag)))
         return -sq / (2.0 * eps)
 
     log_a = lp_new - lp + log_q(w, w_new, g_new) - log_q(w_new, w, g)
@@ -136,13 +157,15 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
     def step(key, state, problem, params):
         k_batch, k_noise = jax.random.split(key)
         grad = problem.minibatch_logdensity_grad(state.position, k_batch, cfg.batch_size)
-        return update(cfg.precond, cfg.bias_correction, state, params, grad, k_noise, problem.gaussian), {}
+        return update(cfg.precond, cfg.bias_correction, state, params, grad, k_noise, problem.gaussian,
+                      problem.gamma), {}
 
     def record(infos, prev, state, problem, params, draw):
         del infos
         nan = jnp.full((), jnp.nan, params.step_size.dtype)
+        metric = None if cfg.precond == "none" else move_metric(state, params, cfg.bias_correction, problem.gamma)
         acc = jax.lax.cond(draw % cfg.mala_every == 0,
-                           lambda: mala_acceptance(problem, params, prev, state.position).astype(nan.dtype),
+                           lambda: mala_acceptance(problem, params, prev, state.position, metric).astype(nan.dtype),
                            lambda: nan)
         return {"mala_acceptance": acc}
 
@@ -161,8 +184,8 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
             info["mala_sd"] = float(kept.std()) if kept.size else float("nan")
         return work, info, {}
 
-    # The MALA check assumes the unpreconditioned proposal.
-    mala = cfg.mala_check and cfg.precond == "none"
+    # Adam's drift is a running mean of past gradients, not a Langevin proposal's: no check there.
+    mala = cfg.mala_check and cfg.precond != "adam"
     return driver.Algorithm(
         name="sgld", init=init, step=step, params=params,
         static=cfg.signature(),
