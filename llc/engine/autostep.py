@@ -63,15 +63,11 @@ def stiffness(post: Any, key, metric=None) -> float:
     return float(lam)
 
 
-def rmsprop_metric(post: Any, key, batch_size: int, eps: float):
-    """The diagonal preconditioner 1/(sqrt(v) + eps) that RMSProp/Adam SGLD settles near around w*:
-    v is the second moment of the gradient the chains feel, the loss's minibatch gradient at w* plus
-    the localizer's force gamma*theta, whose second moment gamma^2 E[theta^2] is at most gamma (the
-    localizer's spread alone). Without that term a coordinate the loss does not move at w* (a dead
-    ReLU's weights, a saturated softmax's) reads G = 1/eps: its stiffness gamma/eps set steps of 1e-10
-    on the grok transformer, where nothing mixed."""
-    v = _second_moment_program(post.loss_fn, int(batch_size))(post.w_star, post.x, post.y, post.nbeta, key)
-    return jax.tree.map(lambda a: 1.0 / (jnp.sqrt(a + post.gamma) + eps), v)
+def gradient_second_moment(post: Any, key, batch_size: int):
+    """The minibatch gradient's second moment at w* (METRIC_BATCHES batches): what RMSProp/Adam SGLD's
+    v settles near there, for its preconditioner (llc.engine.samplers.sgld.preconditioner, whose
+    floor gamma stands for the localizer's force, at most gamma in second moment)."""
+    return _second_moment_program(post.loss_fn, int(batch_size))(post.w_star, post.x, post.y, post.nbeta, key)
 
 
 def checked(lam: float) -> float:

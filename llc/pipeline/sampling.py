@@ -348,9 +348,10 @@ def choose_step(outs: Sequence[Any], post: Any, steps: Sequence[float], lam: flo
     def lam_hat(r):
         return "nan" if r["llc_mean"] is None else f"{r['llc_mean']:.4g} ± {r['llc_se']:.2g}"
 
+    lowered = len(steps) > len(FACTORS)  # _lower_diverged_grids added the grid below
     grid_text = (f"grid {steps[0]:.3g}..{steps[-1]:.3g} (eps*lam_max = {steps[0] * lam:.3g}..{steps[-1] * lam:.3g}, "
                  f"lam_max = {lam:.4g}"
-                 + (f"; lowered below {FACTORS[0]:g}/lam_max after its smallest step diverged" if len(steps) > len(FACTORS) else "")
+                 + (f"; lowered below {FACTORS[0]:g}/lam_max after its smallest step diverged" if lowered else "")
                  + ")")
     if chosen is not None:
         c = rows[chosen]

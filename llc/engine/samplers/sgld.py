@@ -3,7 +3,7 @@
 Step-size convention (as in devinterp and Lau et al.):
     w <- w + (eps/2) * G * grad log p_batch(w) + N(0, eps * G)
 with G = 1 for plain SGLD, 1/(sqrt(v + gamma) + eps) for RMSProp/Adam (v the running second moment
-of the gradient; ``move_metric`` says why gamma). The preconditioned variants (pSGLD-style) are
+of the gradient; ``preconditioner`` says why gamma). The preconditioned variants (pSGLD-style) are
 heuristics: G adapts during sampling and the small Gamma-correction term is omitted. Plain and
 RMSProp SGLD check their moves' Metropolis acceptance under the full-batch posterior (``mala_check``).
 
@@ -52,8 +52,8 @@ class SGLDParams(NamedTuple):
 def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDParams, grad, key,
            gaussian=prng.normal_like, floor=0.0) -> SGLDState:
     """One Langevin move with drift (eps/2) G d and noise N(0, eps G); G = 1 without preconditioning,
-    else 1/(sqrt(v_hat + floor) + eps). ``gaussian(key, like)`` draws the noise (a Problem's: zero
-    where a restriction holds w at w*); ``floor``: the posterior's gamma (``move_metric``)."""
+    else ``preconditioner``'s. ``gaussian(key, like)`` draws the noise (a Problem's: zero where a
+    restriction holds w at w*); ``floor``: the posterior's gamma (``preconditioner``)."""
     t = state.t + 1
     noise = gaussian(key, state.position)
     h = params.step_size
@@ -66,7 +66,6 @@ def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDPa
     # Debiasing the zero-initialised second moment matters for RMSProp as much as for Adam: without
     # it the first steps divide by sqrt(v) ~ 0 and the chain is thrown far from w*.
     v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.v, grad)
-    v_hat = jax.tree.map(lambda v: v / (1 - b2**tf), v) if bias_correction else v
     if precond == "adam":
         m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.m, grad)
         drift = jax.tree.map(lambda m: m / (1 - b1**tf), m) if bias_correction else m
@@ -76,22 +75,23 @@ def update(precond: str, bias_correction: bool, state: SGLDState, params: SGLDPa
     def move(p, d, g_diag, z):
         return p + 0.5 * h * g_diag * d + jnp.sqrt(h * g_diag) * z
 
-    position = jax.tree.map(move, state.position, drift, _metric(v_hat, eps, floor), noise)
+    g_diag = preconditioner(debiased(v, t, params, bias_correction), eps, floor)
+    position = jax.tree.map(move, state.position, drift, g_diag, noise)
     return SGLDState(position, m, v, t)
 
 
-def _metric(v_hat, eps, floor):
-    return jax.tree.map(lambda vh: 1.0 / (jnp.sqrt(vh + floor) + eps), v_hat)
+def debiased(v, t, params: SGLDParams, bias_correction: bool):
+    """The second moment after ``t`` steps from zero, divided by 1 - beta2^t when ``bias_correction``."""
+    tf = t.astype(params.step_size.dtype)  # keeps a float32 chain in float32 under x64
+    return jax.tree.map(lambda a: a / (1 - params.beta2**tf), v) if bias_correction else v
 
 
-def move_metric(state: SGLDState, params: SGLDParams, bias_correction: bool, floor):
-    """The diagonal G = 1/(sqrt(v_hat + floor) + eps) of the state's last move (its v is updated
-    before moving). The floor is gamma: a coordinate's gradient second moment settles near its
-    curvature n*beta*h + gamma >= gamma, but starts at 0 where the loss does not move it at w* (a dead
-    unit, a saturated softmax), and there G = 1/eps threw the first moves ~sqrt(eps/1e-8) away."""
-    tf = state.t.astype(params.step_size.dtype)
-    v_hat = jax.tree.map(lambda v: v / (1 - params.beta2**tf), state.v) if bias_correction else state.v
-    return _metric(v_hat, params.eps, floor)
+def preconditioner(v_hat, eps, floor):
+    """RMSProp/Adam SGLD's diagonal G = 1/(sqrt(v_hat + floor) + eps), with the floor gamma: a
+    coordinate's gradient second moment settles near its curvature n*beta*h + gamma >= gamma, but
+    starts at 0 where the loss does not move it at w* (a dead unit, a saturated softmax), and there
+    G = 1/eps threw the first moves ~sqrt(eps/1e-8) away (and set ``auto``'s grid at 1e-10)."""
+    return jax.tree.map(lambda a: 1.0 / (jnp.sqrt(a + floor) + eps), v_hat)
 
 
 def minibatch_work(cfg, n: int) -> tuple[dict[str, float], dict[str, Any]]:
@@ -137,7 +137,8 @@ def mala_acceptance(problem, params: SGLDParams, w, w_new, metric=None) -> jax.A
 def auto_steps(post, cfg: SGLDConfig, key) -> tuple[tuple[float, ...], float]:
     """``step_size=auto``'s grid (llc.engine.autostep): eps = c / lam_max, with lam_max measured in the
     preconditioner's metric for RMSProp/Adam (their move is eps*G*grad). Returns (steps, lam_max)."""
-    metric = None if cfg.precond == "none" else autostep.rmsprop_metric(post, key, cfg.batch_size, cfg.eps)
+    metric = None if cfg.precond == "none" else preconditioner(
+        autostep.gradient_second_moment(post, key, cfg.batch_size), cfg.eps, post.gamma)
     lam = autostep.checked(autostep.stiffness(post, key, metric))
     return tuple(c / lam for c in autostep.FACTORS), lam
 
@@ -163,10 +164,13 @@ def make(cfg: SGLDConfig) -> driver.Algorithm:
     def record(infos, prev, state, problem, params, draw):
         del infos
         nan = jnp.full((), jnp.nan, params.step_size.dtype)
-        metric = None if cfg.precond == "none" else move_metric(state, params, cfg.bias_correction, problem.gamma)
-        acc = jax.lax.cond(draw % cfg.mala_every == 0,
-                           lambda: mala_acceptance(problem, params, prev, state.position, metric).astype(nan.dtype),
-                           lambda: nan)
+
+        def checked():  # the state's v was updated before its last move: that move's G
+            metric = None if cfg.precond == "none" else preconditioner(
+                debiased(state.v, state.t, params, cfg.bias_correction), params.eps, problem.gamma)
+            return mala_acceptance(problem, params, prev, state.position, metric).astype(nan.dtype)
+
+        acc = jax.lax.cond(draw % cfg.mala_every == 0, checked, lambda: nan)
         return {"mala_acceptance": acc}
 
     def summarize(stats, warm, params, post):
